@@ -1,0 +1,311 @@
+"""A small asyncio client for etcd's v3 API.
+
+It drives the official etcd API stubs that aetcd ships (``aetcd.rpc``) over one grpc.aio
+channel. We do not use ``aetcd.Client`` itself: it connects to a single host:port while
+``--etcd`` names a whole cluster, and the watch loop (resume from a revision, notice a
+compaction or a dead stream) must be ours to test. One channel lists every member; grpc's
+pick_first policy moves to the next member when one fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import AsyncIterator, Iterable, Sequence
+
+import grpc
+from aetcd.rpc import rpc_pb2 as pb
+from aetcd.rpc import rpc_pb2_grpc as pb_grpc
+
+DEFAULT_TIMEOUT_S = 3.0
+
+_UNAVAILABLE_CODES = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN,  # "etcdserver: leader changed", "no leader" and friends
+}
+
+_CHANNEL_OPTIONS = [
+    # Notice a dead member on an idle watch stream; etcd permits pings every 5 s.
+    ("grpc.keepalive_time_ms", 5000),
+    ("grpc.keepalive_timeout_ms", 3000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    # etcd restarts take a second or two: reconnect fast instead of grpc's 1..120 s backoff.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.enable_retries", 0),
+]
+
+
+class EtcdError(Exception):
+    """etcd answered with an error that retrying will not fix."""
+
+
+class EtcdUnavailable(EtcdError):
+    """etcd did not answer: no member reachable, no leader, or the deadline passed.
+
+    For a write this does not say whether it was applied.
+    """
+
+
+class WatchCompacted(EtcdError):
+    """The watch's start revision was compacted away; reload a snapshot."""
+
+    def __init__(self, compact_revision: int):
+        super().__init__(f"revision compacted up to {compact_revision}")
+        self.compact_revision = compact_revision
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    key: str
+    value: bytes
+    mod_revision: int
+    create_revision: int
+    version: int
+    lease: int
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # "put" or "delete"
+    key: str
+    value: bytes
+    mod_revision: int
+
+
+@dataclass(frozen=True)
+class WatchBatch:
+    revision: int  # the store revision this batch brings the watcher up to
+    events: tuple[Event, ...]
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    succeeded: bool
+    revision: int
+    responses: tuple[pb.ResponseOp, ...]
+
+
+def prefix_range_end(prefix: str) -> bytes:
+    """The range_end that selects every key starting with prefix."""
+    raw = bytearray(prefix.encode())
+    for i in range(len(raw) - 1, -1, -1):
+        if raw[i] < 0xFF:
+            raw[i] += 1
+            return bytes(raw[: i + 1])
+    return b"\0"
+
+
+def parse_endpoints(text: str | Sequence[str]) -> list[str]:
+    """'h1:2379,h2:2379' (or a list) to a list of host:port, validated."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    endpoints = [e.strip().removeprefix("http://") for e in items if e.strip()]
+    if not endpoints:
+        raise ValueError("no etcd endpoint given")
+    for endpoint in endpoints:
+        host, sep, port = endpoint.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"etcd endpoint {endpoint!r} is not host:port")
+    return endpoints
+
+
+def _channel_target(endpoints: Sequence[str]) -> str:
+    if len(endpoints) == 1:
+        return endpoints[0]
+    addresses = []
+    for endpoint in endpoints:
+        host, _, port = endpoint.rpartition(":")
+        host = host.strip("[]")
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            ip = ipaddress.ip_address(socket.getaddrinfo(host, int(port), socket.AF_INET)[0][4][0])
+        addresses.append(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
+    scheme = "ipv6" if all(a.startswith("[") for a in addresses) else "ipv4"
+    return f"{scheme}:{','.join(addresses)}"
+
+
+def _map_error(err: grpc.aio.AioRpcError) -> EtcdError:
+    if err.code() in _UNAVAILABLE_CODES:
+        return EtcdUnavailable(f"etcd unavailable: {err.code().name}: {err.details()}")
+    return EtcdError(f"etcd error: {err.code().name}: {err.details()}")
+
+
+# Compare and operation builders for Etcd.txn.
+
+def mod_revision_is(key: str, revision: int) -> pb.Compare:
+    """True when key was last written at revision (0: the key does not exist)."""
+    return pb.Compare(result=pb.Compare.EQUAL, target=pb.Compare.MOD, key=key.encode(), mod_revision=revision)
+
+
+def key_missing(key: str) -> pb.Compare:
+    return pb.Compare(result=pb.Compare.EQUAL, target=pb.Compare.VERSION, key=key.encode(), version=0)
+
+
+def put_op(key: str, value: bytes, lease: int = 0) -> pb.RequestOp:
+    return pb.RequestOp(request_put=pb.PutRequest(key=key.encode(), value=value, lease=lease))
+
+
+def get_op(key: str) -> pb.RequestOp:
+    return pb.RequestOp(request_range=pb.RangeRequest(key=key.encode()))
+
+
+def delete_op(key: str) -> pb.RequestOp:
+    return pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=key.encode()))
+
+
+def _kv(kv) -> KeyValue:
+    return KeyValue(kv.key.decode(), kv.value, kv.mod_revision, kv.create_revision, kv.version, kv.lease)
+
+
+class Etcd:
+    """One connection to an etcd cluster. Every call has a deadline."""
+
+    def __init__(self, endpoints: str | Sequence[str], timeout: float = DEFAULT_TIMEOUT_S):
+        self.endpoints = parse_endpoints(endpoints)
+        self.timeout = timeout
+        self._channel = grpc.aio.insecure_channel(_channel_target(self.endpoints), options=_CHANNEL_OPTIONS)
+        self._kv = pb_grpc.KVStub(self._channel)
+        self._watch = pb_grpc.WatchStub(self._channel)
+        self._lease = pb_grpc.LeaseStub(self._channel)
+        self._maintenance = pb_grpc.MaintenanceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> "Etcd":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def _unary(self, method, request, timeout: float | None = None):
+        try:
+            return await method(request, timeout=timeout or self.timeout)
+        except grpc.aio.AioRpcError as err:
+            raise _map_error(err) from err
+
+    async def get(self, key: str) -> KeyValue | None:
+        resp = await self._unary(self._kv.Range, pb.RangeRequest(key=key.encode()))
+        return _kv(resp.kvs[0]) if resp.kvs else None
+
+    async def get_prefix(self, prefix: str, keys_only: bool = False) -> tuple[list[KeyValue], int]:
+        """Every key under prefix, sorted by key, and the store revision of the read."""
+        request = pb.RangeRequest(
+            key=prefix.encode(), range_end=prefix_range_end(prefix), keys_only=keys_only,
+            sort_order=pb.RangeRequest.ASCEND, sort_target=pb.RangeRequest.KEY,
+        )
+        resp = await self._unary(self._kv.Range, request, timeout=max(self.timeout, 10.0))
+        return [_kv(kv) for kv in resp.kvs], resp.header.revision
+
+    async def revision(self) -> int:
+        resp = await self._unary(self._kv.Range, pb.RangeRequest(key=b"\0", count_only=True))
+        return resp.header.revision
+
+    async def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        resp = await self._unary(self._kv.Put, pb.PutRequest(key=key.encode(), value=value, lease=lease))
+        return resp.header.revision
+
+    async def delete(self, key: str) -> int:
+        resp = await self._unary(self._kv.DeleteRange, pb.DeleteRangeRequest(key=key.encode()))
+        return resp.header.revision
+
+    async def delete_prefix(self, prefix: str) -> int:
+        request = pb.DeleteRangeRequest(key=prefix.encode(), range_end=prefix_range_end(prefix))
+        resp = await self._unary(self._kv.DeleteRange, request)
+        return resp.header.revision
+
+    async def txn(
+        self,
+        compare: Iterable[pb.Compare],
+        success: Iterable[pb.RequestOp],
+        failure: Iterable[pb.RequestOp] = (),
+    ) -> TxnResult:
+        request = pb.TxnRequest(compare=list(compare), success=list(success), failure=list(failure))
+        resp = await self._unary(self._kv.Txn, request)
+        return TxnResult(resp.succeeded, resp.header.revision, tuple(resp.responses))
+
+    async def compact(self, revision: int, physical: bool = True) -> None:
+        await self._unary(self._kv.Compact, pb.CompactionRequest(revision=revision, physical=physical), timeout=30)
+
+    async def defragment(self) -> None:
+        await self._unary(self._maintenance.Defragment, pb.DefragmentRequest(), timeout=60)
+
+    async def lease_grant(self, ttl: int) -> int:
+        resp = await self._unary(self._lease.LeaseGrant, pb.LeaseGrantRequest(TTL=ttl))
+        return resp.ID
+
+    async def lease_revoke(self, lease_id: int) -> None:
+        await self._unary(self._lease.LeaseRevoke, pb.LeaseRevokeRequest(ID=lease_id))
+
+    async def lease_keepalive(self, lease_id: int) -> int:
+        """Refresh a lease once; the remaining TTL, 0 when the lease is gone."""
+        call = self._lease.LeaseKeepAlive(timeout=self.timeout)
+        try:
+            await call.write(pb.LeaseKeepAliveRequest(ID=lease_id))
+            resp = await call.read()
+            await call.done_writing()
+        except grpc.aio.AioRpcError as err:
+            raise _map_error(err) from err
+        finally:
+            call.cancel()
+        if resp is grpc.aio.EOF:
+            raise EtcdUnavailable("lease keepalive stream ended")
+        return resp.TTL
+
+    async def watch_prefix(self, prefix: str, start_revision: int) -> AsyncIterator[WatchBatch]:
+        """Changes under prefix from start_revision on, batch by batch, forever.
+
+        Raises WatchCompacted when start_revision is compacted, EtcdUnavailable when the
+        stream breaks (member down, no leader): the caller resumes from the last revision
+        it saw + 1. Progress notifications arrive as batches with no events.
+        """
+        # "hasleader" makes etcd cancel the watch when its member loses the leader, instead
+        # of leaving us on a member that will never see new writes.
+        call = self._watch.Watch(metadata=(("hasleader", "true"),))
+        create = pb.WatchCreateRequest(
+            key=prefix.encode(), range_end=prefix_range_end(prefix),
+            start_revision=start_revision, progress_notify=True,
+        )
+        try:
+            await call.write(pb.WatchRequest(create_request=create))
+            while True:
+                resp = await call.read()
+                if resp is grpc.aio.EOF:
+                    raise EtcdUnavailable("etcd watch stream ended")
+                if resp.compact_revision:
+                    raise WatchCompacted(resp.compact_revision)
+                if resp.canceled:
+                    raise EtcdUnavailable(f"etcd canceled the watch: {resp.cancel_reason or 'no reason'}")
+                if resp.created and not resp.events:
+                    continue
+                events = tuple(
+                    Event("delete" if ev.type == ev.DELETE else "put", ev.kv.key.decode(), ev.kv.value, ev.kv.mod_revision)
+                    for ev in resp.events
+                )
+                yield WatchBatch(resp.header.revision, events)
+        except grpc.aio.AioRpcError as err:
+            raise _map_error(err) from err
+        finally:
+            call.cancel()
+
+
+async def wait_until_ready(etcd: Etcd, timeout: float) -> None:
+    """Poll until etcd answers a read, or raise EtcdUnavailable after timeout seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            await etcd.revision()
+            return
+        except EtcdUnavailable:
+            if loop.time() >= deadline:
+                raise
+            await asyncio.sleep(0.1)

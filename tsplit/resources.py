@@ -1,0 +1,136 @@
+"""The resources both planes read: models and deployments, as stored in etcd.
+
+The JSON form here is the etcd value, the REST body and (through the proto's JSON
+mapping) the gRPC message, so there is one definition of each field. Traffic shares are
+kept as integer basis points (1/10,000) so that sums are exact; JSON shows percent.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, replace
+from typing import Any
+
+BASIS_POINTS = 10_000  # 100 %
+BP_PER_PCT = 100
+
+
+def new_id(prefix: str, length: int = 8) -> str:
+    """prefix + `length` url-safe random characters, e.g. new_id("mod_") -> "mod_nY5kT2Wq"."""
+    return prefix + secrets.token_urlsafe(length)[:length]
+
+
+def pct_to_json(bp: int) -> int | float:
+    """Basis points as the percent JSON shows: 1000 -> 10, 1234 -> 12.34."""
+    return bp // BP_PER_PCT if bp % BP_PER_PCT == 0 else bp / BP_PER_PCT
+
+
+def pct_to_bp(pct: float) -> int:
+    return round(pct * BP_PER_PCT)
+
+
+@dataclass(frozen=True)
+class Model:
+    model_id: str
+    endpoint: str
+    model_name: str
+    model_version: str = ""
+    org_id: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id, "endpoint": self.endpoint, "model_name": self.model_name,
+            "model_version": self.model_version, "org_id": self.org_id,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Model":
+        return cls(
+            model_id=data["model_id"], endpoint=data["endpoint"], model_name=data["model_name"],
+            model_version=data.get("model_version", ""), org_id=data.get("org_id", ""),
+        )
+
+
+@dataclass(frozen=True)
+class Challenger:
+    id: str
+    model_id: str
+    traffic_bp: int
+    is_active: bool = True
+
+    @property
+    def traffic_pct(self) -> int | float:
+        return pct_to_json(self.traffic_bp)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "model_id": self.model_id, "traffic_pct": self.traffic_pct, "is_active": self.is_active}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Challenger":
+        return cls(data["id"], data["model_id"], pct_to_bp(data["traffic_pct"]), bool(data.get("is_active", True)))
+
+
+@dataclass(frozen=True)
+class Deployment:
+    deployment_id: str
+    org_id: str
+    champion_model_id: str
+    challengers: tuple[Challenger, ...] = ()
+    shadow_mode: bool = False
+    cache_version: int = 1
+    updated_at: str = ""
+    updated_by: str = ""
+
+    @property
+    def active_challengers(self) -> tuple[Challenger, ...]:
+        return tuple(c for c in self.challengers if c.is_active)
+
+    @property
+    def challenger_bp(self) -> int:
+        """Sum of the active challengers' shares, in basis points."""
+        return sum(c.traffic_bp for c in self.active_challengers)
+
+    @property
+    def champion_bp(self) -> int:
+        """In split mode the champion gets what the active challengers do not."""
+        return BASIS_POINTS - self.challenger_bp
+
+    def challenger(self, challenger_id: str) -> Challenger | None:
+        return next((c for c in self.challengers if c.id == challenger_id), None)
+
+    def with_challengers(self, challengers: tuple[Challenger, ...], **changes: Any) -> "Deployment":
+        return replace(self, challengers=challengers, **changes)
+
+    def same_traffic(self, other: "Deployment") -> bool:
+        """True when routing would not differ (metadata aside)."""
+        return (self.champion_model_id, self.challengers, self.shadow_mode) == (
+            other.champion_model_id, other.challengers, other.shadow_mode)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "deployment_id": self.deployment_id, "org_id": self.org_id,
+            "champion_model_id": self.champion_model_id,
+            "challengers": [c.to_json() for c in self.challengers],
+            "shadow_mode": self.shadow_mode, "cache_version": self.cache_version,
+            "updated_at": self.updated_at, "updated_by": self.updated_by,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Deployment":
+        return cls(
+            deployment_id=data["deployment_id"], org_id=data.get("org_id", ""),
+            champion_model_id=data["champion_model_id"],
+            challengers=tuple(Challenger.from_json(c) for c in data.get("challengers", ())),
+            shadow_mode=bool(data.get("shadow_mode", False)), cache_version=int(data["cache_version"]),
+            updated_at=data.get("updated_at", ""), updated_by=data.get("updated_by", ""),
+        )
+
+
+def dumps(data: Any) -> bytes:
+    """JSON bytes as stored in etcd: compact, keys in a stable order, UTF-8."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def loads(raw: bytes) -> Any:
+    return json.loads(raw)

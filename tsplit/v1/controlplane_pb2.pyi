@@ -1,0 +1,280 @@
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Model(_message.Message):
+    __slots__ = ("model_id", "endpoint", "model_name", "model_version", "org_id")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    endpoint: str
+    model_name: str
+    model_version: str
+    org_id: str
+    def __init__(self, model_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., org_id: _Optional[str] = ...) -> None: ...
+
+class Challenger(_message.Message):
+    __slots__ = ("id", "model_id", "traffic_pct", "is_active")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    TRAFFIC_PCT_FIELD_NUMBER: _ClassVar[int]
+    IS_ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    model_id: str
+    traffic_pct: float
+    is_active: bool
+    def __init__(self, id: _Optional[str] = ..., model_id: _Optional[str] = ..., traffic_pct: _Optional[float] = ..., is_active: _Optional[bool] = ...) -> None: ...
+
+class Deployment(_message.Message):
+    __slots__ = ("deployment_id", "org_id", "champion_model_id", "challengers", "shadow_mode", "cache_version", "updated_at", "updated_by")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ORG_ID_FIELD_NUMBER: _ClassVar[int]
+    CHAMPION_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGERS_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_MODE_FIELD_NUMBER: _ClassVar[int]
+    CACHE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    org_id: str
+    champion_model_id: str
+    challengers: _containers.RepeatedCompositeFieldContainer[Challenger]
+    shadow_mode: bool
+    cache_version: int
+    updated_at: str
+    updated_by: str
+    def __init__(self, deployment_id: _Optional[str] = ..., org_id: _Optional[str] = ..., champion_model_id: _Optional[str] = ..., challengers: _Optional[_Iterable[_Union[Challenger, _Mapping]]] = ..., shadow_mode: _Optional[bool] = ..., cache_version: _Optional[int] = ..., updated_at: _Optional[str] = ..., updated_by: _Optional[str] = ...) -> None: ...
+
+class RegisterModelRequest(_message.Message):
+    __slots__ = ("body", "request_id")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    body: _struct_pb2.Struct
+    request_id: str
+    def __init__(self, body: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class GetModelRequest(_message.Message):
+    __slots__ = ("model_id",)
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    def __init__(self, model_id: _Optional[str] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[Model]
+    def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ...) -> None: ...
+
+class CreateDeploymentRequest(_message.Message):
+    __slots__ = ("body", "request_id")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    body: _struct_pb2.Struct
+    request_id: str
+    def __init__(self, body: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class GetDeploymentRequest(_message.Message):
+    __slots__ = ("deployment_id",)
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    def __init__(self, deployment_id: _Optional[str] = ...) -> None: ...
+
+class ListDeploymentsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListDeploymentsResponse(_message.Message):
+    __slots__ = ("deployments",)
+    DEPLOYMENTS_FIELD_NUMBER: _ClassVar[int]
+    deployments: _containers.RepeatedCompositeFieldContainer[Deployment]
+    def __init__(self, deployments: _Optional[_Iterable[_Union[Deployment, _Mapping]]] = ...) -> None: ...
+
+class DeleteDeploymentRequest(_message.Message):
+    __slots__ = ("deployment_id", "expected_cache_version", "request_id")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_CACHE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    expected_cache_version: int
+    request_id: str
+    def __init__(self, deployment_id: _Optional[str] = ..., expected_cache_version: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class DeleteDeploymentResponse(_message.Message):
+    __slots__ = ("deployment_id",)
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    def __init__(self, deployment_id: _Optional[str] = ...) -> None: ...
+
+class ManageTrafficRequest(_message.Message):
+    __slots__ = ("deployment_id", "body", "expected_cache_version", "request_id")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_CACHE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    body: _struct_pb2.Struct
+    expected_cache_version: int
+    request_id: str
+    def __init__(self, deployment_id: _Optional[str] = ..., body: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., expected_cache_version: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ManageTrafficResponse(_message.Message):
+    __slots__ = ("deployment_id", "action", "challenger", "shadow_mode", "cache_version", "deployment", "changed")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGER_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_MODE_FIELD_NUMBER: _ClassVar[int]
+    CACHE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    action: str
+    challenger: Challenger
+    shadow_mode: bool
+    cache_version: int
+    deployment: Deployment
+    changed: bool
+    def __init__(self, deployment_id: _Optional[str] = ..., action: _Optional[str] = ..., challenger: _Optional[_Union[Challenger, _Mapping]] = ..., shadow_mode: _Optional[bool] = ..., cache_version: _Optional[int] = ..., deployment: _Optional[_Union[Deployment, _Mapping]] = ..., changed: _Optional[bool] = ...) -> None: ...
+
+class ApplyTrafficRequest(_message.Message):
+    __slots__ = ("deployment_id", "body", "expected_cache_version", "request_id")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_CACHE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    body: _struct_pb2.Struct
+    expected_cache_version: int
+    request_id: str
+    def __init__(self, deployment_id: _Optional[str] = ..., body: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., expected_cache_version: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class RollbackDeploymentRequest(_message.Message):
+    __slots__ = ("deployment_id", "body", "expected_cache_version", "request_id")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_CACHE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    body: _struct_pb2.Struct
+    expected_cache_version: int
+    request_id: str
+    def __init__(self, deployment_id: _Optional[str] = ..., body: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., expected_cache_version: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class DeploymentChange(_message.Message):
+    __slots__ = ("deployment", "changed")
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    deployment: Deployment
+    changed: bool
+    def __init__(self, deployment: _Optional[_Union[Deployment, _Mapping]] = ..., changed: _Optional[bool] = ...) -> None: ...
+
+class GetDeploymentHistoryRequest(_message.Message):
+    __slots__ = ("deployment_id",)
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    def __init__(self, deployment_id: _Optional[str] = ...) -> None: ...
+
+class HistoryEntry(_message.Message):
+    __slots__ = ("cache_version", "action", "actor", "at", "config", "request", "request_id")
+    CACHE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    cache_version: int
+    action: str
+    actor: str
+    at: str
+    config: Deployment
+    request: _struct_pb2.Struct
+    request_id: str
+    def __init__(self, cache_version: _Optional[int] = ..., action: _Optional[str] = ..., actor: _Optional[str] = ..., at: _Optional[str] = ..., config: _Optional[_Union[Deployment, _Mapping]] = ..., request: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class GetDeploymentHistoryResponse(_message.Message):
+    __slots__ = ("versions",)
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[HistoryEntry]
+    def __init__(self, versions: _Optional[_Iterable[_Union[HistoryEntry, _Mapping]]] = ...) -> None: ...
+
+class GetDeploymentStatusRequest(_message.Message):
+    __slots__ = ("deployment_id",)
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    def __init__(self, deployment_id: _Optional[str] = ...) -> None: ...
+
+class RouterSync(_message.Message):
+    __slots__ = ("router_id", "address", "applied_cache_version", "kind")
+    ROUTER_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_CACHE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    router_id: str
+    address: str
+    applied_cache_version: int
+    kind: str
+    def __init__(self, router_id: _Optional[str] = ..., address: _Optional[str] = ..., applied_cache_version: _Optional[int] = ..., kind: _Optional[str] = ...) -> None: ...
+
+class VariantStats(_message.Message):
+    __slots__ = ("variant", "model_id", "traffic_pct", "requests", "ok", "errors", "avg_latency_ms", "mirrored", "mirror_dropped", "label_agreement", "p99_latency_ms", "failovers", "compared", "exact_match_rate", "mean_abs_diff", "mirror_errors", "avg_mirror_latency_ms")
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    TRAFFIC_PCT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    AVG_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    MIRRORED_FIELD_NUMBER: _ClassVar[int]
+    MIRROR_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    LABEL_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    P99_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    FAILOVERS_FIELD_NUMBER: _ClassVar[int]
+    COMPARED_FIELD_NUMBER: _ClassVar[int]
+    EXACT_MATCH_RATE_FIELD_NUMBER: _ClassVar[int]
+    MEAN_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
+    MIRROR_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    AVG_MIRROR_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    variant: str
+    model_id: str
+    traffic_pct: float
+    requests: int
+    ok: int
+    errors: int
+    avg_latency_ms: float
+    mirrored: int
+    mirror_dropped: int
+    label_agreement: float
+    p99_latency_ms: float
+    failovers: int
+    compared: int
+    exact_match_rate: float
+    mean_abs_diff: float
+    mirror_errors: int
+    avg_mirror_latency_ms: float
+    def __init__(self, variant: _Optional[str] = ..., model_id: _Optional[str] = ..., traffic_pct: _Optional[float] = ..., requests: _Optional[int] = ..., ok: _Optional[int] = ..., errors: _Optional[int] = ..., avg_latency_ms: _Optional[float] = ..., mirrored: _Optional[int] = ..., mirror_dropped: _Optional[int] = ..., label_agreement: _Optional[float] = ..., p99_latency_ms: _Optional[float] = ..., failovers: _Optional[int] = ..., compared: _Optional[int] = ..., exact_match_rate: _Optional[float] = ..., mean_abs_diff: _Optional[float] = ..., mirror_errors: _Optional[int] = ..., avg_mirror_latency_ms: _Optional[float] = ...) -> None: ...
+
+class DeploymentStatus(_message.Message):
+    __slots__ = ("deployment_id", "cache_version", "shadow_mode", "routers", "variants")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CACHE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_MODE_FIELD_NUMBER: _ClassVar[int]
+    ROUTERS_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    cache_version: int
+    shadow_mode: bool
+    routers: _containers.RepeatedCompositeFieldContainer[RouterSync]
+    variants: _containers.RepeatedCompositeFieldContainer[VariantStats]
+    def __init__(self, deployment_id: _Optional[str] = ..., cache_version: _Optional[int] = ..., shadow_mode: _Optional[bool] = ..., routers: _Optional[_Iterable[_Union[RouterSync, _Mapping]]] = ..., variants: _Optional[_Iterable[_Union[VariantStats, _Mapping]]] = ...) -> None: ...
