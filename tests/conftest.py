@@ -43,3 +43,25 @@ async def etcd(etcd_endpoint):
     client = Etcd(etcd_endpoint)
     yield client
     await client.close()
+
+
+class DevAuth:
+    """A key pair and a token mint for tests (issuer and audience are the dev ones)."""
+
+    def __init__(self, directory):
+        from tsplit import devkeys
+        self.private_path, self.public_path = devkeys.write_key_pair(directory)
+        self.private_pem = self.private_path.read_bytes()
+        self.issuer, self.audience = devkeys.DEV_ISSUER, devkeys.DEV_AUDIENCE
+
+    def token(self, sub: str = "user-1", org_id: str = "org_1", role: str | None = "admin", **kw) -> str:
+        from tsplit import devkeys
+        return devkeys.mint_token(self.private_pem, sub=sub, org_id=org_id, role=role, **kw)
+
+    def headers(self, **kw) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.token(**kw)}"}
+
+
+@pytest.fixture(scope="session")
+def dev_auth(tmp_path_factory) -> DevAuth:
+    return DevAuth(tmp_path_factory.mktemp("keys"))
