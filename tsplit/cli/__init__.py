@@ -1,0 +1,1 @@
+"""The `tsplit` operator CLI: reads come straight from etcd, changes go through the control plane."""

@@ -1,0 +1,77 @@
+"""Changes go through the control plane (never by writing etcd): a small sync gRPC client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+
+from tsplit.cli.context import CliContext, CliError
+from tsplit.errors import api_error_from_rpc_error
+from tsplit.v1 import controlplane_pb2 as cp_pb
+from tsplit.v1 import controlplane_pb2_grpc as cp_grpc
+
+RPC_TIMEOUT_S = 15.0
+
+
+def struct(data: dict[str, Any]) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(data)
+    return message
+
+
+def to_json(message) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)
+
+
+class ControlPlaneClient:
+    def __init__(self, ctx: CliContext):
+        self.address = ctx.require_controlplane()
+        self._metadata = [("authorization", f"Bearer {ctx.require_token()}")]
+        self._channel = grpc.insecure_channel(self.address)
+        self._stub = cp_grpc.ControlPlaneStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "ControlPlaneClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def call(self, method: str, request):
+        try:
+            return getattr(self._stub, method)(request, metadata=self._metadata, timeout=RPC_TIMEOUT_S)
+        except grpc.RpcError as err:
+            api_error = api_error_from_rpc_error(err)
+            where = f" (control plane at {self.address})" if api_error.code == "unavailable" else ""
+            raise CliError(f"{api_error.code}: {api_error.message}{where}") from err
+
+    def get_deployment(self, slug: str) -> cp_pb.Deployment:
+        return self.call("GetDeployment", cp_pb.GetDeploymentRequest(deployment_id=slug))
+
+    def register_model(self, body: dict[str, Any]) -> cp_pb.Model:
+        return self.call("RegisterModel", cp_pb.RegisterModelRequest(body=struct(body)))
+
+    def create_deployment(self, body: dict[str, Any]) -> cp_pb.Deployment:
+        return self.call("CreateDeployment", cp_pb.CreateDeploymentRequest(body=struct(body)))
+
+    def delete_deployment(self, slug: str) -> None:
+        self.call("DeleteDeployment", cp_pb.DeleteDeploymentRequest(deployment_id=slug))
+
+    def manage_traffic(self, slug: str, body: dict[str, Any], expected: int | None = None):
+        request = cp_pb.ManageTrafficRequest(deployment_id=slug, body=struct(body))
+        if expected is not None:
+            request.expected_cache_version = expected
+        return self.call("ManageTraffic", request)
+
+    def rollback(self, slug: str, to_version: int) -> cp_pb.DeploymentChange:
+        return self.call("RollbackDeployment", cp_pb.RollbackDeploymentRequest(
+            deployment_id=slug, body=struct({"to_version": to_version})))
+
+    def apply(self, slug: str, desired: dict[str, Any], expected: int) -> cp_pb.DeploymentChange:
+        return self.call("ApplyTraffic", cp_pb.ApplyTrafficRequest(
+            deployment_id=slug, body=struct(desired), expected_cache_version=expected))

@@ -1,0 +1,364 @@
+"""tsplit: the operator CLI.
+
+Reads (get, history, routers, models list, deployments list) come straight from etcd, so
+they work while the control plane is down; changes go through the control plane. The
+system is found by flags first, then TSPLIT_* variables, then DIR/stack.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tsplit.cli import render
+from tsplit.cli.changes import ControlPlaneClient, to_json
+from tsplit.cli.context import CliContext, CliError, resolve
+from tsplit.cli.reads import read_history, read_state
+
+log = logging.getLogger("tsplit")
+
+
+def _json(args) -> bool:
+    return getattr(args, "json", False)
+
+
+def _out(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=False))
+
+
+def _info(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+# reads ---------------------------------------------------------------------------------
+
+def cmd_get(args, ctx: CliContext) -> int:
+    from tsplit.status import router_sync_summary, summarize_deployment_status
+
+    def render_once() -> str | None:
+        state = asyncio.run(read_state(ctx.require_etcd(), ctx.layout))
+        if args.slug and args.slug not in state.deployments:
+            raise CliError(f"deployment {args.slug} not found in etcd at {ctx.etcd_endpoints} "
+                           f"(prefix {ctx.etcd_prefix})")
+        chosen = [state.deployments[args.slug]] if args.slug else sorted(
+            state.deployments.values(), key=lambda d: d.deployment_id)
+        sync = {d.deployment_id: router_sync_summary(d, state.routers) for d in chosen}
+        if _json(args):
+            _out({"deployments": [{"config": d.to_json(), "status": summarize_deployment_status(d, state.routers)}
+                                  for d in chosen]})
+            return None
+        if not chosen:
+            return f"no deployments (etcd {ctx.etcd_endpoints}, prefix {ctx.etcd_prefix})"
+        if not args.slug:
+            return render.deployments_summary(chosen, state.models, sync)
+        d = chosen[0]
+        return render.deployment_view(d, summarize_deployment_status(d, state.routers), state.models,
+                                      sync[d.deployment_id])
+
+    if not args.watch:
+        text = render_once()
+        if text is not None:
+            print(text)
+        return 0
+    try:
+        while True:
+            text = render_once()
+            sys.stdout.write("\x1b[H\x1b[2J" + (text or "") + f"\n\n(every {args.interval:g} s; Ctrl-C to stop)\n")
+            sys.stdout.flush()
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_history(args, ctx: CliContext) -> int:
+    entries = asyncio.run(read_history(ctx.require_etcd(), ctx.layout, args.slug))
+    if not entries:
+        raise CliError(f"no history for {args.slug} in etcd at {ctx.etcd_endpoints}")
+    if _json(args):
+        _out({"versions": entries})
+        return 0
+    rows = []
+    for e in entries:
+        config = e.get("config", {})
+        split = ", ".join(f"{c['id']} {render._weight(c['traffic_pct'])}%"
+                          for c in config.get("challengers", []) if c.get("is_active")) or "champion 100%"
+        rows.append([e.get("cache_version"), e.get("action"), e.get("actor"), e.get("at"),
+                     "shadow" if config.get("shadow_mode") else "split", split])
+    print(render.table(["version", "action", "actor", "at", "mode", "challengers"], rows))
+    return 0
+
+
+def cmd_routers(args, ctx: CliContext) -> int:
+    state = asyncio.run(read_state(ctx.require_etcd(), ctx.layout))
+    routers = sorted(state.routers, key=lambda r: r.get("router_id", ""))
+    if _json(args):
+        _out({"routers": routers})
+        return 0
+    rows = []
+    for r in routers:
+        applied = r.get("applied", {})
+        behind = [s for s, d in state.deployments.items() if applied.get(s) != d.cache_version]
+        rows.append([r.get("router_id"), r.get("kind", "router"), r.get("address"),
+                     f"{len(applied) - len([s for s in behind if s in applied])}/{len(state.deployments)} current",
+                     ", ".join(behind) or "-", render.ago(r.get("started_at", "")), r.get("pid")])
+    print(render.table(["router", "kind", "address", "deployments", "behind", "uptime", "pid"], rows)
+          if rows else "no live routers")
+    return 0
+
+
+def cmd_models(args, ctx: CliContext) -> int:
+    if args.models_command == "register":
+        body = {"endpoint": args.endpoint, "model_name": args.model_name}
+        if args.model_version:
+            body["model_version"] = args.model_version
+        if args.model_id:
+            body["model_id"] = args.model_id
+        with ControlPlaneClient(ctx) as cp:
+            model = to_json(cp.register_model(body))
+        _out(model) if _json(args) else print(f"registered {model['model_id']} ({model['model_name']} at {model['endpoint']})")
+        return 0
+    state = asyncio.run(read_state(ctx.require_etcd(), ctx.layout))
+    models = sorted(state.models.values(), key=lambda m: m.model_id)
+    if _json(args):
+        _out({"models": [m.to_json() for m in models]})
+    else:
+        print(render.table(["model", "name", "version", "endpoint", "org"],
+                           [[m.model_id, m.model_name, m.model_version or "-", m.endpoint, m.org_id] for m in models]))
+    return 0
+
+
+def cmd_deployments(args, ctx: CliContext) -> int:
+    if args.deployments_command == "create":
+        body = {"champion_model_id": args.champion}
+        if args.id:
+            body["deployment_id"] = args.id
+        with ControlPlaneClient(ctx) as cp:
+            dep = to_json(cp.create_deployment(body))
+        _out(dep) if _json(args) else print(f"created {dep['deployment_id']} (champion {dep['champion_model_id']}, version 1)")
+        return 0
+    if args.deployments_command == "delete":
+        with ControlPlaneClient(ctx) as cp:
+            cp.delete_deployment(args.slug)
+        print(f"deleted {args.slug}")
+        return 0
+    return cmd_get(argparse.Namespace(slug=None, watch=False, json=_json(args), interval=1.0), ctx)
+
+
+# changes -------------------------------------------------------------------------------
+
+def cmd_rollback(args, ctx: CliContext) -> int:
+    with ControlPlaneClient(ctx) as cp:
+        change = cp.rollback(args.slug, args.to)
+    dep = to_json(change.deployment)
+    if _json(args):
+        _out({"deployment": dep, "changed": change.changed})
+    elif change.changed:
+        print(f"rolled {args.slug} back to version {args.to}'s traffic: now version {dep['cache_version']}")
+    else:
+        print(f"{args.slug} already has version {args.to}'s traffic (version {dep['cache_version']}, nothing written)")
+    return 0
+
+
+def load_desired(path: str) -> dict[str, Any]:
+    import yaml
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        data = yaml.safe_load(text)
+    except OSError as err:
+        raise CliError(f"cannot read {path}: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise CliError(f"{path} is not valid YAML or JSON: {err}") from err
+    if not isinstance(data, dict) or not isinstance(data.get("deployment"), str):
+        raise CliError(f"{path}: expected a mapping with a 'deployment' slug (see `tsplit apply --help`)")
+    return data
+
+
+def traffic_diff(current: dict[str, Any], desired: dict[str, Any]) -> list[str]:
+    """Human-readable lines: what applying `desired` would change."""
+    lines = []
+    active = {c["model_id"]: c for c in current.get("challengers", []) if c.get("is_active")}
+    wanted = {c.get("model_id"): c for c in desired.get("challengers") or [] if isinstance(c, dict)}
+    for model_id, c in wanted.items():
+        if model_id not in active:
+            lines.append(f"+ challenger {model_id} at {c.get('traffic_pct')}%")
+        elif float(active[model_id]["traffic_pct"]) != float(c.get("traffic_pct", -1)):
+            lines.append(f"~ challenger {active[model_id]['id']} ({model_id}): "
+                         f"{active[model_id]['traffic_pct']}% -> {c.get('traffic_pct')}%")
+    for model_id, c in active.items():
+        if model_id not in wanted:
+            lines.append(f"- challenger {c['id']} ({model_id}) removed")
+    if "shadow_mode" in desired and bool(desired["shadow_mode"]) != bool(current.get("shadow_mode")):
+        lines.append(f"~ shadow_mode: {current.get('shadow_mode', False)} -> {desired['shadow_mode']}")
+    return lines
+
+
+def cmd_apply(args, ctx: CliContext) -> int:
+    desired = load_desired(args.file)
+    slug = desired["deployment"]
+    with ControlPlaneClient(ctx) as cp:
+        current = to_json(cp.get_deployment(slug))
+        diff = traffic_diff(current, desired)
+        if not _json(args):
+            print(f"{slug} at version {current['cache_version']}:")
+            print("\n".join(f"  {line}" for line in diff) if diff else "  no changes")
+        change = cp.apply(slug, desired, expected=int(current["cache_version"]))
+    dep = to_json(change.deployment)
+    if _json(args):
+        _out({"deployment": dep, "changed": change.changed, "diff": diff})
+    elif change.changed:
+        print(f"applied: {slug} is now version {dep['cache_version']}")
+    else:
+        print(f"nothing to apply: {slug} stays at version {dep['cache_version']}")
+    return 0
+
+
+# the stack -----------------------------------------------------------------------------
+
+def cmd_up(args, ctx: CliContext) -> int:
+    from tsplit.cli.stack import UpOptions, down, up
+
+    options = UpOptions(directory=ctx.directory, routers=args.routers, demo_models=args.demo_models,
+                        etcd=args.etcd, etcd_prefix=ctx.etcd_prefix, org_id=args.org)
+    started_at = time.monotonic()
+    stack, _ = up(options, _info)
+    _info(f"healthy in {time.monotonic() - started_at:.1f} s; wrote {ctx.directory / 'stack.json'}")
+    if _json(args):
+        _out(stack)
+    else:
+        print(f"gateway {stack['gateway']['url']}  control plane {stack['controlplane']['address']}  "
+              f"routers {', '.join(r['address'] for r in stack['routers'])}")
+    if args.detach:
+        return 0
+    _info("running; Ctrl-C stops everything")
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        while not stop["now"]:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    down(ctx.directory, _info)
+    return 0
+
+
+def cmd_down(args, ctx: CliContext) -> int:
+    from tsplit.cli.stack import down
+
+    count = down(ctx.directory, _info)
+    print(f"stopped {count} processes from {ctx.directory}")
+    return 0
+
+
+def cmd_token(args, ctx: CliContext) -> int:
+    from tsplit import devkeys
+
+    key_path = Path(args.private_key) if args.private_key else Path(
+        ctx.stack.get("jwt", {}).get("private_key") or ctx.directory / "dev-private.pem")
+    if not key_path.exists():
+        raise CliError(f"no dev private key at {key_path}: run `tsplit up` first or pass --private-key")
+    org = args.org or ctx.stack.get("jwt", {}).get("org_id") or "org_1"
+    print(devkeys.mint_token(key_path.read_bytes(), sub=args.sub, org_id=org, role=args.role, ttl_s=args.ttl))
+    return 0
+
+
+def cmd_demo(args, ctx: CliContext) -> int:
+    from tsplit.cli.demo import run_demo
+
+    return run_demo(ctx, keep=args.keep)
+
+
+# parser --------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    # SUPPRESS: an option absent after the subcommand must not undo one given before it.
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common.add_argument("--dir", help="stack directory with stack.json (env TSPLIT_DIR, default ./.tsplit)")
+    common.add_argument("--etcd", help="etcd endpoints host:port[,host:port...] (env TSPLIT_ETCD)")
+    common.add_argument("--etcd-prefix", help="etcd key prefix (env TSPLIT_ETCD_PREFIX, default /tsplit)")
+    common.add_argument("--controlplane", help="control plane host:port (env TSPLIT_CONTROLPLANE)")
+    common.add_argument("--token", help="bearer JWT for changes (env TSPLIT_TOKEN; default: the stack's admin token)")
+    common.add_argument("--json", action="store_true", help="print JSON only on stdout (logs go to stderr)")
+
+    parser = argparse.ArgumentParser(
+        prog="tsplit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func, help_text: str, **kw) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text, **kw)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("up", cmd_up, "start the local stack: etcd, control plane, gateway, routers (and demo models)")
+    p.add_argument("--routers", type=int, default=2, help="number of routers (default 2)")
+    p.add_argument("--demo-models", action="store_true", help="also start and register three demo model servers")
+    p.add_argument("--detach", action="store_true", help="return once healthy (stop later with `tsplit down`)")
+    p.add_argument("--org", default="org_1", help="org of the admin token (default org_1)")
+    add("down", cmd_down, "stop every process of the local stack in --dir")
+    p = add("demo", cmd_demo, "the scripted end-to-end story (what scripts/demo runs)")
+    p.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
+
+    p = add("get", cmd_get, "show deployments, or one deployment's variants, stats and router sync (from etcd)")
+    p.add_argument("slug", nargs="?", help="a deployment slug (dep_...)")
+    p.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
+    p.add_argument("--interval", type=float, default=1.0, help="--watch refresh period in seconds")
+    p = add("history", cmd_history, "every version of a deployment: action, actor, time, split (from etcd)")
+    p.add_argument("slug")
+    p = add("rollback", cmd_rollback, "a new version whose challengers and shadow mode equal version N's")
+    p.add_argument("slug")
+    p.add_argument("--to", type=int, required=True, metavar="N", help="the version to return to")
+    p = add("apply", cmd_apply, "apply a desired traffic state (YAML or JSON) as one change, like `cortex deploy`",
+            epilog="file format:\n  deployment: dep_xK8m\n  champion: mod_a1b2c3d4\n  shadow_mode: false\n"
+                   "  challengers:\n    - model_id: mod_nY5kT2Wq\n      traffic_pct: 10\n",
+            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-f", "--file", required=True, help="the desired state file ('-' for stdin)")
+    add("routers", cmd_routers, "live routers and clients: address, applied versions, uptime (from etcd)")
+    p = add("token", cmd_token, "mint a dev token with the local stack's key (production tokens come from your IdP)")
+    p.add_argument("--sub", default="dev-user", help="subject (default dev-user)")
+    p.add_argument("--org", help="org_id claim (default: the stack's org)")
+    p.add_argument("--role", default="admin", help="owner, admin or viewer (default admin)")
+    p.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+    p.add_argument("--private-key", help="PEM private key (default: the stack's dev key)")
+
+    p = add("models", cmd_models, "register or list models")
+    msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    r = msub.add_parser("register", parents=[common], help="register an Open Inference Protocol v2 model")
+    r.add_argument("--endpoint", required=True, help="host:port of the model server")
+    r.add_argument("--model-name", required=True, help="the model's name on that server")
+    r.add_argument("--model-version", default="")
+    r.add_argument("--model-id", help="mod_... (generated when absent)")
+    msub.add_parser("list", parents=[common], help="list models (from etcd)")
+
+    p = add("deployments", cmd_deployments, "create, delete or list deployments")
+    dsub = p.add_subparsers(dest="deployments_command", required=True, metavar="ACTION")
+    c = dsub.add_parser("create", parents=[common], help="create a deployment with a champion model")
+    c.add_argument("--champion", required=True, help="the champion model id")
+    c.add_argument("--id", help="dep_... (generated when absent)")
+    d = dsub.add_parser("delete", parents=[common], help="delete a deployment (its history is kept)")
+    d.add_argument("slug")
+    dsub.add_parser("list", parents=[common], help="list deployments (from etcd)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("TSPLIT_LOG_LEVEL", "WARNING"), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args, resolve(args))
+    except CliError as err:
+        print(f"tsplit {args.command}: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Plain-text tables for people (`--json` prints the data instead)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Iterable, Sequence
+
+from tsplit.resources import Deployment, Model
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+
+
+def ago(timestamp: str, now: datetime | None = None) -> str:
+    """'2026-11-22T13:00:00Z' -> '4m' (cortex style)."""
+    if not timestamp:
+        return "-"
+    try:
+        then = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    except ValueError:
+        return timestamp
+    seconds = int(((now or datetime.now(timezone.utc)) - then).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def _ms(value: Any) -> str:
+    return "-" if not value else f"{value:.1f}"
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def model_label(model_id: str, models: dict[str, Model]) -> str:
+    model = models.get(model_id)
+    return f"{model_id} ({model.model_name})" if model else f"{model_id} (unregistered)"
+
+
+def variant_status(row: dict[str, Any], in_sync: int, total: int) -> str:
+    if total == 0:
+        return "no routers"
+    if in_sync < total:
+        return "updating"
+    if row.get("requests") and row.get("errors", 0) > row.get("ok", 0):
+        return "erroring"
+    return "live"
+
+
+def deployment_view(deployment: Deployment, status: dict[str, Any], models: dict[str, Model],
+                    sync: tuple[int, int, list[str]]) -> str:
+    in_sync, total, stale = sync
+    shadow = deployment.shadow_mode
+    headers = ["variant", "model", "weight", "status", "requests", "ok", "errors", "avg ms", "p99 ms", "failovers"]
+    if shadow:
+        headers += ["mirrored", "dropped", "agreement", "exact", "mean |diff|"]
+    rows = []
+    for v in status.get("variants", []):
+        row = [v["variant"], model_label(v["model_id"], models), _weight(v.get("traffic_pct")),
+               variant_status(v, in_sync, total), v.get("requests", 0), v.get("ok", 0), v.get("errors", 0),
+               _ms(v.get("avg_latency_ms")), _ms(v.get("p99_latency_ms")), v.get("failovers", 0)]
+        if shadow:
+            diff = v.get("mean_abs_diff")
+            row += [v.get("mirrored", 0), v.get("mirror_dropped", 0), _pct(v.get("label_agreement")),
+                    _pct(v.get("exact_match_rate")), "-" if diff is None else f"{diff:.4f}"]
+        rows.append(row)
+    lines = [f"{deployment.deployment_id}   org {deployment.org_id}   mode {'shadow' if shadow else 'split'}", "",
+             table(headers, rows), ""]
+    lines.append(f"cache_version: {deployment.cache_version}")
+    lines.append(f"last update: {ago(deployment.updated_at)} ago by {deployment.updated_by or '-'}")
+    sync_line = f"routers: {in_sync}/{total} at version {deployment.cache_version}"
+    if stale:
+        sync_line += f" (behind: {', '.join(stale)})"
+    lines.append(sync_line)
+    return "\n".join(lines)
+
+
+def _weight(pct: Any) -> str:
+    if pct is None:
+        return "-"
+    return str(int(pct)) if float(pct).is_integer() else f"{pct:.2f}"
+
+
+def deployments_summary(deployments: list[Deployment], models: dict[str, Model],
+                        sync: dict[str, tuple[int, int, list[str]]]) -> str:
+    rows = []
+    for d in deployments:
+        in_sync, total, _ = sync[d.deployment_id]
+        split = ", ".join(f"{c.id} {_weight(c.traffic_pct)}%" for c in d.active_challengers) or "-"
+        rows.append([d.deployment_id, model_label(d.champion_model_id, models), split,
+                     "shadow" if d.shadow_mode else "split", d.cache_version, f"{in_sync}/{total}",
+                     ago(d.updated_at)])
+    return table(["deployment", "champion", "challengers", "mode", "version", "routers", "last update"], rows)
