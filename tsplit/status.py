@@ -1,0 +1,195 @@
+"""A deployment's status: what the live routers report, summed (SPEC section 4).
+
+Each router (or proxyless client) keeps one lease-bound JSON record under
+``{prefix}/routers/{router_id}`` with the cache_version it applied per deployment and
+cumulative counters per deployment and variant (the format is in dataplane/registration.py).
+This module owns the latency bucket bounds those counters use and turns a list of records
+into the status JSON the control plane, the gateway and the CLI show. It is pure: records
+in, a dict out; a record that is malformed in part counts as zeros for that part, so one
+bad router never hides the others.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import math
+from typing import Any, Iterable, Mapping
+
+from tsplit.resources import Deployment, pct_to_json
+
+log = logging.getLogger(__name__)
+
+# Upper bounds (ms, inclusive, as Prometheus' "le") of the latency histogram buckets; the
+# counts list has one more entry for +inf. Fine below 10 ms, where a router's own overhead
+# and a fast model live, coarse above.
+LATENCY_BUCKETS_MS: tuple[float, ...] = (
+    0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750,
+    1000, 2000, 5000, 10000, 30000,
+)
+
+CHAMPION = "champion"
+
+# Counters summed across routers, as named in the router record.
+_COUNTERS = (
+    "requests", "ok", "errors", "failovers", "mirrored", "mirror_dropped", "mirror_errors",
+    "compared", "exact_matches", "label_agree", "label_total", "abs_diff_count",
+)
+_SUMS = ("latency_ms_sum", "mirror_latency_ms_sum", "abs_diff_sum")
+
+
+def latency_bucket(latency_ms: float) -> int:
+    """Index of the bucket a latency falls in (len(LATENCY_BUCKETS_MS) for +inf)."""
+    return bisect.bisect_left(LATENCY_BUCKETS_MS, latency_ms)
+
+
+def empty_buckets() -> list[int]:
+    return [0] * (len(LATENCY_BUCKETS_MS) + 1)
+
+
+def quantile_from_buckets(buckets: list[int], q: float) -> float:
+    """The q-quantile (0..1) of a histogram, interpolated linearly inside its bucket as
+    Prometheus' histogram_quantile does; 0.0 for an empty histogram. A quantile in the +inf
+    bucket answers the highest finite bound (the histogram cannot say more)."""
+    total = sum(buckets)
+    if total <= 0:
+        return 0.0
+    rank = q * total
+    cumulative = 0
+    for index, count in enumerate(buckets):
+        if count and cumulative + count >= rank:
+            if index >= len(LATENCY_BUCKETS_MS):
+                return float(LATENCY_BUCKETS_MS[-1])
+            lower = LATENCY_BUCKETS_MS[index - 1] if index else 0.0
+            upper = LATENCY_BUCKETS_MS[index]
+            return float(lower + (upper - lower) * (rank - cumulative) / count)
+        cumulative += count
+    return float(LATENCY_BUCKETS_MS[-1])
+
+
+def _number(value: Any) -> float:
+    """A counter from a record: a finite, non-negative number, else 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0
+    if not math.isfinite(value) or value < 0:
+        return 0
+    return value
+
+
+class _VariantTotals:
+    """Counters of one variant summed over routers."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = dict.fromkeys(_COUNTERS + _SUMS, 0)
+        self.buckets = empty_buckets()
+
+    def add(self, stats: Mapping[str, Any]) -> None:
+        for name in self.values:
+            self.values[name] += _number(stats.get(name))
+        buckets = stats.get("latency_buckets")
+        # A record with other bucket bounds (another version of the router) cannot be
+        # summed bucket by bucket: its latencies still count in the average, not in p99.
+        if isinstance(buckets, list) and len(buckets) == len(self.buckets):
+            for i, count in enumerate(buckets):
+                self.buckets[i] += int(_number(count))
+
+    def row(self, variant: str, model_id: str, traffic_pct: float) -> dict[str, Any]:
+        v = self.values
+        return {
+            "variant": variant, "model_id": model_id, "traffic_pct": traffic_pct,
+            "requests": int(v["requests"]), "ok": int(v["ok"]), "errors": int(v["errors"]),
+            "avg_latency_ms": _ratio(v["latency_ms_sum"], v["requests"]) or 0.0,
+            "p99_latency_ms": quantile_from_buckets(self.buckets, 0.99),
+            "failovers": int(v["failovers"]),
+            "mirrored": int(v["mirrored"]), "mirror_dropped": int(v["mirror_dropped"]),
+            "mirror_errors": int(v["mirror_errors"]),
+            "avg_mirror_latency_ms": _ratio(v["mirror_latency_ms_sum"], v["mirrored"]) or 0.0,
+            "compared": int(v["compared"]),
+            "label_agreement": _ratio(v["label_agree"], v["label_total"]),
+            "exact_match_rate": _ratio(v["exact_matches"], v["compared"]),
+            "mean_abs_diff": _ratio(v["abs_diff_sum"], v["abs_diff_count"]),
+        }
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return float(numerator) / denominator if denominator > 0 else None
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def applied_version(record: Mapping[str, Any], deployment_id: str) -> int:
+    """The cache_version a router has applied for a deployment, 0 if none."""
+    version = _mapping(record.get("applied")).get(deployment_id, 0)
+    return version if isinstance(version, int) and not isinstance(version, bool) else 0
+
+
+def _router_rows(deployment: Deployment, router_records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    rows = [
+        {
+            "router_id": str(record.get("router_id", "")),
+            "address": str(record.get("address", "")),
+            "applied_cache_version": applied_version(record, deployment.deployment_id),
+            "kind": str(record.get("kind", "router")),
+        }
+        for record in router_records
+    ]
+    return sorted(rows, key=lambda row: row["router_id"])
+
+
+def summarize_deployment_status(deployment: Deployment, router_records: list[dict]) -> dict[str, Any]:
+    """The status JSON of SPEC section 4: router sync and per-variant stats summed over
+    the live routers' records. Rows: the champion, then each active challenger in the
+    deployment's order; field names match tsplit.v1.DeploymentStatus."""
+    variants = [(CHAMPION, deployment.champion_model_id)] + [
+        (c.id, c.model_id) for c in deployment.active_challengers]
+    totals = {variant: _VariantTotals() for variant, _ in variants}
+    for record in router_records:
+        per_variant = _mapping(_mapping(record.get("stats")).get(deployment.deployment_id))
+        for variant, stats in per_variant.items():
+            if variant in totals and isinstance(stats, Mapping):
+                totals[variant].add(stats)
+
+    champion_pct = 100 if deployment.shadow_mode else pct_to_json(deployment.champion_bp)
+    rows = [totals[CHAMPION].row(CHAMPION, deployment.champion_model_id, champion_pct)]
+    rows += [totals[c.id].row(c.id, c.model_id, c.traffic_pct) for c in deployment.active_challengers]
+    return {
+        "deployment_id": deployment.deployment_id,
+        "cache_version": deployment.cache_version,
+        "shadow_mode": deployment.shadow_mode,
+        "routers": _router_rows(deployment, router_records),
+        "variants": rows,
+    }
+
+
+def router_sync_summary(deployment: Deployment, router_records: list[dict]) -> tuple[int, int, list[str]]:
+    """(routers that applied the deployment's current cache_version or a newer one,
+    all live routers, the ids of the others sorted)."""
+    stale = sorted(
+        str(record.get("router_id", "")) for record in router_records
+        if applied_version(record, deployment.deployment_id) < deployment.cache_version)
+    return len(router_records) - len(stale), len(router_records), stale
+
+
+def parse_router_records(values: Iterable[bytes]) -> list[dict[str, Any]]:
+    """Router records from their etcd values; one that is not a JSON object is skipped
+    (logged), so a single broken writer does not break the status of all."""
+    records = []
+    for raw in values:
+        try:
+            record = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            log.warning("skipping a router record that is not a JSON object: %.80r", raw)
+    return records
+
+
+async def read_router_records(etcd, layout) -> list[dict[str, Any]]:
+    """Every live router record under layout.routers (tsplit.etcd.Etcd, tsplit.layout.Layout)."""
+    kvs, _ = await etcd.get_prefix(layout.routers)
+    return parse_router_records(kv.value for kv in kvs)
