@@ -85,6 +85,13 @@ class WatchBatch:
     revision: int  # the store revision this batch brings the watcher up to
     events: tuple[Event, ...]
 
+    @property
+    def seen_revision(self) -> int:
+        """The revision up to which the watcher has seen every change: the last event's
+        when there are events (a catch-up batch may stop short of the header revision,
+        with the rest to follow), else the header's (a progress notification)."""
+        return self.events[-1].mod_revision if self.events else self.revision
+
 
 @dataclass(frozen=True)
 class TxnResult:
@@ -205,6 +212,20 @@ class Etcd:
         resp = await self._unary(self._kv.Range, request, timeout=max(self.timeout, 10.0))
         return [_kv(kv) for kv in resp.kvs], resp.header.revision
 
+    async def get_prefixes(self, prefixes: Sequence[str]) -> tuple[list[list[KeyValue]], int]:
+        """Every key under each prefix, all read at one store revision (one transaction),
+        and that revision."""
+        ops = [
+            pb.RequestOp(request_range=pb.RangeRequest(
+                key=prefix.encode(), range_end=prefix_range_end(prefix),
+                sort_order=pb.RangeRequest.ASCEND, sort_target=pb.RangeRequest.KEY))
+            for prefix in prefixes
+        ]
+        request = pb.TxnRequest(compare=[], success=ops)
+        resp = await self._unary(self._kv.Txn, request, timeout=max(self.timeout, 10.0))
+        ranges = [[_kv(kv) for kv in op.response_range.kvs] for op in resp.responses]
+        return ranges, resp.header.revision
+
     async def revision(self) -> int:
         resp = await self._unary(self._kv.Range, pb.RangeRequest(key=b"\0", count_only=True))
         return resp.header.revision
@@ -260,8 +281,12 @@ class Etcd:
             raise EtcdUnavailable("lease keepalive stream ended")
         return resp.TTL
 
-    async def watch_prefix(self, prefix: str, start_revision: int) -> AsyncIterator[WatchBatch]:
-        """Changes under prefix from start_revision on, batch by batch, forever.
+    def watch_prefix(self, prefix: str, start_revision: int) -> AsyncIterator[WatchBatch]:
+        """Changes under prefix from start_revision on (see watch_range)."""
+        return self.watch_range(prefix, prefix_range_end(prefix), start_revision)
+
+    async def watch_range(self, key: str, range_end: bytes, start_revision: int) -> AsyncIterator[WatchBatch]:
+        """Changes to keys in [key, range_end) from start_revision on, batch by batch, forever.
 
         Raises WatchCompacted when start_revision is compacted, EtcdUnavailable when the
         stream breaks (member down, no leader): the caller resumes from the last revision
@@ -271,7 +296,7 @@ class Etcd:
         # of leaving us on a member that will never see new writes.
         call = self._watch.Watch(metadata=(("hasleader", "true"),))
         create = pb.WatchCreateRequest(
-            key=prefix.encode(), range_end=prefix_range_end(prefix),
+            key=key.encode(), range_end=range_end,
             start_revision=start_revision, progress_notify=True,
         )
         try:
