@@ -1,0 +1,490 @@
+"""The control plane's etcd store: models and deployments of each org, versioned.
+
+Every write is ONE etcd transaction that compares what it read (the deployment key's
+mod_revision, the idempotency record's) and puts the new config, its history version and
+the idempotency record together; a lost race is re-read, re-validated and retried, so
+several control-plane replicas can write at once. Another org's resources answer "not
+found" exactly as missing ones do.
+
+Idempotency records live at layout.request(scope, request_id). A committed one holds the
+result the request produced; an "aborted" one is a fence (see _resolve_lost_write) and
+counts as absent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import random
+import re
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable, Mapping
+from urllib.parse import quote
+
+from controlplane.actions import check_champion_registered
+from tsplit.errors import ApiError
+from tsplit.etcd import (
+    Etcd, EtcdUnavailable, KeyValue, delete_op, get_op, key_missing, mod_revision_is, put_op,
+)
+from tsplit.layout import Layout
+from tsplit.resources import BASIS_POINTS, Challenger, Deployment, Model, dumps, loads
+
+log = logging.getLogger(__name__)
+
+MAX_CHALLENGER_BP = BASIS_POINTS // 2
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:~@+=-]{1,128}")
+
+Mutation = tuple[Deployment, Challenger | None]
+Mutate = Callable[[Deployment, Mapping[str, Model]], Mutation | Awaitable[Mutation]]
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    retry_deadline_s: float = 10.0  # lost races are retried until then
+    resolve_deadline_s: float = 5.0  # after a lost answer: time to learn whether it committed
+    read_timeout_s: float = 4.0  # a read while etcd is down answers 503 within this
+    write_timeout_s: float = 3.0
+    backoff_s: float = 0.004  # first retry waits up to this (jittered), doubling
+    max_backoff_s: float = 0.1
+
+
+@dataclass(frozen=True)
+class ChangeResult:
+    deployment: Deployment  # the deployment after the change (the current one on a no-op)
+    changed: bool
+    challenger: Challenger | None = None  # the challenger the action touched
+    replayed: bool = False  # the answer of an earlier request with the same request_id
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "deployment": self.deployment.to_json(), "changed": self.changed,
+            "challenger": self.challenger.to_json() if self.challenger else None,
+        }
+
+    @classmethod
+    def from_record(cls, result: dict[str, Any]) -> "ChangeResult":
+        challenger = result.get("challenger")
+        return cls(
+            Deployment.from_json(result["deployment"]), bool(result["changed"]),
+            Challenger.from_json(challenger) if challenger else None, replayed=True)
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    cache_version: int
+    action: str
+    actor: str
+    at: str
+    config: Deployment
+    request: dict[str, Any]
+    request_id: str
+
+
+def utc_now_text() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def check_request_id(request_id: str) -> str:
+    """The caller's idempotency key, or a new one when empty."""
+    if not request_id:
+        return new_request_id()
+    if not _REQUEST_ID.fullmatch(request_id):
+        raise ApiError(
+            "invalid_request",
+            "request_id (Idempotency-Key) must be 1 to 128 letters, digits or ._:~@+=-")
+    return request_id
+
+
+def _org_scope(org_id: str, kind: str) -> str:
+    """Idempotency scope of creations, per org (a slug or model id is not known yet)."""
+    return f"org:{quote(org_id, safe='')}:{kind}"
+
+
+@dataclass(frozen=True)
+class _Record:
+    """The idempotency record read at the start of an attempt."""
+
+    mod_revision: int  # 0 when absent: the write compares it
+    value: dict[str, Any] | None  # a committed record, else None
+
+    @classmethod
+    def of(cls, kv: KeyValue | None) -> "_Record":
+        if kv is None:
+            return cls(0, None)
+        value = loads(kv.value)
+        return cls(kv.mod_revision, value if "result" in value else None)
+
+
+class _LostRace(Exception):
+    """A compare of the write failed: someone wrote first."""
+
+
+class ControlPlaneStore:
+    def __init__(
+        self, etcd: Etcd, layout: Layout, settings: StoreSettings = StoreSettings(),
+        clock: Callable[[], str] = utc_now_text,
+    ):
+        self.etcd = etcd
+        self.layout = layout
+        self.settings = settings
+        self.clock = clock
+
+    # Reads.
+
+    async def _read(self, call: Awaitable[Any]) -> Any:
+        try:
+            return await asyncio.wait_for(call, self.settings.read_timeout_s)
+        except (EtcdUnavailable, asyncio.TimeoutError):
+            raise ApiError("unavailable", "etcd is unreachable; nothing was read or written, retry later") from None
+
+    async def _get(self, key: str) -> KeyValue | None:
+        return await self._read(self.etcd.get(key))
+
+    async def _get_prefix(self, prefix: str) -> list[KeyValue]:
+        kvs, _ = await self._read(self.etcd.get_prefix(prefix))
+        return kvs
+
+    async def get_model(self, org_id: str, model_id: str) -> Model:
+        kv = await self._get(self.layout.model(model_id)) if model_id else None
+        model = Model.from_json(loads(kv.value)) if kv else None
+        if model is None or model.org_id != org_id:
+            raise ApiError("model_not_found", f"model {model_id!r} not found")
+        return model
+
+    async def list_models(self, org_id: str) -> list[Model]:
+        models = (Model.from_json(loads(kv.value)) for kv in await self._get_prefix(self.layout.models))
+        return [m for m in models if m.org_id == org_id]
+
+    async def org_models(self, org_id: str) -> dict[str, Model]:
+        return {m.model_id: m for m in await self.list_models(org_id)}
+
+    async def _read_deployment(self, org_id: str, slug: str) -> tuple[Deployment, KeyValue] | None:
+        kv = await self._get(self.layout.deployment(slug)) if slug else None
+        if kv is None:
+            return None
+        deployment = Deployment.from_json(loads(kv.value))
+        return (deployment, kv) if deployment.org_id == org_id else None
+
+    async def get_deployment(self, org_id: str, slug: str) -> Deployment:
+        found = await self._read_deployment(org_id, slug)
+        if found is None:
+            raise _deployment_not_found(slug)
+        return found[0]
+
+    async def list_deployments(self, org_id: str) -> list[Deployment]:
+        deployments = (Deployment.from_json(loads(kv.value)) for kv in await self._get_prefix(self.layout.deployments))
+        return [d for d in deployments if d.org_id == org_id]
+
+    async def _owns_slug(self, org_id: str, slug: str) -> bool:
+        """The deployment, live or deleted, belongs to org_id."""
+        if await self._read_deployment(org_id, slug) is not None:
+            return True
+        tombstone = await self._get(self.layout.tombstone(slug)) if slug else None
+        return tombstone is not None and loads(tombstone.value).get("org_id") == org_id
+
+    async def history(self, org_id: str, slug: str) -> list[HistoryEntry]:
+        """Every version, oldest first; a deleted deployment keeps its history."""
+        if not await self._owns_slug(org_id, slug):
+            raise _deployment_not_found(slug)
+        return [_history_entry(kv) for kv in await self._get_prefix(self.layout.history(slug))]
+
+    async def history_config(self, org_id: str, slug: str, version: int) -> Deployment | None:
+        kv = await self._get(self.layout.history_version(slug, version))
+        if kv is None:
+            return None
+        config = Deployment.from_json(loads(kv.value)["config"])
+        return config if config.org_id == org_id else None
+
+    async def router_records(self) -> list[dict[str, Any]]:
+        records = []
+        for kv in await self._get_prefix(self.layout.routers):
+            try:
+                records.append(loads(kv.value))
+            except ValueError:
+                log.warning("router record %s is not JSON; ignored", kv.key)
+        return records
+
+    # Writes.
+
+    async def register_model(
+        self, org_id: str, model: Model, *, actor: str, request_id: str, request_body: dict[str, Any],
+    ) -> Model:
+        if model.org_id != org_id:
+            raise ValueError("a model is registered in the caller's org")
+        request_key = self.layout.request(_org_scope(org_id, "models"), request_id)
+        model_key = self.layout.model(model.model_id)
+
+        async def attempt() -> Model:
+            record = await self._record(request_key, org_id, "register_model", request_body)
+            if record.value:
+                return Model.from_json(record.value["result"])
+            compares = [key_missing(model_key), mod_revision_is(request_key, record.mod_revision)]
+            ops = [
+                put_op(model_key, dumps(model.to_json())),
+                put_op(request_key, self._record_value(org_id, "register_model", request_id, request_body, model.to_json())),
+            ]
+            replay = await self._commit(compares, ops, request_key, record.mod_revision)
+            if replay is not None:
+                return Model.from_json(replay["result"])
+            return model
+
+        async def explain_conflict() -> None:
+            if await self._get(model_key) is not None:
+                raise ApiError("already_exists", f"model_id {model.model_id!r} already exists")
+
+        return await self._retry(attempt, explain_conflict)
+
+    async def create_deployment(
+        self, org_id: str, deployment_id: str, champion_model_id: str, *,
+        actor: str, request_id: str, request_body: dict[str, Any],
+    ) -> Deployment:
+        request_key = self.layout.request(_org_scope(org_id, "deployments"), request_id)
+        key, tombstone = self.layout.deployment(deployment_id), self.layout.tombstone(deployment_id)
+
+        async def attempt() -> Deployment:
+            record = await self._record(request_key, org_id, "create", request_body)
+            if record.value:
+                return Deployment.from_json(record.value["result"])
+            await explain_conflict()
+            check_champion_registered(champion_model_id, await self.org_models(org_id))
+            now = self.clock()
+            deployment = Deployment(
+                deployment_id, org_id, champion_model_id, cache_version=1, updated_at=now, updated_by=actor)
+            compares = [key_missing(key), key_missing(tombstone), mod_revision_is(request_key, record.mod_revision)]
+            ops = [
+                put_op(key, dumps(deployment.to_json())),
+                put_op(self.layout.history_version(deployment_id, 1),
+                       self._history_value(deployment, "create", actor, now, request_body, request_id)),
+                put_op(request_key, self._record_value(org_id, "create", request_id, request_body, deployment.to_json())),
+            ]
+            replay = await self._commit(compares, ops, request_key, record.mod_revision)
+            return Deployment.from_json(replay["result"]) if replay else deployment
+
+        async def explain_conflict() -> None:
+            if await self._get(key) is not None or await self._get(tombstone) is not None:
+                raise ApiError("already_exists", f"deployment_id {deployment_id!r} exists or existed")
+
+        return await self._retry(attempt, explain_conflict)
+
+    async def change_deployment(
+        self, org_id: str, slug: str, mutate: Mutate, *, action: str, request_body: dict[str, Any],
+        actor: str, request_id: str, expected_cache_version: int | None = None,
+        authorize: Callable[[], None] = lambda: None,
+    ) -> ChangeResult:
+        """Apply mutate to the current deployment as one new version.
+
+        Checks in order: the deployment is the org's (404), authorize() (403), an earlier
+        request with this request_id (its answer), expected_cache_version (409), mutate,
+        which validates against the fresh state (422). A mutation that changes nothing
+        writes nothing and answers the current version.
+        """
+        request_key = self.layout.request(slug, request_id)
+
+        async def attempt() -> ChangeResult:
+            found = await self._read_deployment(org_id, slug)
+            record = await self._record(request_key, org_id, action, request_body, authorize)
+            if record.value:
+                return ChangeResult.from_record(record.value["result"])
+            if found is None:
+                raise _deployment_not_found(slug)
+            current, kv = found
+            authorize()
+            _check_precondition(current, expected_cache_version)
+            outcome = mutate(current, await self.org_models(org_id))
+            new, challenger = await outcome if inspect.isawaitable(outcome) else outcome
+            if new == current:
+                return ChangeResult(current, changed=False, challenger=challenger)
+            now = self.clock()
+            new = replace(new, cache_version=current.cache_version + 1, updated_at=now, updated_by=actor)
+            _check_invariants(current, new)
+            result = ChangeResult(new, changed=True, challenger=challenger)
+            history_key = self.layout.history_version(slug, new.cache_version)
+            compares = [
+                mod_revision_is(kv.key, kv.mod_revision), mod_revision_is(request_key, record.mod_revision),
+                key_missing(history_key),
+            ]
+            ops = [
+                put_op(kv.key, dumps(new.to_json())),
+                put_op(history_key, self._history_value(new, action, actor, now, request_body, request_id)),
+                put_op(request_key, self._record_value(org_id, action, request_id, request_body, result.to_json())),
+            ]
+            replay = await self._commit(compares, ops, request_key, record.mod_revision)
+            return ChangeResult.from_record(replay["result"]) if replay else result
+
+        return await self._retry(attempt)
+
+    async def delete_deployment(
+        self, org_id: str, slug: str, *, actor: str, request_id: str,
+        expected_cache_version: int | None = None, authorize: Callable[[], None] = lambda: None,
+    ) -> str:
+        """Remove the deployment key, keep its history and leave a tombstone."""
+        request_key = self.layout.request(slug, request_id)
+
+        async def attempt() -> str:
+            found = await self._read_deployment(org_id, slug)
+            record = await self._record(request_key, org_id, "delete", {}, authorize)
+            if record.value:
+                return record.value["result"]["deployment_id"]
+            if found is None:
+                raise _deployment_not_found(slug)
+            current, kv = found
+            authorize()
+            _check_precondition(current, expected_cache_version)
+            tombstone = {
+                "deployment_id": slug, "org_id": org_id, "deleted_at": self.clock(), "deleted_by": actor,
+                "last_cache_version": current.cache_version,
+            }
+            compares = [mod_revision_is(kv.key, kv.mod_revision), mod_revision_is(request_key, record.mod_revision)]
+            ops = [
+                delete_op(kv.key),
+                put_op(self.layout.tombstone(slug), dumps(tombstone)),
+                put_op(request_key, self._record_value(org_id, "delete", request_id, {}, {"deployment_id": slug})),
+            ]
+            await self._commit(compares, ops, request_key, record.mod_revision)
+            return slug
+
+        return await self._retry(attempt)
+
+    # The write machinery.
+
+    async def _record(
+        self, key: str, org_id: str, action: str, request_body: dict[str, Any],
+        authorize: Callable[[], None] = lambda: None,
+    ) -> _Record:
+        """The idempotency record of this request. Replaying it needs authorize() and the
+        same request; another org's record is never answered (it counts as absent)."""
+        kv = await self._get(key)
+        record = _Record.of(kv)
+        if record.value is None:
+            return record
+        if record.value.get("org_id") != org_id:
+            return _Record(record.mod_revision, None)
+        authorize()
+        if (record.value.get("action"), record.value.get("request")) != (action, request_body):
+            raise ApiError(
+                "invalid_request",
+                "request_id (Idempotency-Key) was already used for a different request; use a new one")
+        return record
+
+    def _record_value(
+        self, org_id: str, action: str, request_id: str, request_body: dict[str, Any], result: dict[str, Any],
+    ) -> bytes:
+        cache_version = result.get("cache_version", (result.get("deployment") or {}).get("cache_version"))
+        return dumps({
+            "request_id": request_id, "org_id": org_id, "action": action, "request": request_body,
+            "cache_version": cache_version, "at": self.clock(), "result": result,
+        })
+
+    @staticmethod
+    def _history_value(
+        config: Deployment, action: str, actor: str, at: str, request_body: dict[str, Any], request_id: str,
+    ) -> bytes:
+        return dumps({
+            "config": config.to_json(), "action": action, "actor": actor, "at": at,
+            "request": request_body, "request_id": request_id,
+        })
+
+    async def _retry(self, attempt: Callable[[], Awaitable[Any]], explain_conflict=None) -> Any:
+        """Run attempt until it does not lose a race, with jittered backoff, until the deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.retry_deadline_s
+        backoff = self.settings.backoff_s
+        while True:
+            try:
+                return await attempt()
+            except _LostRace:
+                if explain_conflict is not None:
+                    await explain_conflict()
+            if loop.time() + backoff >= deadline:
+                raise ApiError(
+                    "unavailable", "too many concurrent changes to retry in time; nothing was written, retry later")
+            await asyncio.sleep(random.uniform(0, backoff))
+            backoff = min(backoff * 2, self.settings.max_backoff_s)
+
+    async def _commit(self, compares, ops, request_key: str, request_revision: int) -> dict[str, Any] | None:
+        """Run the write transaction. None: it committed. A record: a request with the same
+        request_id committed first; answer its result. Raises _LostRace when a compare
+        failed or the write surely did not commit (then retrying is safe)."""
+        try:
+            result = await asyncio.wait_for(self.etcd.txn(compares, ops), self.settings.write_timeout_s)
+        except (EtcdUnavailable, asyncio.TimeoutError):
+            log.warning("etcd's answer to a write was lost; finding out whether it committed")
+            return await self._resolve_lost_write(request_key, request_revision)
+        if not result.succeeded:
+            raise _LostRace()
+        return None
+
+    async def _resolve_lost_write(self, request_key: str, request_revision: int) -> dict[str, Any]:
+        """Decide whether a write whose answer was lost committed, before answering.
+
+        The write compared the request record's mod_revision. A fence txn "if that record is
+        still as I read it, put an aborted record" succeeding proves the write never
+        committed and never will (its compare now fails); failing means the record was
+        written: if it is a committed record this request_id's change is in (answer it),
+        else another attempt fenced it and mine cannot commit either.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.resolve_deadline_s
+        fence = dumps({"request_id": self.layout.slug_of(request_key), "aborted": True, "at": self.clock()})
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise ApiError(
+                    "commit_unknown",
+                    "etcd's answer was lost and the outcome could not be found in time; "
+                    "retry with the same request_id (Idempotency-Key) to learn it")
+            try:
+                result = await asyncio.wait_for(
+                    self.etcd.txn(
+                        [mod_revision_is(request_key, request_revision)], [put_op(request_key, fence)],
+                        [get_op(request_key)]),
+                    min(remaining, self.settings.write_timeout_s))
+            except (EtcdUnavailable, asyncio.TimeoutError):
+                await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
+                continue
+            if result.succeeded:
+                log.info("the lost write did not commit (fenced); retrying it")
+                raise _LostRace()
+            kvs = result.responses[0].response_range.kvs
+            value = json.loads(kvs[0].value) if kvs else {}
+            if "result" in value:
+                return value
+            raise _LostRace()
+
+
+def _deployment_not_found(slug: str) -> ApiError:
+    return ApiError("deployment_not_found", f"deployment {slug!r} not found")
+
+
+def _check_precondition(current: Deployment, expected_cache_version: int | None) -> None:
+    if expected_cache_version is not None and expected_cache_version != current.cache_version:
+        raise ApiError(
+            "version_conflict",
+            f"expected_cache_version is {expected_cache_version} but the deployment is at "
+            f"version {current.cache_version}; nothing was changed")
+
+
+def _check_invariants(current: Deployment, new: Deployment) -> None:
+    """The last guard before a config is stored: whatever the validation core did, never
+    store more than 50 % for challengers, or a change of identity."""
+    if new.challenger_bp > MAX_CHALLENGER_BP:
+        raise ApiError("invalid_traffic_config", "active challengers' traffic_pct would exceed 50 in total")
+    if (new.deployment_id, new.org_id) != (current.deployment_id, current.org_id):
+        raise ValueError("a change must not alter deployment_id or org_id")
+
+
+def _history_entry(kv: KeyValue) -> HistoryEntry:
+    value = loads(kv.value)
+    config = Deployment.from_json(value["config"])
+    return HistoryEntry(
+        cache_version=config.cache_version, action=value.get("action", ""), actor=value.get("actor", ""),
+        at=value.get("at", ""), config=config, request=value.get("request") or {},
+        request_id=value.get("request_id", ""))
