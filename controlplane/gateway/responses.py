@@ -1,0 +1,21 @@
+"""The gateway's JSON answers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.responses import Response
+
+
+def json_response(data: Any, status: int = 200, *, idempotency_key: str | None = None,
+                  cache_version: int | None = None, headers: dict[str, str] | None = None) -> Response:
+    """A JSON answer; a mutation echoes its Idempotency-Key, and an answer that carries a
+    deployment's cache_version gives it as the ETag that If-Match takes."""
+    extra = dict(headers or {})
+    if idempotency_key is not None:
+        extra["Idempotency-Key"] = idempotency_key
+    if cache_version is not None:
+        extra["ETag"] = f'"{cache_version}"'
+    body = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    return Response(body, status, headers=extra, media_type="application/json")
