@@ -1,0 +1,89 @@
+"""Gateway fixtures: a real control plane on the session etcd, a real gateway (uvicorn) in
+front of it on a free port, and an httpx client that checks every answer against the
+gateway's own OpenAPI document."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from openapi_schema_validator import validate
+
+from controlplane.auth import AuthSettings
+from controlplane.gateway.client import CallTimeouts
+from controlplane.gateway.openapi import openapi_document
+from controlplane.gateway.server import GatewaySettings, start_gateway
+from controlplane.server import start_controlplane
+from controlplane.settings import ControlPlaneSettings
+
+DOCUMENT = openapi_document()
+_TEMPLATES = [(re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", path) + "$"), path) for path in DOCUMENT["paths"]]
+
+
+def documented_template(path: str) -> str | None:
+    """The OpenAPI path a concrete path falls under (the most literal one first)."""
+    matches = [template for regex, template in _TEMPLATES if regex.match(path)]
+    return min(matches, key=lambda t: t.count("{")) if matches else None
+
+
+def check_documented(response: httpx.Response) -> None:
+    """The answer's status is documented for its route, and its body fits the schema."""
+    request = response.request
+    template = documented_template(request.url.path)
+    if template is None or request.method.lower() not in DOCUMENT["paths"][template]:
+        body = response.json()
+        assert (response.status_code, body["error"]) in ((404, "not_found"), (405, "method_not_allowed")), body
+        return
+    operation = DOCUMENT["paths"][template][request.method.lower()]
+    assert str(response.status_code) in operation["responses"], (
+        f"{request.method} {template} answered {response.status_code}, which its OpenAPI entry does not list: "
+        f"{response.text}")
+    content = operation["responses"][str(response.status_code)].get("content", {}).get("application/json", {})
+    assert response.headers["content-type"].startswith("application/json")
+    if "schema" in content:
+        validate(response.json(), {**content["schema"], "components": DOCUMENT["components"]})
+
+
+def auth_settings(dev_auth) -> AuthSettings:
+    return AuthSettings(public_key_path=str(dev_auth.public_path), issuer=dev_auth.issuer, audience=dev_auth.audience)
+
+
+@pytest.fixture
+async def cp(etcd_member, layout, dev_auth):
+    """A control plane of this test's own (tests may stop it)."""
+    settings = ControlPlaneSettings(auth=auth_settings(dev_auth), listen="127.0.0.1:0",
+                                    etcd_endpoints=(etcd_member.endpoint,), etcd_prefix=layout.prefix, grace_s=0.5)
+    server = await start_controlplane(settings)
+    yield server
+    await server.stop(0)
+
+
+@dataclass
+class Gateway:
+    url: str
+    http: httpx.AsyncClient
+    auth: object  # tests/conftest.py DevAuth
+
+    def headers(self, **token_claims) -> dict[str, str]:
+        return self.auth.headers(**token_claims)
+
+
+async def _checked(response: httpx.Response) -> None:
+    await response.aread()
+    check_documented(response)
+
+
+def gateway_settings(controlplane_address: str, dev_auth, **kw) -> GatewaySettings:
+    kw.setdefault("timeouts", CallTimeouts(connect_s=1.0, mutation_s=15.0))
+    return GatewaySettings(controlplane=controlplane_address, auth=auth_settings(dev_auth), listen="127.0.0.1:0", **kw)
+
+
+@pytest.fixture
+async def gateway(cp, dev_auth):
+    running = await start_gateway(gateway_settings(cp.address, dev_auth))
+    async with httpx.AsyncClient(base_url=running.url, timeout=20,
+                                 event_hooks={"response": [_checked]}) as http:
+        yield Gateway(running.url, http, dev_auth)
+    await running.stop()
