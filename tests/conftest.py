@@ -65,3 +65,57 @@ class DevAuth:
 @pytest.fixture(scope="session")
 def dev_auth(tmp_path_factory) -> DevAuth:
     return DevAuth(tmp_path_factory.mktemp("keys"))
+
+
+class ControlPlaneUnderTest:
+    """An in-process control plane on 127.0.0.1:<free port>; `.stub()` opens a ControlPlane
+    stub (its channel is closed at teardown), `.metadata(...)` a bearer token as gRPC metadata."""
+
+    def __init__(self, server, layout: Layout, dev_auth: DevAuth):
+        self.server, self.layout, self.dev_auth = server, layout, dev_auth
+        self.address = server.address
+        self._channels = []
+
+    def stub(self):
+        import grpc
+        from tsplit.v1 import controlplane_pb2_grpc
+        channel = grpc.aio.insecure_channel(self.address)
+        self._channels.append(channel)
+        return controlplane_pb2_grpc.ControlPlaneStub(channel)
+
+    def metadata(self, **token_claims) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.dev_auth.token(**token_claims)}"),)
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close()
+        await self.server.stop(0)
+
+
+@pytest.fixture
+async def controlplane_factory(dev_auth):
+    """start(etcd_endpoint, layout, **store_settings) -> ControlPlaneUnderTest; all stopped at teardown."""
+    from controlplane.auth import AuthSettings
+    from controlplane.server import start_controlplane
+    from controlplane.settings import ControlPlaneSettings
+    from controlplane.store import StoreSettings
+    started: list[ControlPlaneUnderTest] = []
+
+    async def start(etcd_endpoint: str, layout: Layout, **store_settings) -> ControlPlaneUnderTest:
+        settings = ControlPlaneSettings(
+            auth=AuthSettings(public_key_path=str(dev_auth.public_path), issuer=dev_auth.issuer, audience=dev_auth.audience),
+            listen="127.0.0.1:0", etcd_endpoints=(etcd_endpoint,), etcd_prefix=layout.prefix, grace_s=0.5,
+            store=StoreSettings(**store_settings))
+        under_test = ControlPlaneUnderTest(await start_controlplane(settings), layout, dev_auth)
+        started.append(under_test)
+        return under_test
+
+    yield start
+    for under_test in started:
+        await under_test.close()
+
+
+@pytest.fixture
+async def controlplane(controlplane_factory, etcd_endpoint, layout) -> ControlPlaneUnderTest:
+    """The control plane over the session etcd, under this test's key prefix, trusting dev_auth."""
+    return await controlplane_factory(etcd_endpoint, layout)

@@ -1,0 +1,104 @@
+"""The control-plane process: the ControlPlane service, gRPC health and reflection on one
+grpc.aio server over etcd; `tsplit-controlplane` runs it until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from controlplane.auth import TokenVerifier
+from controlplane.interceptors import ControlPlaneInterceptor
+from controlplane.service import ControlPlaneService
+from controlplane.settings import ControlPlaneSettings, SettingsError, settings_from_args
+from controlplane.store import ControlPlaneStore
+from tsplit.etcd import Etcd
+from tsplit.layout import Layout
+from tsplit.v1 import controlplane_pb2, controlplane_pb2_grpc
+
+log = logging.getLogger("tsplit.controlplane")
+
+SERVICE_NAME = controlplane_pb2.DESCRIPTOR.services_by_name["ControlPlane"].full_name
+
+
+class ControlPlaneServer:
+    """A started control plane: `.address` ("127.0.0.1:<port>"), `.port`, `await .stop()`."""
+
+    def __init__(self, server: grpc.aio.Server, health_servicer, etcd: Etcd, host: str, port: int, grace_s: float):
+        self._server, self._health, self._etcd = server, health_servicer, etcd
+        self.host, self.port, self.grace_s = host, port, grace_s
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """NOT_SERVING at once, then in-flight calls get grace_s seconds to finish."""
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(self.grace_s if grace_s is None else grace_s)
+        await self._etcd.close()
+
+    async def wait_for_termination(self) -> None:
+        await self._server.wait_for_termination()
+
+
+async def start_controlplane(settings: ControlPlaneSettings) -> ControlPlaneServer:
+    """Serve on settings.listen (port 0 picks a free one). etcd need not be up yet: calls
+    answer UNAVAILABLE until it is."""
+    verifier = TokenVerifier(settings.auth)
+    etcd = Etcd(settings.etcd_endpoints, timeout=settings.store.write_timeout_s)
+    store = ControlPlaneStore(etcd, Layout(settings.etcd_prefix), settings.store)
+    server = grpc.aio.server(interceptors=[ControlPlaneInterceptor(verifier)])
+    controlplane_pb2_grpc.add_ControlPlaneServicer_to_server(ControlPlaneService(store), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    host = settings.listen.rpartition(":")[0]
+    try:
+        port = server.add_insecure_port(settings.listen)
+    except RuntimeError as err:
+        await etcd.close()
+        raise OSError(f"cannot listen on {settings.listen}: {err}") from None
+    await server.start()
+    return ControlPlaneServer(server, health_servicer, etcd, host, port, settings.grace_s)
+
+
+async def serve(settings: ControlPlaneSettings) -> int:
+    try:
+        server = await start_controlplane(settings)
+    except (OSError, ValueError) as err:
+        log.error("cannot start: %s", err)
+        return 1
+    log.info("control plane listening on %s (etcd %s, prefix %s)",
+             server.address, ",".join(settings.etcd_endpoints), settings.etcd_prefix)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("stopping: in-flight calls get %gs", settings.grace_s)
+    await server.stop()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = settings_from_args(argv)
+    except SettingsError as err:
+        print(f"tsplit-controlplane: error: {err}", file=sys.stderr)
+        return 2
+    return asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

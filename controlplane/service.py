@@ -1,0 +1,192 @@
+"""The tsplit.v1.ControlPlane servicer: thin glue between gRPC messages, the validation
+core (controlplane.actions), auth (the interceptor's principal) and the etcd store.
+
+Check order everywhere: token (interceptor, 401), the resource in the caller's org (404),
+role (403), body (422). Conversions between resources and messages live at the top.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from google.protobuf import json_format
+from google.protobuf.struct_pb2 import Struct
+
+from controlplane.actions import (
+    DEPLOYMENT_PREFIX, MODEL_PREFIX, apply_desired_state, apply_traffic_action, is_valid_id,
+    parse_deployment_creation, parse_desired_state, parse_model_registration, parse_rollback,
+    parse_traffic_action, rollback_to,
+)
+from controlplane.auth import require_mutation_role
+from controlplane.interceptors import current_principal
+from controlplane.store import ChangeResult, ControlPlaneStore, HistoryEntry, check_request_id
+from tsplit.errors import ApiError
+from tsplit.resources import Challenger, Deployment, Model, new_id
+from tsplit.status import summarize_deployment_status
+from tsplit.v1 import controlplane_pb2 as pb
+from tsplit.v1 import controlplane_pb2_grpc as pb_grpc
+
+# --- conversions --------------------------------------------------------------------------
+
+
+def model_to_proto(model: Model) -> pb.Model:
+    return json_format.ParseDict(model.to_json(), pb.Model())
+
+
+def challenger_to_proto(challenger: Challenger) -> pb.Challenger:
+    return json_format.ParseDict(challenger.to_json(), pb.Challenger())
+
+
+def deployment_to_proto(deployment: Deployment) -> pb.Deployment:
+    return json_format.ParseDict(deployment.to_json(), pb.Deployment())
+
+
+def deployment_from_proto(message: pb.Deployment) -> Deployment:
+    data = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    data["cache_version"] = int(data["cache_version"])  # int64 is a JSON string
+    return Deployment.from_json(data)
+
+
+def history_entry_to_proto(entry: HistoryEntry) -> pb.HistoryEntry:
+    message = pb.HistoryEntry(
+        cache_version=entry.cache_version, action=entry.action, actor=entry.actor, at=entry.at,
+        config=deployment_to_proto(entry.config), request_id=entry.request_id)
+    message.request.update(entry.request)
+    return message
+
+
+def body_of(struct: Struct) -> dict[str, Any]:
+    """A request's JSON body (numbers arrive as floats; the validators accept 10.0 as 10)."""
+    return json_format.MessageToDict(struct)
+
+
+def expected_version(request) -> int | None:
+    return request.expected_cache_version if request.HasField("expected_cache_version") else None
+
+
+def _checked_slug(slug: str) -> str:
+    """A path slug that cannot be one answers 404, as a missing deployment does."""
+    if not is_valid_id(slug, DEPLOYMENT_PREFIX):
+        raise ApiError("deployment_not_found", f"deployment {slug[:80]!r} not found")
+    return slug
+
+
+def _change_to_proto(result: ChangeResult) -> pb.DeploymentChange:
+    return pb.DeploymentChange(deployment=deployment_to_proto(result.deployment), changed=result.changed)
+
+
+# --- the servicer -------------------------------------------------------------------------
+
+
+class ControlPlaneService(pb_grpc.ControlPlaneServicer):
+    def __init__(self, store: ControlPlaneStore):
+        self.store = store
+
+    async def RegisterModel(self, request: pb.RegisterModelRequest, context) -> pb.Model:
+        principal = current_principal()
+        require_mutation_role(principal)
+        body = body_of(request.body)
+        model = parse_model_registration(body, principal.org_id)
+        registered = await self.store.register_model(
+            principal.org_id, model, actor=principal.sub, request_id=check_request_id(request.request_id),
+            request_body=body)
+        return model_to_proto(registered)
+
+    async def GetModel(self, request: pb.GetModelRequest, context) -> pb.Model:
+        principal = current_principal()
+        if not is_valid_id(request.model_id, MODEL_PREFIX):
+            raise ApiError("model_not_found", f"model {request.model_id[:80]!r} not found")
+        return model_to_proto(await self.store.get_model(principal.org_id, request.model_id))
+
+    async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
+        models = await self.store.list_models(current_principal().org_id)
+        return pb.ListModelsResponse(models=[model_to_proto(m) for m in models])
+
+    async def CreateDeployment(self, request: pb.CreateDeploymentRequest, context) -> pb.Deployment:
+        principal = current_principal()
+        require_mutation_role(principal)
+        body = body_of(request.body)
+        deployment_id, champion = parse_deployment_creation(body)
+        created = await self.store.create_deployment(
+            principal.org_id, deployment_id or new_id(DEPLOYMENT_PREFIX), champion, actor=principal.sub,
+            request_id=check_request_id(request.request_id), request_body=body)
+        return deployment_to_proto(created)
+
+    async def GetDeployment(self, request: pb.GetDeploymentRequest, context) -> pb.Deployment:
+        principal = current_principal()
+        return deployment_to_proto(await self.store.get_deployment(principal.org_id, _checked_slug(request.deployment_id)))
+
+    async def ListDeployments(self, request: pb.ListDeploymentsRequest, context) -> pb.ListDeploymentsResponse:
+        deployments = await self.store.list_deployments(current_principal().org_id)
+        return pb.ListDeploymentsResponse(deployments=[deployment_to_proto(d) for d in deployments])
+
+    async def DeleteDeployment(self, request: pb.DeleteDeploymentRequest, context) -> pb.DeleteDeploymentResponse:
+        principal = current_principal()
+        deleted = await self.store.delete_deployment(
+            principal.org_id, _checked_slug(request.deployment_id), actor=principal.sub,
+            request_id=check_request_id(request.request_id), expected_cache_version=expected_version(request),
+            authorize=lambda: require_mutation_role(principal))
+        return pb.DeleteDeploymentResponse(deployment_id=deleted)
+
+    async def _change(self, request, mutate, action: str, body: Mapping[str, Any]) -> ChangeResult:
+        principal = current_principal()
+        return await self.store.change_deployment(
+            principal.org_id, _checked_slug(request.deployment_id), mutate, action=action,
+            request_body=dict(body), actor=principal.sub, request_id=check_request_id(request.request_id),
+            expected_cache_version=expected_version(request), authorize=lambda: require_mutation_role(principal))
+
+    async def ManageTraffic(self, request: pb.ManageTrafficRequest, context) -> pb.ManageTrafficResponse:
+        body = body_of(request.body)
+
+        def mutate(deployment: Deployment, models: Mapping[str, Model]):
+            return apply_traffic_action(deployment, parse_traffic_action(body), models)
+
+        # Nothing is written unless parse_traffic_action accepted the body, so this names a
+        # real action whenever it reaches the history.
+        action = body.get("action") if isinstance(body.get("action"), str) else ""
+        result = await self._change(request, mutate, action, body)
+        response = pb.ManageTrafficResponse(
+            deployment_id=result.deployment.deployment_id, action=action,
+            cache_version=result.deployment.cache_version, deployment=deployment_to_proto(result.deployment),
+            changed=result.changed)
+        if action == "toggle_shadow":
+            response.shadow_mode = result.deployment.shadow_mode
+        elif result.challenger is not None:
+            response.challenger.CopyFrom(challenger_to_proto(result.challenger))
+        return response
+
+    async def ApplyTraffic(self, request: pb.ApplyTrafficRequest, context) -> pb.DeploymentChange:
+        body = body_of(request.body)
+
+        def mutate(deployment: Deployment, models: Mapping[str, Model]):
+            desired = parse_desired_state(body, deployment.deployment_id)
+            return apply_desired_state(deployment, desired, models), None
+
+        return _change_to_proto(await self._change(request, mutate, "apply", body))
+
+    async def RollbackDeployment(self, request: pb.RollbackDeploymentRequest, context) -> pb.DeploymentChange:
+        body = body_of(request.body)
+        org_id = current_principal().org_id
+
+        async def mutate(deployment: Deployment, models: Mapping[str, Model]):
+            to_version = parse_rollback(body)
+            target = await self.store.history_config(org_id, deployment.deployment_id, to_version)
+            if target is None:
+                raise ApiError(
+                    "invalid_request",
+                    f"to_version {to_version} does not exist (versions are 1 to {deployment.cache_version})")
+            return rollback_to(deployment, target), None
+
+        return _change_to_proto(await self._change(request, mutate, "rollback", body))
+
+    async def GetDeploymentHistory(
+        self, request: pb.GetDeploymentHistoryRequest, context,
+    ) -> pb.GetDeploymentHistoryResponse:
+        entries = await self.store.history(current_principal().org_id, _checked_slug(request.deployment_id))
+        return pb.GetDeploymentHistoryResponse(versions=[history_entry_to_proto(e) for e in entries])
+
+    async def GetDeploymentStatus(self, request: pb.GetDeploymentStatusRequest, context) -> pb.DeploymentStatus:
+        deployment = await self.store.get_deployment(current_principal().org_id, _checked_slug(request.deployment_id))
+        status = summarize_deployment_status(deployment, await self.store.router_records())
+        return json_format.ParseDict(status, pb.DeploymentStatus(), ignore_unknown_fields=True)
