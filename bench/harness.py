@@ -1,0 +1,477 @@
+"""scripts/bench: run every row, print the tables, write bench-results/<timestamp>.json.
+
+Rows whose part is not built yet are reported as "n/a (not built)"; a row that fails is
+reported with its error and the run goes on with the next phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import shutil
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import httpx
+
+from bench import etcd_rows, loadrows, probe, propagation, report, seed, stack, writes
+from bench.loadrows import LoadTarget
+from bench.nginx import NginxProcess, NginxSettings, NginxUpstream
+from bench.procs import rss_bytes, start_backend
+from bench.settings import PHASES, BenchSettings, quick_settings
+from bench.stats import median_or_none, percentile, ratio, within_binomial_bound, binomial_bound
+from tsplit.etcd import Etcd
+from tsplit.etcd_server import EtcdMember, find_etcd_binary, free_port
+from tsplit.layout import Layout
+from tsplit.resources import BASIS_POINTS, Challenger, Deployment
+
+NOT_BUILT = "n/a (not built)"
+PREFIX = "/bench"
+SCALE_PREFIX = "/bench-scale"
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _p(values: list[float], pct: float) -> float | None:
+    return percentile(values, pct) if values else None
+
+
+def _failure(err: BaseException) -> str:
+    return f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+
+
+class Run:
+    """One benchmark run: its processes, its results."""
+
+    def __init__(self, settings: BenchSettings, work_dir: Path):
+        self.s = settings
+        self.work = work_dir
+        self.stoppers: list = []  # things with .stop(), stopped in reverse order
+        self.rows: list[dict] = []
+        self.targets: list[dict] = []
+        self.etcd_info: dict = {}
+        self.etcd: Etcd | None = None
+        self.member: EtcdMember | None = None
+        self.backends: seed.BenchBackends | None = None
+
+    # -- setup ---------------------------------------------------------------------------------
+    def start_etcd(self) -> None:
+        self.member = EtcdMember(data_dir=self.work / "etcd", log_path=self.work / "etcd.log").start()
+        self.stoppers.append(self.member)
+        self.etcd_info = {"version": report._version([find_etcd_binary(), "--version"], r"etcd Version: (\S+)"),
+                          "data_dir": str(self.member.data_dir), "disk": _disk_of(self.member.data_dir),
+                          "fsync": "as is (etcd defaults, no --unsafe-no-fsync)", "members": 1}
+
+    def start_backends(self) -> None:
+        addresses = []
+        for name, delay in (("champion", 0), ("challenger", 0), ("slow1", 50), ("slow2", 50)):
+            child, address = start_backend(self.work, name, delay)
+            self.stoppers.append(child)
+            addresses.append(address)
+        self.backends = seed.BenchBackends(*addresses)
+        log(f"backends: {self.backends}")
+
+    async def seed(self) -> None:
+        layout = Layout(PREFIX)
+        await seed.write_models(self.etcd, layout, seed.bench_models(self.backends))
+        await seed.write_deployments(self.etcd, layout, seed.bench_deployments())
+
+    def nginx(self, name: str, upstreams: tuple[NginxUpstream, ...], mirrors: tuple[str, ...] = ()) -> str:
+        port = free_port()
+        proc = NginxProcess(NginxSettings(f"127.0.0.1:{port}", upstreams, self.work / f"nginx-{name}",
+                                          mirrors=mirrors)).start()
+        self.stoppers.append(proc)
+        from tsplit.etcd_server import wait_for_port
+        if not wait_for_port("127.0.0.1", port, 10):
+            raise RuntimeError(f"nginx {name} did not listen")
+        return f"127.0.0.1:{port}"
+
+    async def router(self, router_id: str, prefix: str = PREFIX, workers: int = 0) -> stack.RouterProcess:
+        router = stack.start_router(self.work, self.member.endpoint, prefix, router_id, workers)
+        self.stoppers.append(router.child)
+        await probe.wait_serving(router.address, 30)
+        return router
+
+    # -- phases --------------------------------------------------------------------------------
+    async def phase_etcd(self) -> None:
+        watch = await etcd_rows.put_to_watch(self.etcd, f"{PREFIX}-etcd/watch/", self.s.etcd_watch_puts)
+        txn = await etcd_rows.txn_rate(self.etcd, f"{PREFIX}-etcd/txn/", self.s.writers, self.s.txn_seconds)
+        self.etcd_info.update({
+            "put_p50_ms": _p(watch.put_ms, 50), "put_p99_ms": _p(watch.put_ms, 99),
+            "put_to_watch_p50_ms": _p(watch.put_to_event_ms, 50), "put_to_watch_p99_ms": _p(watch.put_to_event_ms, 99),
+            "ack_to_watch_p99_ms": _p(watch.ack_to_event_ms, 99), "puts": len(watch.put_ms),
+            "txn": txn,
+        })
+        log(f"etcd: put p99 {self.etcd_info['put_p99_ms']:.2f} ms, put-to-watch p99 "
+            f"{self.etcd_info['put_to_watch_p99_ms']:.2f} ms, txn {txn['txn_per_s']:.0f}/s with {txn['writers']} writers")
+
+    async def phase_load(self) -> None:
+        b = self.backends
+        sat, rate = self.s.load, self.s.rate_load
+        split = (NginxUpstream("champion", b.champion, 9000), NginxUpstream("challenger", b.challenger, 1000))
+        targets: list[LoadTarget | dict] = [
+            LoadTarget("direct", b.champion, "linear-a", (b.champion,), load=sat),
+            LoadTarget("nginx split 90/10", self.nginx("split", split), "dep_split", (b.champion, b.challenger), load=sat),
+        ]
+        rate_targets: list[LoadTarget | dict] = [
+            LoadTarget("nginx solo @rate", self.nginx("solo", (NginxUpstream("champion", b.champion, BASIS_POINTS),)),
+                       "dep_solo", (b.champion,), load=rate),
+            LoadTarget("nginx mirror x2 (100%) @rate", self.nginx(
+                "mirror", (NginxUpstream("champion", b.champion, BASIS_POINTS),), mirrors=(b.slow1, b.slow2)),
+                "dep_shadow", (b.champion,), (b.slow1, b.slow2), load=rate),
+        ]
+        if stack.built(stack.ROUTER_MODULE):
+            r1 = await self.router("bench-r1")
+            targets.append(LoadTarget("router split 90/10", r1.address, "dep_split", (b.champion, b.challenger), load=sat))
+            if stack.router_supports_workers():
+                r2 = await self.router("bench-w2", workers=2)
+                targets.append(LoadTarget("router split 90/10 --workers 2", r2.address, "dep_split",
+                                          (b.champion, b.challenger), load=sat))
+            else:
+                targets.append({"name": "router split 90/10 --workers 2", "status": "n/a (no --workers)"})
+            rate_targets += [
+                LoadTarget("router shadow off @rate", r1.address, "dep_solo", (b.champion,), load=rate),
+                LoadTarget("router shadow on x2 (25%+25%) @rate", r1.address, "dep_shadow", (b.champion,),
+                           (b.slow1, b.slow2), load=rate),
+            ]
+        else:
+            targets += [{"name": "router split 90/10", "status": NOT_BUILT},
+                        {"name": "router split 90/10 --workers 2", "status": NOT_BUILT}]
+            rate_targets += [{"name": "router shadow off @rate", "status": NOT_BUILT},
+                             {"name": "router shadow on x2 (25%+25%) @rate", "status": NOT_BUILT}]
+        for group, kind in ((targets, "saturating"), (rate_targets, "fixed rate")):
+            rows = await self._run_interleaved(group, kind)
+            self.rows.extend(rows)
+        self._load_ratios()
+
+    async def _run_interleaved(self, group: list, kind: str) -> list[dict]:
+        rows = []
+        live = []
+        for t in group:
+            if isinstance(t, dict):
+                rows.append({**t, "kind": kind})
+                continue
+            row = {"name": t.name if hasattr(t, "name") else t.row, "kind": kind, "status": "ok",
+                   "address": t.address, "model_name": t.model_name, "load": t.load.describe(), "runs": []}
+            try:
+                row["sample"] = (await probe.sample_answers(t.address, t.model_name, 20)).to_json()
+                await loadrows.warm_up(t, self.work, self.s.warmup_requests)
+                live.append((t, row))
+            except Exception as err:  # noqa: BLE001 - a broken row is reported, the run goes on
+                log(f"{row['name']}: {err}")
+                row["status"] = _failure(err)
+            rows.append(row)
+        for rep in range(self.s.repeats):
+            for t, row in live:
+                try:
+                    result = await loadrows.run_once(t, self.work)
+                    row["runs"].append(result)
+                    log(f"{row['name']:<40} rep {rep + 1}: {result['req_per_s']:8.0f} req/s  "
+                        f"p50 {result['p50_ms'] or 0:6.2f} ms  p99 {result['p99_ms'] or 0:6.2f} ms  "
+                        f"errors {result['errors']}")
+                except Exception as err:  # noqa: BLE001
+                    log(f"{row['name']}: {err}")
+                    row["status"] = _failure(err)
+        for _, row in live:
+            runs = row["runs"]
+            row["median"] = {k: median_or_none([r[k] for r in runs]) for k in ("req_per_s", "p50_ms", "p99_ms")}
+            row["errors"] = sum(r["errors"] for r in runs) + row["sample"]["sent"] - row["sample"]["ok"]
+            row["mirrored"] = sum(r["mirrored"] for r in runs)
+        return rows
+
+    def _row(self, name: str) -> dict | None:
+        return next((r for r in self.rows if r["name"] == name and r.get("median")), None)
+
+    def _load_ratios(self) -> None:
+        nginx, direct = self._row("nginx split 90/10"), self._row("direct")
+        for row in self.rows:
+            m = row.get("median")
+            if not m:
+                continue
+            if row["kind"] == "saturating":
+                row["ratios"] = {
+                    "req_vs_nginx": ratio(m["req_per_s"], nginx and nginx["median"]["req_per_s"]),
+                    "req_vs_direct": ratio(m["req_per_s"], direct and direct["median"]["req_per_s"]),
+                    "p50_vs_nginx": ratio(m["p50_ms"], nginx and nginx["median"]["p50_ms"]),
+                    "p99_vs_nginx": ratio(m["p99_ms"], nginx and nginx["median"]["p99_ms"]),
+                }
+        off, on = self._row("router shadow off @rate"), self._row("router shadow on x2 (25%+25%) @rate")
+        ngx_off, ngx_on = self._row("nginx solo @rate"), self._row("nginx mirror x2 (100%) @rate")
+        for a, b in ((off, on), (ngx_off, ngx_on)):
+            if a and b:
+                b["note"] = f"p99 {ratio(b['median']['p99_ms'], a['median']['p99_ms']):.2f}x of mirrors off"
+        router = self._row("router split 90/10")
+        if router and nginx:
+            r = router["ratios"]
+            ok = r["req_vs_nginx"] >= 0.6 and r["p50_vs_nginx"] <= 2 and r["p99_vs_nginx"] <= 2
+            self.target("1 router vs nginx",
+                        f"{r['req_vs_nginx']:.2f}x req/s, p50 {r['p50_vs_nginx']:.2f}x, p99 {r['p99_vs_nginx']:.2f}x",
+                        ">= 0.6x req/s, latency <= 2x", ok)
+        else:
+            self.target("1 router vs nginx", NOT_BUILT, ">= 0.6x req/s, latency <= 2x", None)
+        if off and on:
+            q = ratio(on["median"]["p99_ms"], off["median"]["p99_ms"])
+            self.target("2 shadow p99", f"{on['median']['p99_ms']:.2f} ms vs {off['median']['p99_ms']:.2f} ms = {q:.2f}x",
+                        "<= 1.1x shadow off", q <= 1.1)
+        else:
+            self.target("2 shadow p99", NOT_BUILT, "<= 1.1x shadow off", None)
+
+    async def phase_precision(self) -> None:
+        name = "split precision 87.65/12.34/0.01"
+        if not stack.built(stack.ROUTER_MODULE):
+            self.rows.append({"name": name, "kind": "precision", "status": NOT_BUILT})
+            self.target("6 split precision", NOT_BUILT, "99.9% binomial bound", None)
+            return
+        b = self.backends
+        router = await self.router("bench-precise")
+        load = replace(self.s.load, duration_s=0, requests=self.s.precision_requests)
+        t = LoadTarget(name, router.address, "dep_precise", (b.champion, b.challenger), load=load)
+        result = await loadrows.run_once(t, self.work)
+        router.child.stop()
+        counts = result["by_model"]
+        total = sum(counts.values())
+        shares = {"linear-a": 8765, "precise-1": 1234, "precise-2": 1}
+        checks = {}
+        for model_name, bp in shares.items():
+            observed = counts.get(model_name, 0)
+            checks[model_name] = {
+                "expected_share": bp / BASIS_POINTS, "observed": observed, "expected": total * bp / BASIS_POINTS,
+                "bound": binomial_bound(total, bp / BASIS_POINTS),
+                "within": within_binomial_bound(observed, total, bp / BASIS_POINTS)}
+        # The 90/10 rows' answers count too: every request of every run is a trial.
+        split_checks = []
+        for row in self.rows:
+            if row.get("model_name") == "dep_split" and row["name"].startswith("router") and row.get("runs"):
+                for run in row["runs"]:
+                    n = run["by_model"].get("linear-a", 0) + run["by_model"].get("linear-b", 0)
+                    if n:
+                        split_checks.append(within_binomial_bound(run["by_model"].get("linear-b", 0), n, 0.1))
+        ok = all(c["within"] for c in checks.values()) and all(split_checks)
+        self.rows.append({"name": name, "kind": "precision", "status": "ok", "requests": total, "checks": checks,
+                          "split_runs_within_bound": f"{sum(split_checks)}/{len(split_checks)}",
+                          "errors": result["errors"]})
+        measured = ", ".join(f"{k} {v['observed']}/{total} (+-{v['bound']:.0f})" for k, v in checks.items())
+        self.target("6 split precision", measured + f"; 90/10 runs {sum(split_checks)}/{len(split_checks)} within",
+                    "99.9% binomial bound", ok)
+
+    async def _control(self, prefix: str, name: str) -> stack.ControlStack:
+        control = stack.start_control_stack(self.work, self.member.endpoint, prefix, seed.BENCH_ORG, name)
+        self.stoppers.append(control)
+        return control
+
+    def _control_built(self) -> bool:
+        return stack.built(stack.CONTROLPLANE_MODULE) and stack.built(stack.GATEWAY_MODULE)
+
+    async def _propagation(self, control: stack.ControlStack, prefix: str, label: str, changes: int) -> dict:
+        routers = [await self.router(f"{label}-p{i}", prefix) for i in range(4)]
+        async with httpx.AsyncClient(base_url=control.gateway_url, headers=control.headers, timeout=15) as client:
+            slug, challenger = await propagation.setup_deployment(client, self.backends.champion, self.backends.challenger)
+            samples = await propagation.measure(client, [r.address for r in routers], slug, challenger, changes)
+            gets = []
+            for _ in range(self.s.get_samples):
+                sent = time.perf_counter()
+                resp = await client.get(f"/v1/deployments/{slug}")
+                resp.raise_for_status()
+                gets.append((time.perf_counter() - sent) * 1000)
+        for r in routers:
+            r.child.stop()
+        return {"changes": len(samples), "p50_ms": _p(samples, 50), "p99_ms": _p(samples, 99), "max_ms": max(samples),
+                "get_p50_ms": _p(gets, 50), "get_p99_ms": _p(gets, 99), "routers": 4}
+
+    async def phase_propagation(self) -> None:
+        bound = f"<= etcd put-to-watch p99 + 10 ms"
+        if not (self._control_built() and stack.built(stack.ROUTER_MODULE)):
+            self.rows.append({"name": "propagation PATCH 200 -> 4 routers", "kind": "propagation", "status": NOT_BUILT})
+            self.target("3 propagation", NOT_BUILT, bound, None)
+            return
+        control = await self._control(PREFIX, "main")
+        result = await self._propagation(control, PREFIX, "main", self.s.propagation_changes)
+        etcd_p99 = self.etcd_info.get("put_to_watch_p99_ms")
+        self.rows.append({"name": "propagation PATCH 200 -> 4 routers", "kind": "propagation", "status": "ok", **result,
+                          "etcd_put_to_watch_p99_ms": etcd_p99})
+        self.small_get_p99 = result["get_p99_ms"]
+        ok = etcd_p99 is not None and result["p99_ms"] <= etcd_p99 + 10
+        self.target("3 propagation", f"p99 {result['p99_ms']:.2f} ms (etcd {etcd_p99 or 0:.2f} ms)",
+                    bound + f" = {(etcd_p99 or 0) + 10:.2f} ms", ok)
+
+    async def phase_writes(self) -> None:
+        bound = ">= 0.3x raw etcd txn rate, 0 lost"
+        if not self._control_built():
+            self.rows.append({"name": "control-plane PATCH rate (16 clients)", "kind": "writes", "status": NOT_BUILT})
+            self.target("4 control-plane writes", NOT_BUILT, bound, None)
+            return
+        control = next((s for s in self.stoppers if isinstance(s, stack.ControlStack)), None) or await self._control(PREFIX, "main")
+        async with httpx.AsyncClient(base_url=control.gateway_url, headers=control.headers, timeout=15) as client:
+            slug, challengers = await writes.setup(client, self.backends.champion, self.s.writers)
+        result = await writes.measure(control.gateway_url, control.headers, slug, challengers, self.s.write_seconds)
+        latencies = result.pop("latencies_ms")
+        result.update(p50_ms=_p(latencies, 50), p99_ms=_p(latencies, 99))
+        txn = self.etcd_info.get("txn", {}).get("txn_per_s")
+        q = ratio(result["patch_per_s"], txn)
+        self.rows.append({"name": "control-plane PATCH rate (16 clients)", "kind": "writes", "status": "ok", **result,
+                          "etcd_txn_per_s": txn, "ratio_vs_etcd_txn": q})
+        ok = q is not None and q >= 0.3 and result["lost_updates"] == 0 and result["challengers_not_last_written"] == 0
+        self.target("4 control-plane writes",
+                    f"{result['patch_per_s']:.0f} PATCH/s vs {txn or 0:.0f} txn/s = {q or 0:.2f}x, "
+                    f"lost {result['lost_updates']}, non-200 {result['failed']}", bound, ok)
+
+    async def phase_scale(self) -> None:
+        n = self.s.scale_deployments
+        name = f"scale: {n:,} deployments"
+        bounds = "cold start <= 2 s, RSS <= 200 MB, propagation met, GET p99 unchanged"
+        if not stack.built(stack.ROUTER_MODULE):
+            self.rows.append({"name": name, "kind": "scale", "status": NOT_BUILT})
+            self.target("5 scale", NOT_BUILT, bounds, None)
+            return
+        layout = Layout(SCALE_PREFIX)
+        await seed.write_models(self.etcd, layout, seed.bench_models(self.backends))
+        deployments = [
+            Deployment(f"dep_s{i:06d}", seed.BENCH_ORG, "mod_champ001",
+                       (Challenger(f"ch_s{i:06d}", "mod_chall001", 1000),) if i % 2 else (),
+                       False, 1, "2026-01-01T00:00:00Z", "bench")
+            for i in range(n)]
+        started = time.perf_counter()
+        await seed.write_deployments(self.etcd, layout, deployments)
+        log(f"scale: wrote {n} deployments in {time.perf_counter() - started:.1f}s")
+        cold = []
+        for i in range(2 if self.s.quick else 3):
+            spawn = time.perf_counter()
+            router = stack.start_router(self.work, self.member.endpoint, SCALE_PREFIX, f"scale-cold{i}", wait_listen=False)
+            self.stoppers.append(router.child)
+            await probe.wait_serving(router.address, 60)
+            cold.append(time.perf_counter() - spawn)
+            sample = await probe.sample_answers(router.address, f"dep_s{n - 1:06d}", 20)
+            rss = rss_bytes(router.child.pid)
+            router.child.stop()
+        row = {"name": name, "kind": "scale", "status": "ok", "deployments": n,
+               "cold_start_s": median_or_none(cold), "cold_start_runs_s": cold, "rss_mb": rss / 1e6,
+               "sample_after_start": sample.to_json()}
+        ok = row["cold_start_s"] <= 2 and row["rss_mb"] <= 200 and sample.ok == sample.sent
+        measured = f"cold start {row['cold_start_s']:.2f} s, RSS {row['rss_mb']:.0f} MB"
+        if self._control_built():
+            control = await self._control(SCALE_PREFIX, "scale")
+            result = await self._propagation(control, SCALE_PREFIX, "scale", self.s.scale_propagation_changes)
+            row["propagation"] = result
+            etcd_p99 = self.etcd_info.get("put_to_watch_p99_ms") or 0
+            small = getattr(self, "small_get_p99", None)
+            get_ok = small is not None and result["get_p99_ms"] <= max(1.5 * small, small + 2)
+            ok = ok and result["p99_ms"] <= etcd_p99 + 10 and get_ok
+            measured += (f", propagation p99 {result['p99_ms']:.2f} ms, GET p99 {result['get_p99_ms']:.2f} ms "
+                         f"(vs {small or 0:.2f} ms with few)")
+            control.stop()
+        else:
+            measured += ", control plane n/a (not built)"
+        self.rows.append(row)
+        self.target("5 scale" + ("" if n >= 10_000 else f" ({n:,} in --quick)"), measured, bounds, ok)
+
+    def target(self, name: str, measured: str, bound: str, ok: bool | None) -> None:
+        verdict = "n/a" if ok is None else ("met" if ok else "MISSED")
+        self.targets.append({"target": name, "measured": measured, "bound": bound, "verdict": verdict})
+
+    def stop(self) -> None:
+        for thing in reversed(self.stoppers):
+            try:
+                thing.stop()
+            except Exception:  # noqa: BLE001 - stop everything we can
+                pass
+
+
+def _disk_of(path: Path) -> str:
+    best = ("", "")
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            device, mount, fstype = line.split()[:3]
+            if str(path.resolve()).startswith(mount) and len(mount) > len(best[1]):
+                best = (f"{device} ({fstype}) mounted at {mount}", mount)
+    except OSError:
+        pass
+    return best[0] or "?"
+
+
+async def run(settings: BenchSettings) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="tsplit-bench-"))
+    bench_run = Run(settings, work)
+    started_at = datetime.datetime.now(datetime.timezone.utc)
+    results: dict = {"started_at": started_at.isoformat(timespec="seconds"), "machine": report.machine(),
+                     "versions": report.versions(find_etcd_binary()),
+                     "settings": {**asdict(settings), "load": settings.load.describe(),
+                                  "rate_load": settings.rate_load.describe()},
+                     "nginx": {"worker_processes": "2", "upstream_keepalive": 64},
+                     "work_dir": str(work)}
+    log(f"work dir {work}")
+    try:
+        bench_run.start_etcd()
+        async with Etcd(bench_run.member.endpoint) as etcd:
+            bench_run.etcd = etcd
+            bench_run.start_backends()
+            await bench_run.seed()
+            for phase in PHASES:
+                if phase not in settings.phases:
+                    continue
+                log(f"phase {phase}")
+                try:
+                    await getattr(bench_run, f"phase_{phase}")()
+                except Exception as err:  # noqa: BLE001 - one broken phase must not hide the rest
+                    traceback.print_exc()
+                    bench_run.rows.append({"name": f"phase {phase}", "kind": phase, "status": _failure(err)})
+    finally:
+        bench_run.stop()
+        if not settings.keep_work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    results.update(etcd=bench_run.etcd_info, rows=bench_run.rows, targets=bench_run.targets,
+                   seconds=round((datetime.datetime.now(datetime.timezone.utc) - started_at).total_seconds(), 1))
+    return results
+
+
+def print_results(results: dict) -> None:
+    e = results["etcd"]
+    print()
+    print(f"machine: {results['machine']['nproc']} cores, {results['machine']['cpu']}, "
+          f"{results['machine']['memory_gib']} GiB; shared with other developers' runs: medians of repetitions")
+    print(f"versions: {results['versions']}")
+    if e.get("put_p99_ms") is not None:
+        print(f"etcd {e['version']}, 1 member, data dir on {e['disk']}, fsync as is: put p99 {e['put_p99_ms']:.2f} ms, "
+              f"put-to-watch p99 {e['put_to_watch_p99_ms']:.2f} ms, txn {e['txn']['txn_per_s']:.0f}/s")
+    load_rows = [r for r in results["rows"] if r.get("kind") in ("saturating", "fixed rate")]
+    print()
+    print(report.load_table(load_rows))
+    print()
+    print(report.target_table(results["targets"]))
+    others = [r for r in results["rows"] if r.get("kind") not in ("saturating", "fixed rate") and r.get("status") != "ok"]
+    for r in others:
+        print(f"{r['name']}: {r['status']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/bench", description="tsplit benchmarks (issue 5)")
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (about 2 minutes)")
+    parser.add_argument("--repeats", type=int, help="repetitions of each load row (interleaved)")
+    parser.add_argument("--only", help=f"comma-separated phases ({','.join(PHASES)})")
+    parser.add_argument("--results-dir", type=Path, default=Path("bench-results"))
+    parser.add_argument("--keep-work-dir", action="store_true", help="keep logs and configs of the run")
+    args = parser.parse_args(argv)
+    overrides: dict = {"results_dir": args.results_dir, "keep_work_dir": args.keep_work_dir}
+    if args.repeats:
+        overrides["repeats"] = args.repeats
+    if args.only:
+        overrides["phases"] = tuple(p.strip() for p in args.only.split(",") if p.strip())
+    try:
+        settings = quick_settings(**overrides) if args.quick else replace(BenchSettings(), **overrides)
+    except ValueError as err:
+        parser.error(str(err))
+    results = asyncio.run(run(settings))
+    print_results(results)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = report.write_json(results, settings.results_dir, stamp)
+    print(f"\nwritten {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

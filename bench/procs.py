@@ -1,0 +1,111 @@
+"""Child processes of a benchmark run: started with their own log, found by port, stopped
+by their own pid (and process group) only."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tsplit.etcd_server import free_port, wait_for_port
+
+
+@dataclass
+class Child:
+    name: str
+    command: list[str]
+    log_path: Path
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+    def start(self, env: dict[str, str] | None = None) -> "Child":
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **(env or {})})
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, chars: int = 1500) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the child's own process group (its workers too), SIGKILL after timeout."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+
+
+def wait_for_listen(child: Child, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not child.running:
+            raise RuntimeError(f"{child.name} exited ({child.process.returncode}):\n{child.log_tail()}")
+        if wait_for_port("127.0.0.1", port, 0.2):
+            return
+    raise RuntimeError(f"{child.name} did not listen on port {port} within {timeout}s:\n{child.log_tail()}")
+
+
+def start_backend(work_dir: Path, name: str, delay_ms: float = 0.0, timeout: float = 15.0) -> tuple[Child, str]:
+    """One bench backend process; (child, "127.0.0.1:port")."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "bench.backend", "--listen", f"127.0.0.1:{port}", "--name", name]
+    if delay_ms:
+        cmd += ["--delay-ms", str(delay_ms)]
+    child = Child(f"backend {name}", cmd, work_dir / f"backend-{name}.log").start()
+    wait_for_listen(child, port, timeout)
+    return child, f"127.0.0.1:{port}"
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of pid and all its descendants (a router with --workers)."""
+    total = 0
+    for p in [pid, *descendants(pid)]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return total
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        for c in children.get(stack.pop(), []):
+            found.append(c)
+            stack.append(c)
+    return found

@@ -1,0 +1,87 @@
+"""What a run reports: the machine and versions, the table of medians and ratios, the JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+from pathlib import Path
+
+
+def machine() -> dict:
+    cpu = ""
+    try:
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), "")
+    except OSError:
+        pass
+    mem_kb = 0
+    try:
+        mem_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+    except (OSError, AttributeError):
+        pass
+    return {"nproc": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem_kb / 1024 / 1024, 1),
+            "kernel": platform.release(), "python": platform.python_version(),
+            "load_avg_at_start": os.getloadavg()}
+
+
+def _version(cmd: list[str], pattern: str) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        match = re.search(pattern, out.stdout + out.stderr)
+        return match.group(1) if match else "?"
+    except (OSError, subprocess.SubprocessError):
+        return "not installed"
+
+
+def versions(etcd_binary: str) -> dict:
+    import grpc
+    return {
+        "nginx": _version(["nginx", "-v"], r"nginx/(\S+)"),
+        "h2load": _version(["h2load", "--version"], r"nghttp2/(\S+)"),
+        "etcd": _version([etcd_binary, "--version"], r"etcd Version: (\S+)"),
+        "grpcio": grpc.__version__,
+    }
+
+
+def fmt(value, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def render_table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(headers), sep, *(line(r) for r in rows)])
+
+
+def load_table(rows: list[dict]) -> str:
+    headers = ["row", "req/s", "p50 ms", "p99 ms", "x nginx req/s", "x direct req/s", "p50/p99 vs nginx",
+               "errors", "note"]
+    out = []
+    for row in rows:
+        m = row.get("median") or {}
+        r = row.get("ratios") or {}
+        lat = "-" if r.get("p50_vs_nginx") is None else f"{r['p50_vs_nginx']:.2f}x / {r['p99_vs_nginx']:.2f}x"
+        out.append([row["name"], fmt(m.get("req_per_s"), 0), fmt(m.get("p50_ms"), 2), fmt(m.get("p99_ms"), 2),
+                    fmt(r.get("req_vs_nginx"), 2), fmt(r.get("req_vs_direct"), 2), lat,
+                    fmt(row.get("errors")), row.get("status", "ok") if row.get("status") != "ok" else row.get("note", "")])
+    return render_table(headers, out)
+
+
+def target_table(targets: list[dict]) -> str:
+    headers = ["target", "measured", "bound", "verdict"]
+    return render_table(headers, [[t["target"], t["measured"], t["bound"], t["verdict"]] for t in targets])
+
+
+def write_json(results: dict, results_dir: Path, stamp: str) -> Path:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{stamp}.json"
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return path

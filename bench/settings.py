@@ -1,0 +1,54 @@
+"""How big a run is: --quick for a smoke run of a couple of minutes, the default for the
+figures in BENCHMARKS.md (under ~15 minutes on 2 cores)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from bench.h2load import LoadSettings
+
+PHASES = ("etcd", "load", "precision", "propagation", "writes", "scale")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    quick: bool = False
+    repeats: int = 3
+    # Saturating rows: closed loop, 4 connections x 16 streams = 64 requests in flight.
+    load: LoadSettings = LoadSettings(clients=4, streams=16, duration_s=8, warmup_s=0)
+    # Shadow rows: a fixed rate below saturation (4 clients x 150 req/s), so p99 shows
+    # waiting on mirrors rather than a saturated CPU.
+    rate_load: LoadSettings = LoadSettings(clients=4, streams=4, rps=150, duration_s=8, warmup_s=0)
+    warmup_requests: int = 3000
+    precision_requests: int = 100_000
+    etcd_watch_puts: int = 300
+    txn_seconds: float = 4.0
+    propagation_changes: int = 200
+    write_seconds: float = 6.0
+    writers: int = 16
+    scale_deployments: int = 10_000
+    scale_propagation_changes: int = 50
+    get_samples: int = 300
+    results_dir: Path = Path("bench-results")
+    keep_work_dir: bool = False
+    phases: tuple[str, ...] = PHASES
+
+    def __post_init__(self) -> None:
+        unknown = set(self.phases) - set(PHASES)
+        if unknown:
+            raise ValueError(f"unknown phase(s) {sorted(unknown)}; known: {', '.join(PHASES)}")
+        if self.repeats < 1:
+            raise ValueError("repeats must be at least 1")
+
+
+def quick_settings(**overrides) -> BenchSettings:
+    base = BenchSettings(
+        quick=True, repeats=1,
+        load=LoadSettings(clients=4, streams=16, duration_s=3, warmup_s=0),
+        rate_load=LoadSettings(clients=4, streams=4, rps=150, duration_s=3, warmup_s=0),
+        warmup_requests=1000, precision_requests=20_000, etcd_watch_puts=100, txn_seconds=2,
+        propagation_changes=30, write_seconds=2, scale_deployments=2_000, scale_propagation_changes=10,
+        get_samples=100,
+    )
+    return replace(base, **overrides)
