@@ -19,7 +19,11 @@ Variant choice:
   wins. A key is won by variant i with probability weight_i / total, and since a score
   only depends on its own variant's weight, a key moves from a to b only when a shrank or
   b grew. Between two variants the moved share is exactly the weight change; with more,
-  a few extra keys shift among the others (see tests/dataplane/test_routing.py).
+  some keys also shift among the others (a challenger grows, the champion shrinks, and a
+  key the champion held moves to a third variant that was its runner-up): for one
+  challenger's change the moved share is 0-24 % over the change (tests/dataplane/
+  test_routing.py). Exactly minimal movement would need per-challenger slots kept in the
+  config, which a name-keyed hash cannot give.
 - An empty routing key counts as no key.
 """
 
