@@ -148,10 +148,10 @@ def run_demo(ctx: CliContext, keep: bool = False) -> int:
         from tsplit.cli.main import cmd_history
         cmd_history(argparse.Namespace(slug=SLUG, json=False), ctx)
         rolled = rest.call("POST", f"/v1/deployments/{SLUG}/rollback", {"to_version": added["cache_version"]})
-        wait_propagated(ctx, rolled["cache_version"])
+        wait_propagated(ctx, rolled["deployment"]["cache_version"])
         print(send_traffic(routers, 1000, seed=10))
         show_get(ctx)
-        print(f"\n(last change: version {removed['cache_version']} -> rollback gave version {rolled['cache_version']})")
+        print(f"\n(last change: version {removed['cache_version']} -> rollback gave version {rolled["deployment"]["cache_version"]})")
     finally:
         if keep:
             print(f"\nthe stack keeps running: `tsplit get --dir {ctx.directory}`, `tsplit down --dir {ctx.directory}`")

@@ -226,7 +226,8 @@ def cmd_up(args, ctx: CliContext) -> int:
     from tsplit.cli.stack import UpOptions, down, up
 
     options = UpOptions(directory=ctx.directory, routers=args.routers, demo_models=args.demo_models,
-                        etcd=args.etcd, etcd_prefix=ctx.etcd_prefix, org_id=args.org)
+                        etcd=getattr(args, "etcd", None), etcd_prefix=ctx.etcd_prefix,
+                        org_id=args.org)
     started_at = time.monotonic()
     stack, _ = up(options, _info)
     _info(f"healthy in {time.monotonic() - started_at:.1f} s; wrote {ctx.directory / 'stack.json'}")
@@ -358,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `tsplit get --json | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
