@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from dataplane.compare import Comparison, ComparisonTotals, compare_responses, row_labels
 from dataplane.tensors import (
@@ -187,6 +187,7 @@ numeric_values = {
 }
 
 
+@settings(deadline=None)
 @given(st.sampled_from(sorted(numeric_values)).flatmap(lambda d: st.tuples(st.just(d), numeric_values[d])))
 def test_raw_and_typed_round_trip_to_the_same_tensor(case):
     datatype, values = case
