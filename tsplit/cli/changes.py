@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, struct_pb2
 
+from controlplane.gateway.converters import message_to_json, struct_from_json
 from tsplit.cli.context import CliContext, CliError
 from tsplit.errors import api_error_from_rpc_error
 from tsplit.v1 import controlplane_pb2 as cp_pb
@@ -15,15 +15,8 @@ from tsplit.v1 import controlplane_pb2_grpc as cp_grpc
 RPC_TIMEOUT_S = 15.0
 
 
-def struct(data: dict[str, Any]) -> struct_pb2.Struct:
-    message = struct_pb2.Struct()
-    message.update(data)
-    return message
-
-
-def to_json(message) -> dict[str, Any]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True,
-                                     always_print_fields_with_no_presence=True)
+struct = struct_from_json
+to_json = message_to_json
 
 
 class ControlPlaneClient:
