@@ -24,11 +24,12 @@ _ANSWER_LOST = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, 
 
 @dataclass(frozen=True)
 class CallTimeouts:
-    """connect_s bounds reads and the wait for a connection (503 unavailable within it);
-    mutation_s bounds a write once sent and must exceed the control plane's own deadline
-    (10 s of retrying lost races, then the idempotency-key lookup)."""
-    connect_s: float = 5.0
-    mutation_s: float = 15.0
+    """connect_s bounds reads and the wait for a connection: an unreachable control plane
+    answers 503 unavailable within it (the SPEC allows 5 s). mutation_s bounds a write once
+    sent and exceeds the control plane's own deadlines (10 s of retrying lost races, then
+    up to 5 s to learn whether a write whose answer was lost committed)."""
+    connect_s: float = 4.0
+    mutation_s: float = 20.0
 
 
 def _carries_code(err: grpc.RpcError) -> bool:

@@ -5,6 +5,7 @@ gateway's own OpenAPI document."""
 from __future__ import annotations
 
 import re
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -50,14 +51,38 @@ def auth_settings(dev_auth) -> AuthSettings:
     return AuthSettings(public_key_path=str(dev_auth.public_path), issuer=dev_auth.issuer, audience=dev_auth.audience)
 
 
+class ControlPlanes:
+    """Starts control planes on the session etcd (or another) and stops what is left at the end."""
+
+    def __init__(self, etcd_endpoint: str, prefix: str, dev_auth):
+        self.etcd_endpoint, self.prefix, self.dev_auth = etcd_endpoint, prefix, dev_auth
+        self.running: list = []
+
+    async def start(self, etcd_endpoint: str | None = None, listen: str = "127.0.0.1:0"):
+        settings = ControlPlaneSettings(
+            auth=auth_settings(self.dev_auth), listen=listen,
+            etcd_endpoints=(etcd_endpoint or self.etcd_endpoint,), etcd_prefix=self.prefix, grace_s=0.5)
+        server = await start_controlplane(settings)
+        self.running.append(server)
+        return server
+
+    async def stop(self, server) -> None:
+        self.running.remove(server)
+        await server.stop(0)
+
+
 @pytest.fixture
-async def cp(etcd_member, layout, dev_auth):
-    """A control plane of this test's own (tests may stop it)."""
-    settings = ControlPlaneSettings(auth=auth_settings(dev_auth), listen="127.0.0.1:0",
-                                    etcd_endpoints=(etcd_member.endpoint,), etcd_prefix=layout.prefix, grace_s=0.5)
-    server = await start_controlplane(settings)
-    yield server
-    await server.stop(0)
+async def controlplanes(etcd_member, layout, dev_auth):
+    planes = ControlPlanes(etcd_member.endpoint, layout.prefix, dev_auth)
+    yield planes
+    for server in list(planes.running):
+        await planes.stop(server)
+
+
+@pytest.fixture
+async def cp(controlplanes):
+    """A control plane of this test's own."""
+    return await controlplanes.start()
 
 
 @dataclass
@@ -68,6 +93,24 @@ class Gateway:
 
     def headers(self, **token_claims) -> dict[str, str]:
         return self.auth.headers(**token_claims)
+
+    async def register(self, name: str = "iris", **body) -> dict:
+        r = await self.http.post("/v1/models", json={"endpoint": "127.0.0.1:9001", "model_name": name, **body},
+                                 headers=self.headers())
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    async def create_deployment(self, champion: str, slug: str | None = None) -> dict:
+        body = {"champion_model_id": champion, **({"deployment_id": slug} if slug else {})}
+        r = await self.http.post("/v1/deployments", json=body, headers=self.headers())
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    async def deploy(self) -> tuple[str, str, str]:
+        """(slug, champion model_id, a second model_id) of a new deployment at cache_version 1."""
+        champion, other = await self.register("champ"), await self.register("chall")
+        deployment = await self.create_deployment(champion["model_id"])
+        return deployment["deployment_id"], champion["model_id"], other["model_id"]
 
 
 async def _checked(response: httpx.Response) -> None:
@@ -81,9 +124,22 @@ def gateway_settings(controlplane_address: str, dev_auth, **kw) -> GatewaySettin
 
 
 @pytest.fixture
-async def gateway(cp, dev_auth):
-    running = await start_gateway(gateway_settings(cp.address, dev_auth))
-    async with httpx.AsyncClient(base_url=running.url, timeout=20,
-                                 event_hooks={"response": [_checked]}) as http:
-        yield Gateway(running.url, http, dev_auth)
-    await running.stop()
+def open_gateway(dev_auth):
+    """open_gateway(control-plane address, **GatewaySettings fields): an async context
+    manager yielding a Gateway served by uvicorn on a free port."""
+    @asynccontextmanager
+    async def open_(address: str, **settings):
+        running = await start_gateway(gateway_settings(address, dev_auth, **settings))
+        try:
+            async with httpx.AsyncClient(base_url=running.url, timeout=30,
+                                         event_hooks={"response": [_checked]}) as http:
+                yield Gateway(running.url, http, dev_auth)
+        finally:
+            await running.stop()
+    return open_
+
+
+@pytest.fixture
+async def gateway(cp, open_gateway):
+    async with open_gateway(cp.address) as gw:
+        yield gw

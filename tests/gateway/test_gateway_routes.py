@@ -11,20 +11,6 @@ import pytest
 from tsplit.resources import new_id
 
 
-async def register(gw, name: str = "iris", **body) -> dict:
-    r = await gw.http.post("/v1/models", json={"endpoint": "127.0.0.1:9001", "model_name": name, **body},
-                           headers=gw.headers())
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
-async def create_deployment(gw, champion: str, slug: str | None = None) -> dict:
-    body = {"champion_model_id": champion, **({"deployment_id": slug} if slug else {})}
-    r = await gw.http.post("/v1/deployments", json=body, headers=gw.headers())
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
 async def patch(gw, slug: str, body: dict, **headers):
     return await gw.http.patch(f"/v1/deployments/{slug}/traffic", json=body, headers={**gw.headers(), **headers})
 
@@ -32,9 +18,9 @@ async def patch(gw, slug: str, body: dict, **headers):
 async def test_the_seed_request_gets_the_seed_response(gateway):
     """The Cali-br page's curl: add_challenger 10 % answers deployment_id, action,
     challenger {id, model_id, traffic_pct, is_active} and cache_version, traffic_pct an int."""
-    champion, challenger = await register(gateway, "iris-a"), await register(gateway, "iris-b")
+    champion, challenger = await gateway.register("iris-a"), await gateway.register("iris-b")
     slug = f"dep_{new_id('')}"
-    created = await create_deployment(gateway, champion["model_id"], slug)
+    created = await gateway.create_deployment(champion["model_id"], slug)
     assert created["cache_version"] == 1 and created["deployment_id"] == slug
 
     r = await gateway.http.patch(
@@ -53,8 +39,8 @@ async def test_the_seed_request_gets_the_seed_response(gateway):
 
 
 async def test_the_four_actions_and_the_reads(gateway):
-    a, b = await register(gateway, "a"), await register(gateway, "b")
-    slug = (await create_deployment(gateway, a["model_id"]))["deployment_id"]
+    a, b = await gateway.register("a"), await gateway.register("b")
+    slug = (await gateway.create_deployment(a["model_id"]))["deployment_id"]
     added = (await patch(gateway, slug, {"action": "add_challenger", "model_id": b["model_id"], "traffic_pct": 12.5})).json()
     ch = added["challenger"]["id"]
     assert added["challenger"]["traffic_pct"] == 12.5
@@ -90,8 +76,8 @@ async def test_the_four_actions_and_the_reads(gateway):
 
 
 async def test_a_no_op_answers_the_current_version_and_writes_nothing(gateway):
-    a = await register(gateway, "a")
-    slug = (await create_deployment(gateway, a["model_id"]))["deployment_id"]
+    a = await gateway.register("a")
+    slug = (await gateway.create_deployment(a["model_id"]))["deployment_id"]
     r = await patch(gateway, slug, {"action": "toggle_shadow", "shadow_mode": False})
     assert r.status_code == 200 and r.json()["cache_version"] == 1
     history = (await gateway.http.get(f"/v1/deployments/{slug}/history", headers=gateway.headers())).json()
@@ -99,8 +85,8 @@ async def test_a_no_op_answers_the_current_version_and_writes_nothing(gateway):
 
 
 async def test_apply_rollback_delete(gateway):
-    a, b, c = [await register(gateway, name) for name in "abc"]
-    slug = (await create_deployment(gateway, a["model_id"]))["deployment_id"]
+    a, b, c = [await gateway.register(name) for name in "abc"]
+    slug = (await gateway.create_deployment(a["model_id"]))["deployment_id"]
     desired = {"deployment": slug, "champion": a["model_id"], "shadow_mode": False,
                "challengers": [{"model_id": b["model_id"], "traffic_pct": 10},
                                {"model_id": c["model_id"], "traffic_pct": 5.25}]}
@@ -124,8 +110,8 @@ async def test_apply_rollback_delete(gateway):
 
 
 async def test_idempotency_key_replays_the_first_answer(gateway):
-    a, b = await register(gateway, "a"), await register(gateway, "b")
-    slug = (await create_deployment(gateway, a["model_id"]))["deployment_id"]
+    a, b = await gateway.register("a"), await gateway.register("b")
+    slug = (await gateway.create_deployment(a["model_id"]))["deployment_id"]
     body = {"action": "add_challenger", "model_id": b["model_id"], "traffic_pct": 10}
     first = await patch(gateway, slug, body, **{"Idempotency-Key": "retry-me-1"})
     second = await patch(gateway, slug, body, **{"Idempotency-Key": "retry-me-1"})
@@ -141,15 +127,15 @@ async def test_idempotency_key_replays_the_first_answer(gateway):
 
 
 async def test_if_match_equal_to_the_current_version_applies(gateway):
-    a = await register(gateway, "a")
-    slug = (await create_deployment(gateway, a["model_id"]))["deployment_id"]
+    a = await gateway.register("a")
+    slug = (await gateway.create_deployment(a["model_id"]))["deployment_id"]
     r = await patch(gateway, slug, {"action": "toggle_shadow", "shadow_mode": True}, **{"If-Match": '"1"'})
     assert r.status_code == 200 and r.json()["cache_version"] == 2
 
 
 async def test_status_has_a_champion_row(gateway):
-    a = await register(gateway, "a")
-    slug = (await create_deployment(gateway, a["model_id"]))["deployment_id"]
+    a = await gateway.register("a")
+    slug = (await gateway.create_deployment(a["model_id"]))["deployment_id"]
     r = await gateway.http.get(f"/v1/deployments/{slug}/status", headers=gateway.headers(role="viewer"))
     assert r.status_code == 200, r.text
     status = r.json()
