@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from dataplane.config_sync import Backoff, ConfigSync, RouteBook, SyncSettings
 from dataplane.routing import build_routing_table
-from tsplit.etcd import Etcd, put_op
+from tsplit.etcd import Etcd, put_op, wait_until_ready
 from tsplit.resources import Challenger, Deployment, Model, dumps
 
 FAST = SyncSettings(backoff_start_s=0.02, backoff_cap_s=0.2)
@@ -180,6 +180,7 @@ async def test_etcd_killed_the_table_stays_and_the_watch_resumes(etcd_private, l
         failures_while_down = sync.watch_failures
         assert failures_while_down >= 2
         etcd_private.start()
+        await wait_until_ready(writer, 5)  # the writer's own channel reconnects first
         await put_resource(writer, layout, deployment("dep_a", 2))
         await tables.wait_for(lambda t: version_of(t, "dep_a") == 2, timeout=10)
         await put_resource(writer, layout, deployment("dep_a", 3))
