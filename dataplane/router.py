@@ -86,7 +86,7 @@ class BackendPool:
         self._options = tuple(options)
         self._backends: dict[str, Backend] = {}
         self._close_grace_s = close_grace_s
-        self._closing: set[asyncio.Task] = set()
+        self._retiring: dict[asyncio.Task, Backend] = {}
 
     def get(self, endpoint: str) -> Backend:
         backend = self._backends.get(endpoint)
@@ -107,12 +107,18 @@ class BackendPool:
         for endpoint in [e for e in self._backends if e not in endpoints]:
             backend = self._backends.pop(endpoint)
             task = asyncio.get_running_loop().create_task(backend.channel.close(self._close_grace_s))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            self._retiring[task] = backend
+            task.add_done_callback(lambda t: self._retiring.pop(t, None))
 
     async def close(self) -> None:
+        """Close every channel now (calls in flight are cancelled)."""
         backends, self._backends = list(self._backends.values()), {}
-        await asyncio.gather(*(b.channel.close(None) for b in backends), *self._closing, return_exceptions=True)
+        retiring, self._retiring = dict(self._retiring), {}
+        for task in retiring:
+            task.cancel()
+        await asyncio.gather(*retiring, return_exceptions=True)
+        await asyncio.gather(*(b.channel.close(None) for b in [*backends, *retiring.values()]),
+                             return_exceptions=True)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -144,7 +150,9 @@ class InferenceRouter:
             name=SERVER_NAME, version=_package_version()).SerializeToString()
 
     def handler(self) -> grpc.GenericRpcHandler:
-        method = grpc.unary_unary_rpc_method_handler
+        def method(handler):
+            return grpc.unary_unary_rpc_method_handler(_guarded(handler))
+
         return grpc.method_handlers_generic_handler(SERVICE, {
             "ModelInfer": method(self.model_infer),
             "ServerLive": method(self.server_live),
@@ -259,6 +267,21 @@ class InferenceRouter:
             await context.abort(err.code(), err.details() or "", _passable(err.trailing_metadata()))
         await context.send_initial_metadata(_response_metadata(route, champion))
         return answer
+
+
+def _guarded(handler):
+    """An unexpected exception is logged and answered INTERNAL with a generic message:
+    no traceback or internal detail reaches the client."""
+    @functools.wraps(handler)
+    async def guarded(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            return await handler(request, context)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("%s failed", handler.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error in the router")
+    return guarded
 
 
 def _read_metadata(items) -> tuple[bytes | None, str | None, tuple[tuple[str, str | bytes], ...]]:

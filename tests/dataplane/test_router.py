@@ -342,3 +342,8 @@ async def test_workers_share_a_port_and_each_registers(backends, etcd, etcd_endp
             process.kill()
             process.wait(5)
         process.stderr.close()
+
+
+async def test_a_taken_port_is_a_clear_error_without_reuse_port(router, router_factory):
+    with pytest.raises(OSError, match="cannot listen on"):
+        await router_factory(listen=router.address)
