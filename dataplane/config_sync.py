@@ -177,6 +177,7 @@ class ConfigSync:
         self._book = RouteBook(rng)
         self._task: asyncio.Task | None = None
         self.table: RoutingTable | None = None
+        self._applied_cache: tuple[RoutingTable | None, dict[str, int]] = (None, {})
         self.ready = asyncio.Event()
         self.revision = 0
         # For metrics and tests: full snapshots loaded, times the watch broke, tables built.
@@ -205,7 +206,11 @@ class ConfigSync:
         table = self.table
         if table is None:
             return {}
-        return {slug: route.cache_version for slug, route in table.routes.items()}
+        cached_table, applied = self._applied_cache
+        if cached_table is not table:  # computed once per table, not on every call
+            applied = {slug: route.cache_version for slug, route in table.routes.items()}
+            self._applied_cache = (table, applied)
+        return dict(applied)
 
     async def _run(self) -> None:
         backoff = Backoff(self._settings.backoff_start_s, self._settings.backoff_cap_s)

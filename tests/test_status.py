@@ -141,12 +141,14 @@ def test_inactive_challengers_and_malformed_parts_are_ignored_not_fatal():
         record("r-2", {"dep_x": True}, {"dep_x": {"champion": {"requests": "many", "latency_buckets": [1, 2],
                                                              "ok": -3, "errors": float("nan")}}}),
         record("r-3", [], {"dep_x": []}),
+        ["not", "a", "record"], None,
     ]
     status = summarize_deployment_status(deployment(), records)
     assert [r["variant"] for r in status["variants"]] == ["champion", "ch_a", "ch_b"]
     assert row(status, "champion")["requests"] == good["requests"]
     assert row(status, "champion")["ok"] == good["ok"] and row(status, "champion")["errors"] == 0
     assert [r["applied_cache_version"] for r in status["routers"]] == [0, 0, 0]
+    assert router_sync_summary(deployment(), records) == (0, 3, ["r-1", "r-2", "r-3"])
 
 
 def test_status_fits_the_proto_message():

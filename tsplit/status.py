@@ -120,6 +120,11 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+def _records(router_records: Iterable[Any]) -> list[Mapping[str, Any]]:
+    """The records that are JSON objects (a writer's bug must not break everyone's status)."""
+    return [record for record in router_records if isinstance(record, Mapping)]
+
+
 def applied_version(record: Mapping[str, Any], deployment_id: str) -> int:
     """The cache_version a router has applied for a deployment, 0 if none."""
     version = _mapping(record.get("applied")).get(deployment_id, 0)
@@ -143,6 +148,7 @@ def summarize_deployment_status(deployment: Deployment, router_records: list[dic
     """The status JSON of SPEC section 4: router sync and per-variant stats summed over
     the live routers' records. Rows: the champion, then each active challenger in the
     deployment's order; field names match tsplit.v1.DeploymentStatus."""
+    router_records = _records(router_records)
     variants = [(CHAMPION, deployment.champion_model_id)] + [
         (c.id, c.model_id) for c in deployment.active_challengers]
     totals = {variant: _VariantTotals() for variant, _ in variants}
@@ -167,6 +173,7 @@ def summarize_deployment_status(deployment: Deployment, router_records: list[dic
 def router_sync_summary(deployment: Deployment, router_records: list[dict]) -> tuple[int, int, list[str]]:
     """(routers that applied the deployment's current cache_version or a newer one,
     all live routers, the ids of the others sorted)."""
+    router_records = _records(router_records)
     stale = sorted(
         str(record.get("router_id", "")) for record in router_records
         if applied_version(record, deployment.deployment_id) < deployment.cache_version)
