@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from bench import etcd_rows, loadrows, probe, propagation, report, seed, stack, writes
+from bench import etcd_rows, loadrows, probe, profile, propagation, report, seed, stack, writes
 from bench.loadrows import LoadTarget
 from bench.nginx import NginxProcess, NginxSettings, NginxUpstream
 from bench.procs import rss_bytes, start_backend
@@ -302,24 +302,32 @@ class Run:
 
     async def phase_writes(self) -> None:
         bound = ">= 0.3x raw etcd txn rate, 0 lost"
+        names = {True: "control-plane PATCH rate, 16 clients, one deployment",
+                 False: "control-plane PATCH rate, 16 clients, own deployment each"}
         if not self._control_built():
-            self.rows.append({"name": "control-plane PATCH rate (16 clients)", "kind": "writes", "status": NOT_BUILT})
+            for name in names.values():
+                self.rows.append({"name": name, "kind": "writes", "status": NOT_BUILT})
             self.target("4 control-plane writes", NOT_BUILT, bound, None)
             return
         control = next((s for s in self.stoppers if isinstance(s, stack.ControlStack)), None) or await self._control(PREFIX, "main")
-        async with httpx.AsyncClient(base_url=control.gateway_url, headers=control.headers, timeout=15) as client:
-            slug, challengers = await writes.setup(client, self.backends.champion, self.s.writers)
-        result = await writes.measure(control.gateway_url, control.headers, slug, challengers, self.s.write_seconds)
-        latencies = result.pop("latencies_ms")
-        result.update(p50_ms=_p(latencies, 50), p99_ms=_p(latencies, 99))
         txn = self.etcd_info.get("txn", {}).get("txn_per_s")
-        q = ratio(result["patch_per_s"], txn)
-        self.rows.append({"name": "control-plane PATCH rate (16 clients)", "kind": "writes", "status": "ok", **result,
-                          "etcd_txn_per_s": txn, "ratio_vs_etcd_txn": q})
-        ok = q is not None and q >= 0.3 and result["lost_updates"] == 0 and result["challengers_not_last_written"] == 0
-        self.target("4 control-plane writes",
-                    f"{result['patch_per_s']:.0f} PATCH/s vs {txn or 0:.0f} txn/s = {q or 0:.2f}x, "
-                    f"lost {result['lost_updates']}, non-200 {result['failed']}", bound, ok)
+        measured = []
+        all_ok = True
+        for shared, name in names.items():
+            async with httpx.AsyncClient(base_url=control.gateway_url, headers=control.headers, timeout=15) as client:
+                slots = await writes.setup(client, self.backends.champion, self.s.writers, shared)
+            result = await writes.measure(control.gateway_url, control.headers, slots, self.s.write_seconds)
+            latencies = result.pop("latencies_ms")
+            result.update(p50_ms=_p(latencies, 50), p99_ms=_p(latencies, 99))
+            q = ratio(result["patch_per_s"], txn)
+            self.rows.append({"name": name, "kind": "writes", "status": "ok", **result,
+                              "etcd_txn_per_s": txn, "ratio_vs_etcd_txn": q})
+            log(f"{name}: {result['patch_per_s']:.0f}/s, p50 {result['p50_ms'] or 0:.1f} ms, lost {result['lost_updates']}")
+            all_ok = all_ok and q is not None and q >= 0.3 and result["lost_updates"] == 0 \
+                and result["challengers_not_last_written"] == 0
+            measured.append(f"{'one dep' if shared else 'own deps'}: {result['patch_per_s']:.0f}/s = {q or 0:.2f}x, "
+                            f"lost {result['lost_updates']}, non-200 {result['failed']}")
+        self.target("4 control-plane writes", f"{'; '.join(measured)} (etcd {txn or 0:.0f} txn/s)", bound, all_ok)
 
     async def phase_scale(self) -> None:
         n = self.s.scale_deployments
@@ -369,6 +377,35 @@ class Run:
             measured += ", control plane n/a (not built)"
         self.rows.append(row)
         self.target("5 scale" + ("" if n >= 10_000 else f" ({n:,} in --quick)"), measured, bounds, ok)
+
+    async def phase_profile(self) -> None:
+        name = "profile: py-spy on router split 90/10"
+        binary = profile.py_spy_binary()
+        if not stack.built(stack.ROUTER_MODULE) or binary is None:
+            self.rows.append({"name": name, "kind": "profile",
+                              "status": NOT_BUILT if binary else "n/a (py-spy not installed)"})
+            return
+        b = self.backends
+        router = await self.router("bench-prof")
+        target = LoadTarget(name, router.address, "dep_split", (b.champion, b.challenger), load=self.s.load)
+        await loadrows.warm_up(target, self.work, self.s.warmup_requests)
+        row = {"name": name, "kind": "profile", "status": "ok", "load": self.s.load.describe()}
+        seconds = max(1, int(self.s.load.duration_s) - 1)
+        for gil_only in (False, True):
+            key = "gil" if gil_only else "python"
+            out = self.work / f"profile-{key}.txt"
+            recorder = profile.start_record(binary, router.child.pid, seconds, out, gil_only=gil_only)
+            result = await loadrows.run_once(target, self.work)
+            _, err = await asyncio.to_thread(recorder.communicate, timeout=self.s.load.duration_s + 30)
+            if not out.exists():
+                row[key] = {"error": (err or "py-spy wrote nothing").strip()[-300:]}
+                continue
+            row[key] = {**profile.summarize(out.read_text()), "req_per_s_while_sampling": result["req_per_s"],
+                        "seconds": seconds, "rate_hz": 200}
+            top = ", ".join(f"{f['frame']} {f['pct']}%" for f in row[key]["self"][:5])
+            log(f"profile ({key}): {result['req_per_s']:.0f} req/s while sampling; top self: {top}")
+        router.child.stop()
+        self.rows.append(row)
 
     def target(self, name: str, measured: str, bound: str, ok: bool | None) -> None:
         verdict = "n/a" if ok is None else ("met" if ok else "MISSED")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bench.h2load import LoadSettings
 
-PHASES = ("etcd", "load", "precision", "propagation", "writes", "scale")
+PHASES = ("etcd", "load", "precision", "propagation", "writes", "scale", "profile")
 
 
 @dataclass(frozen=True)
