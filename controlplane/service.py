@@ -26,6 +26,8 @@ from tsplit.status import summarize_deployment_status
 from tsplit.v1 import controlplane_pb2 as pb
 from tsplit.v1 import controlplane_pb2_grpc as pb_grpc
 
+DEADLINE_MARGIN_S = 0.3
+
 # --- conversions --------------------------------------------------------------------------
 
 
@@ -65,6 +67,13 @@ def expected_version(request) -> int | None:
     return request.expected_cache_version if request.HasField("expected_cache_version") else None
 
 
+def time_budget(context) -> float | None:
+    """Seconds a write may take: a little less than the caller's deadline, so that the
+    caller hears the outcome (commit_unknown at worst) instead of its own timeout."""
+    remaining = context.time_remaining()
+    return None if remaining is None else max(0.1, remaining - DEADLINE_MARGIN_S)
+
+
 def _checked_slug(slug: str) -> str:
     """A path slug that cannot be one answers 404, as a missing deployment does."""
     if not is_valid_id(slug, DEPLOYMENT_PREFIX):
@@ -90,7 +99,7 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
         model = parse_model_registration(body, principal.org_id)
         registered = await self.store.register_model(
             principal.org_id, model, actor=principal.sub, request_id=check_request_id(request.request_id),
-            request_body=body)
+            request_body=body, deadline_s=time_budget(context))
         return model_to_proto(registered)
 
     async def GetModel(self, request: pb.GetModelRequest, context) -> pb.Model:
@@ -110,7 +119,7 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
         deployment_id, champion = parse_deployment_creation(body)
         created = await self.store.create_deployment(
             principal.org_id, deployment_id or new_id(DEPLOYMENT_PREFIX), champion, actor=principal.sub,
-            request_id=check_request_id(request.request_id), request_body=body)
+            request_id=check_request_id(request.request_id), request_body=body, deadline_s=time_budget(context))
         return deployment_to_proto(created)
 
     async def GetDeployment(self, request: pb.GetDeploymentRequest, context) -> pb.Deployment:
@@ -126,15 +135,16 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
         deleted = await self.store.delete_deployment(
             principal.org_id, _checked_slug(request.deployment_id), actor=principal.sub,
             request_id=check_request_id(request.request_id), expected_cache_version=expected_version(request),
-            authorize=lambda: require_mutation_role(principal))
+            authorize=lambda: require_mutation_role(principal), deadline_s=time_budget(context))
         return pb.DeleteDeploymentResponse(deployment_id=deleted)
 
-    async def _change(self, request, mutate, action: str, body: Mapping[str, Any]) -> ChangeResult:
+    async def _change(self, request, context, mutate, action: str, body: Mapping[str, Any]) -> ChangeResult:
         principal = current_principal()
         return await self.store.change_deployment(
             principal.org_id, _checked_slug(request.deployment_id), mutate, action=action,
             request_body=dict(body), actor=principal.sub, request_id=check_request_id(request.request_id),
-            expected_cache_version=expected_version(request), authorize=lambda: require_mutation_role(principal))
+            expected_cache_version=expected_version(request), authorize=lambda: require_mutation_role(principal),
+            deadline_s=time_budget(context))
 
     async def ManageTraffic(self, request: pb.ManageTrafficRequest, context) -> pb.ManageTrafficResponse:
         body = body_of(request.body)
@@ -145,7 +155,7 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
         # Nothing is written unless parse_traffic_action accepted the body, so this names a
         # real action whenever it reaches the history.
         action = body.get("action") if isinstance(body.get("action"), str) else ""
-        result = await self._change(request, mutate, action, body)
+        result = await self._change(request, context, mutate, action, body)
         response = pb.ManageTrafficResponse(
             deployment_id=result.deployment.deployment_id, action=action,
             cache_version=result.deployment.cache_version, deployment=deployment_to_proto(result.deployment),
@@ -163,7 +173,7 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
             desired = parse_desired_state(body, deployment.deployment_id)
             return apply_desired_state(deployment, desired, models), None
 
-        return _change_to_proto(await self._change(request, mutate, "apply", body))
+        return _change_to_proto(await self._change(request, context, mutate, "apply", body))
 
     async def RollbackDeployment(self, request: pb.RollbackDeploymentRequest, context) -> pb.DeploymentChange:
         body = body_of(request.body)
@@ -178,7 +188,7 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
                     f"to_version {to_version} does not exist (versions are 1 to {deployment.cache_version})")
             return rollback_to(deployment, target), None
 
-        return _change_to_proto(await self._change(request, mutate, "rollback", body))
+        return _change_to_proto(await self._change(request, context, mutate, "rollback", body))
 
     async def GetDeploymentHistory(
         self, request: pb.GetDeploymentHistoryRequest, context,

@@ -139,17 +139,23 @@ class ControlPlaneStore:
 
     # Reads.
 
-    async def _read(self, call: Awaitable[Any]) -> Any:
+    def _timeout(self, cap: float, deadline: float | None) -> float:
+        """cap, or less when the operation's deadline (loop time) comes first."""
+        if deadline is None:
+            return cap
+        return max(0.0, min(cap, deadline - asyncio.get_running_loop().time()))
+
+    async def _read(self, call: Awaitable[Any], deadline: float | None = None) -> Any:
         try:
-            return await asyncio.wait_for(call, self.settings.read_timeout_s)
+            return await asyncio.wait_for(call, self._timeout(self.settings.read_timeout_s, deadline))
         except (EtcdUnavailable, asyncio.TimeoutError):
-            raise ApiError("unavailable", "etcd is unreachable; nothing was read or written, retry later") from None
+            raise ApiError("unavailable", "etcd is unreachable; nothing was written, retry later") from None
 
-    async def _get(self, key: str) -> KeyValue | None:
-        return await self._read(self.etcd.get(key))
+    async def _get(self, key: str, deadline: float | None = None) -> KeyValue | None:
+        return await self._read(self.etcd.get(key), deadline)
 
-    async def _get_prefix(self, prefix: str) -> list[KeyValue]:
-        kvs, _ = await self._read(self.etcd.get_prefix(prefix))
+    async def _get_prefix(self, prefix: str, deadline: float | None = None) -> list[KeyValue]:
+        kvs, _ = await self._read(self.etcd.get_prefix(prefix), deadline)
         return kvs
 
     async def get_model(self, org_id: str, model_id: str) -> Model:
@@ -159,15 +165,17 @@ class ControlPlaneStore:
             raise ApiError("model_not_found", f"model {model_id!r} not found")
         return model
 
-    async def list_models(self, org_id: str) -> list[Model]:
-        models = (Model.from_json(loads(kv.value)) for kv in await self._get_prefix(self.layout.models))
+    async def list_models(self, org_id: str, deadline: float | None = None) -> list[Model]:
+        models = (Model.from_json(loads(kv.value)) for kv in await self._get_prefix(self.layout.models, deadline))
         return [m for m in models if m.org_id == org_id]
 
-    async def org_models(self, org_id: str) -> dict[str, Model]:
-        return {m.model_id: m for m in await self.list_models(org_id)}
+    async def org_models(self, org_id: str, deadline: float | None = None) -> dict[str, Model]:
+        return {m.model_id: m for m in await self.list_models(org_id, deadline)}
 
-    async def _read_deployment(self, org_id: str, slug: str) -> tuple[Deployment, KeyValue] | None:
-        kv = await self._get(self.layout.deployment(slug)) if slug else None
+    async def _read_deployment(
+        self, org_id: str, slug: str, deadline: float | None = None,
+    ) -> tuple[Deployment, KeyValue] | None:
+        kv = await self._get(self.layout.deployment(slug), deadline) if slug else None
         if kv is None:
             return None
         deployment = Deployment.from_json(loads(kv.value))
@@ -212,18 +220,27 @@ class ControlPlaneStore:
                 log.warning("router record %s is not JSON; ignored", kv.key)
         return records
 
-    # Writes.
+    # Writes. Each takes deadline_s, the most it may take in all (the caller's gRPC deadline);
+    # settings.retry_deadline_s caps it. Every etcd call ends by that deadline, so the answer
+    # (commit_unknown at worst) always comes before the caller gives up.
+
+    def _deadline(self, deadline_s: float | None) -> float:
+        budget = self.settings.retry_deadline_s
+        if deadline_s is not None:
+            budget = min(budget, deadline_s)
+        return asyncio.get_running_loop().time() + budget
 
     async def register_model(
         self, org_id: str, model: Model, *, actor: str, request_id: str, request_body: dict[str, Any],
+        deadline_s: float | None = None,
     ) -> Model:
         if model.org_id != org_id:
             raise ValueError("a model is registered in the caller's org")
         request_key = self.layout.request(_org_scope(org_id, "models"), request_id)
         model_key = self.layout.model(model.model_id)
 
-        async def attempt() -> Model:
-            record = await self._record(request_key, org_id, "register_model", request_body)
+        async def attempt(deadline: float) -> Model:
+            record = await self._record(request_key, org_id, "register_model", request_body, deadline)
             if record.value:
                 return Model.from_json(record.value["result"])
             compares = [key_missing(model_key), mod_revision_is(request_key, record.mod_revision)]
@@ -231,30 +248,28 @@ class ControlPlaneStore:
                 put_op(model_key, dumps(model.to_json())),
                 put_op(request_key, self._record_value(org_id, "register_model", request_id, request_body, model.to_json())),
             ]
-            replay = await self._commit(compares, ops, request_key, record.mod_revision)
-            if replay is not None:
-                return Model.from_json(replay["result"])
-            return model
+            replay = await self._commit(compares, ops, request_key, record.mod_revision, deadline)
+            return Model.from_json(replay["result"]) if replay else model
 
-        async def explain_conflict() -> None:
-            if await self._get(model_key) is not None:
+        async def explain_conflict(deadline: float) -> None:
+            if await self._get(model_key, deadline) is not None:
                 raise ApiError("already_exists", f"model_id {model.model_id!r} already exists")
 
-        return await self._retry(attempt, explain_conflict)
+        return await self._retry(attempt, self._deadline(deadline_s), explain_conflict)
 
     async def create_deployment(
         self, org_id: str, deployment_id: str, champion_model_id: str, *,
-        actor: str, request_id: str, request_body: dict[str, Any],
+        actor: str, request_id: str, request_body: dict[str, Any], deadline_s: float | None = None,
     ) -> Deployment:
         request_key = self.layout.request(_org_scope(org_id, "deployments"), request_id)
         key, tombstone = self.layout.deployment(deployment_id), self.layout.tombstone(deployment_id)
 
-        async def attempt() -> Deployment:
-            record = await self._record(request_key, org_id, "create", request_body)
+        async def attempt(deadline: float) -> Deployment:
+            record = await self._record(request_key, org_id, "create", request_body, deadline)
             if record.value:
                 return Deployment.from_json(record.value["result"])
-            await explain_conflict()
-            check_champion_registered(champion_model_id, await self.org_models(org_id))
+            await explain_conflict(deadline)
+            check_champion_registered(champion_model_id, await self.org_models(org_id, deadline))
             now = self.clock()
             deployment = Deployment(
                 deployment_id, org_id, champion_model_id, cache_version=1, updated_at=now, updated_by=actor)
@@ -265,19 +280,19 @@ class ControlPlaneStore:
                        self._history_value(deployment, "create", actor, now, request_body, request_id)),
                 put_op(request_key, self._record_value(org_id, "create", request_id, request_body, deployment.to_json())),
             ]
-            replay = await self._commit(compares, ops, request_key, record.mod_revision)
+            replay = await self._commit(compares, ops, request_key, record.mod_revision, deadline)
             return Deployment.from_json(replay["result"]) if replay else deployment
 
-        async def explain_conflict() -> None:
-            if await self._get(key) is not None or await self._get(tombstone) is not None:
+        async def explain_conflict(deadline: float) -> None:
+            if await self._get(key, deadline) is not None or await self._get(tombstone, deadline) is not None:
                 raise ApiError("already_exists", f"deployment_id {deployment_id!r} exists or existed")
 
-        return await self._retry(attempt, explain_conflict)
+        return await self._retry(attempt, self._deadline(deadline_s), explain_conflict)
 
     async def change_deployment(
         self, org_id: str, slug: str, mutate: Mutate, *, action: str, request_body: dict[str, Any],
         actor: str, request_id: str, expected_cache_version: int | None = None,
-        authorize: Callable[[], None] = lambda: None,
+        authorize: Callable[[], None] = lambda: None, deadline_s: float | None = None,
     ) -> ChangeResult:
         """Apply mutate to the current deployment as one new version.
 
@@ -288,9 +303,9 @@ class ControlPlaneStore:
         """
         request_key = self.layout.request(slug, request_id)
 
-        async def attempt() -> ChangeResult:
-            found = await self._read_deployment(org_id, slug)
-            record = await self._record(request_key, org_id, action, request_body, authorize)
+        async def attempt(deadline: float) -> ChangeResult:
+            found = await self._read_deployment(org_id, slug, deadline)
+            record = await self._record(request_key, org_id, action, request_body, deadline, authorize)
             if record.value:
                 return ChangeResult.from_record(record.value["result"])
             if found is None:
@@ -298,7 +313,7 @@ class ControlPlaneStore:
             current, kv = found
             authorize()
             _check_precondition(current, expected_cache_version)
-            outcome = mutate(current, await self.org_models(org_id))
+            outcome = mutate(current, await self.org_models(org_id, deadline))
             new, challenger = await outcome if inspect.isawaitable(outcome) else outcome
             if new == current:
                 return ChangeResult(current, changed=False, challenger=challenger)
@@ -316,21 +331,22 @@ class ControlPlaneStore:
                 put_op(history_key, self._history_value(new, action, actor, now, request_body, request_id)),
                 put_op(request_key, self._record_value(org_id, action, request_id, request_body, result.to_json())),
             ]
-            replay = await self._commit(compares, ops, request_key, record.mod_revision)
+            replay = await self._commit(compares, ops, request_key, record.mod_revision, deadline)
             return ChangeResult.from_record(replay["result"]) if replay else result
 
-        return await self._retry(attempt)
+        return await self._retry(attempt, self._deadline(deadline_s))
 
     async def delete_deployment(
         self, org_id: str, slug: str, *, actor: str, request_id: str,
         expected_cache_version: int | None = None, authorize: Callable[[], None] = lambda: None,
+        deadline_s: float | None = None,
     ) -> str:
         """Remove the deployment key, keep its history and leave a tombstone."""
         request_key = self.layout.request(slug, request_id)
 
-        async def attempt() -> str:
-            found = await self._read_deployment(org_id, slug)
-            record = await self._record(request_key, org_id, "delete", {}, authorize)
+        async def attempt(deadline: float) -> str:
+            found = await self._read_deployment(org_id, slug, deadline)
+            record = await self._record(request_key, org_id, "delete", {}, deadline, authorize)
             if record.value:
                 return record.value["result"]["deployment_id"]
             if found is None:
@@ -348,21 +364,20 @@ class ControlPlaneStore:
                 put_op(self.layout.tombstone(slug), dumps(tombstone)),
                 put_op(request_key, self._record_value(org_id, "delete", request_id, {}, {"deployment_id": slug})),
             ]
-            await self._commit(compares, ops, request_key, record.mod_revision)
+            await self._commit(compares, ops, request_key, record.mod_revision, deadline)
             return slug
 
-        return await self._retry(attempt)
+        return await self._retry(attempt, self._deadline(deadline_s))
 
     # The write machinery.
 
     async def _record(
-        self, key: str, org_id: str, action: str, request_body: dict[str, Any],
+        self, key: str, org_id: str, action: str, request_body: dict[str, Any], deadline: float,
         authorize: Callable[[], None] = lambda: None,
     ) -> _Record:
         """The idempotency record of this request. Replaying it needs authorize() and the
         same request; another org's record is never answered (it counts as absent)."""
-        kv = await self._get(key)
-        record = _Record.of(kv)
+        record = _Record.of(await self._get(key, deadline))
         if record.value is None:
             return record
         if record.value.get("org_id") != org_id:
@@ -392,37 +407,45 @@ class ControlPlaneStore:
             "request": request_body, "request_id": request_id,
         })
 
-    async def _retry(self, attempt: Callable[[], Awaitable[Any]], explain_conflict=None) -> Any:
+    async def _retry(
+        self, attempt: Callable[[float], Awaitable[Any]], deadline: float,
+        explain_conflict: Callable[[float], Awaitable[None]] | None = None,
+    ) -> Any:
         """Run attempt until it does not lose a race, with jittered backoff, until the deadline."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.retry_deadline_s
         backoff = self.settings.backoff_s
         while True:
             try:
-                return await attempt()
+                return await attempt(deadline)
             except _LostRace:
                 if explain_conflict is not None:
-                    await explain_conflict()
+                    await explain_conflict(deadline)
             if loop.time() + backoff >= deadline:
                 raise ApiError(
-                    "unavailable", "too many concurrent changes to retry in time; nothing was written, retry later")
+                    "unavailable", "the change could not be made in time (etcd slow or too many concurrent "
+                    "changes); nothing was written, retry later")
             await asyncio.sleep(random.uniform(0, backoff))
             backoff = min(backoff * 2, self.settings.max_backoff_s)
 
-    async def _commit(self, compares, ops, request_key: str, request_revision: int) -> dict[str, Any] | None:
+    async def _commit(
+        self, compares, ops, request_key: str, request_revision: int, deadline: float,
+    ) -> dict[str, Any] | None:
         """Run the write transaction. None: it committed. A record: a request with the same
         request_id committed first; answer its result. Raises _LostRace when a compare
         failed or the write surely did not commit (then retrying is safe)."""
+        timeout = self._timeout(self.settings.write_timeout_s, deadline)
+        if timeout <= 0:
+            raise ApiError("unavailable", "the change could not be made in time; nothing was written, retry later")
         try:
-            result = await asyncio.wait_for(self.etcd.txn(compares, ops), self.settings.write_timeout_s)
+            result = await asyncio.wait_for(self.etcd.txn(compares, ops), timeout)
         except (EtcdUnavailable, asyncio.TimeoutError):
             log.warning("etcd's answer to a write was lost; finding out whether it committed")
-            return await self._resolve_lost_write(request_key, request_revision)
+            return await self._resolve_lost_write(request_key, request_revision, deadline)
         if not result.succeeded:
             raise _LostRace()
         return None
 
-    async def _resolve_lost_write(self, request_key: str, request_revision: int) -> dict[str, Any]:
+    async def _resolve_lost_write(self, request_key: str, request_revision: int, deadline: float) -> dict[str, Any]:
         """Decide whether a write whose answer was lost committed, before answering.
 
         The write compared the request record's mod_revision. A fence txn "if that record is
@@ -432,11 +455,11 @@ class ControlPlaneStore:
         else another attempt fenced it and mine cannot commit either.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.resolve_deadline_s
+        deadline = min(deadline, loop.time() + self.settings.resolve_deadline_s)
         fence = dumps({"request_id": self.layout.slug_of(request_key), "aborted": True, "at": self.clock()})
         while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+            timeout = self._timeout(self.settings.write_timeout_s, deadline)
+            if timeout <= 0:
                 raise ApiError(
                     "commit_unknown",
                     "etcd's answer was lost and the outcome could not be found in time; "
@@ -446,9 +469,9 @@ class ControlPlaneStore:
                     self.etcd.txn(
                         [mod_revision_is(request_key, request_revision)], [put_op(request_key, fence)],
                         [get_op(request_key)]),
-                    min(remaining, self.settings.write_timeout_s))
+                    timeout)
             except (EtcdUnavailable, asyncio.TimeoutError):
-                await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
+                await asyncio.sleep(min(0.2, self._timeout(0.2, deadline)))
                 continue
             if result.succeeded:
                 log.info("the lost write did not commit (fenced); retrying it")
