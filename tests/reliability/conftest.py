@@ -395,10 +395,12 @@ class InferenceClient:
         md = dict(await call.initial_metadata())
         return "OK", int(md["tsplit-cache-version"]), md.get("tsplit-variant")
 
-    async def health(self, address: str) -> str:
+    async def health(self, address: str, wait_for_ready: bool = False) -> str:
+        """The router's grpc health ("SERVING", "NOT_SERVING"), or the failed call's code."""
         stub = health_pb2_grpc.HealthStub(self.channel(address))
         try:
-            resp = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+            resp = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2,
+                                    wait_for_ready=wait_for_ready)
         except grpc.aio.AioRpcError as err:
             return err.code().name
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
