@@ -21,7 +21,7 @@ import httpx
 from bench import etcd_rows, loadrows, probe, profile, propagation, report, seed, stack, writes
 from bench.loadrows import LoadTarget
 from bench.nginx import NginxProcess, NginxSettings, NginxUpstream
-from bench.procs import rss_bytes, start_backend
+from bench.procs import rss_bytes, start_backend, start_refproxy
 from bench.settings import PHASES, BenchSettings, quick_settings
 from bench.stats import median_or_none, percentile, ratio, within_binomial_bound, binomial_bound
 from tsplit.etcd import Etcd
@@ -126,6 +126,11 @@ class Run:
                 "mirror", (NginxUpstream("champion", b.champion, BASIS_POINTS),), mirrors=(b.slow1, b.slow2)),
                 "dep_shadow", (b.champion,), (b.slow1, b.slow2), load=rate),
         ]
+        for mode in ("aio", "sync"):
+            child, address = start_refproxy(self.work, mode, b.champion)
+            self.stoppers.append(child)
+            targets.append(LoadTarget(f"ref: bare python {mode} proxy (no routing)", address, "linear-a",
+                                      (b.champion,), load=sat))
         if stack.built(stack.ROUTER_MODULE):
             r1 = await self.router("bench-r1")
             targets.append(LoadTarget("router split 90/10", r1.address, "dep_split", (b.champion, b.challenger), load=sat))
@@ -157,7 +162,7 @@ class Run:
             if isinstance(t, dict):
                 rows.append({**t, "kind": kind})
                 continue
-            row = {"name": t.name if hasattr(t, "name") else t.row, "kind": kind, "status": "ok",
+            row = {"name": t.row, "kind": kind, "status": "ok",
                    "address": t.address, "model_name": t.model_name, "load": t.load.describe(), "runs": []}
             try:
                 row["sample"] = (await probe.sample_answers(t.address, t.model_name, 20)).to_json()
@@ -272,7 +277,9 @@ class Run:
         routers = [await self.router(f"{label}-p{i}", prefix) for i in range(4)]
         async with httpx.AsyncClient(base_url=control.gateway_url, headers=control.headers, timeout=15) as client:
             slug, challenger = await propagation.setup_deployment(client, self.backends.champion, self.backends.challenger)
-            samples = await propagation.measure(client, [r.address for r in routers], slug, challenger, changes)
+            addresses = [r.address for r in routers]
+            samples = await propagation.measure(client, addresses, slug, challenger, changes)
+            raw = await propagation.measure_etcd_put(self.etcd, Layout(prefix), addresses, slug, challenger, changes)
             gets = []
             for _ in range(self.s.get_samples):
                 sent = time.perf_counter()
@@ -282,7 +289,8 @@ class Run:
         for r in routers:
             r.child.stop()
         return {"changes": len(samples), "p50_ms": _p(samples, 50), "p99_ms": _p(samples, 99), "max_ms": max(samples),
-                "get_p50_ms": _p(gets, 50), "get_p99_ms": _p(gets, 99), "routers": 4}
+                "get_p50_ms": _p(gets, 50), "get_p99_ms": _p(gets, 99), "routers": 4,
+                "etcd_put_to_routers": {k: {"p50_ms": _p(v, 50), "p99_ms": _p(v, 99)} for k, v in raw.items()}}
 
     async def phase_propagation(self) -> None:
         bound = f"<= etcd put-to-watch p99 + 10 ms"

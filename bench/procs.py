@@ -109,3 +109,13 @@ def descendants(pid: int) -> list[int]:
             found.append(c)
             stack.append(c)
     return found
+
+
+def start_refproxy(work_dir: Path, mode: str, backend: str, timeout: float = 15.0) -> tuple[Child, str]:
+    """A reference pass-through proxy (bench.refproxy) in front of backend."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "bench.refproxy", "--mode", mode, "--listen", f"127.0.0.1:{port}",
+           "--backend", backend]
+    child = Child(f"refproxy {mode}", cmd, work_dir / f"refproxy-{mode}.log").start()
+    wait_for_listen(child, port, timeout)
+    return child, f"127.0.0.1:{port}"

@@ -15,6 +15,9 @@ import httpx
 
 from bench import rest
 from bench.frames import MODEL_INFER_PATH, infer_request
+from tsplit.etcd import Etcd
+from tsplit.layout import Layout
+from tsplit.resources import Deployment, dumps, loads
 
 
 def _identity(raw: bytes) -> bytes:
@@ -53,13 +56,55 @@ async def setup_deployment(client: httpx.AsyncClient, champion: str, challenger:
     return slug, answer["challenger"]["id"]
 
 
+class _Probes:
+    """One channel per router and a ModelInfer call that reads the cache version."""
+
+    def __init__(self, routers: list[str], slug: str):
+        self.channels = [grpc.aio.insecure_channel(a) for a in routers]
+        self.request = infer_request(slug).SerializeToString()
+        self.calls = [c.unary_unary(MODEL_INFER_PATH, request_serializer=_identity, response_deserializer=_identity)
+                      for c in self.channels]
+
+    async def all_serving(self, version: int, deadline: float) -> float:
+        """perf_counter time when the last router first answered with version or newer."""
+        seen = await asyncio.gather(*(_wait_version(call, self.request, version, deadline) for call in self.calls))
+        return max(seen)
+
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()
+
+
+async def measure_etcd_put(etcd: Etcd, layout: Layout, routers: list[str], slug: str, challenger_id: str,
+                           changes: int, pause_s: float = 0.02, timeout_s: float = 10.0) -> dict[str, list[float]]:
+    """The router half alone: the deployment's next version put straight into etcd (what
+    the control plane's transaction writes), timed from the put being sent and from its
+    acknowledgement to every router serving it."""
+    probes = _Probes(routers, slug)
+    from_sent, from_ack = [], []
+    try:
+        for i in range(changes):
+            current = Deployment.from_json(loads((await etcd.get(layout.deployment(slug))).value))
+            challengers = tuple(
+                c if c.id != challenger_id else type(c)(c.id, c.model_id, 2000 if i % 2 == 0 else 1000, c.is_active)
+                for c in current.challengers)
+            nxt = current.with_challengers(challengers, cache_version=current.cache_version + 1)
+            sent = time.perf_counter()
+            await etcd.put(layout.deployment(slug), dumps(nxt.to_json()))
+            acked = time.perf_counter()
+            done = await probes.all_serving(nxt.cache_version, acked + timeout_s)
+            from_sent.append((done - sent) * 1000)
+            from_ack.append(max(0.0, (done - acked) * 1000))
+            await asyncio.sleep(pause_s)
+    finally:
+        await probes.close()
+    return {"from_put_sent_ms": from_sent, "from_put_ack_ms": from_ack}
+
+
 async def measure(client: httpx.AsyncClient, routers: list[str], slug: str, challenger_id: str,
                   changes: int, pause_s: float = 0.02, timeout_s: float = 10.0) -> list[float]:
     """Milliseconds from each PATCH's 200 to the last router serving it, `changes` times."""
-    channels = [grpc.aio.insecure_channel(a) for a in routers]
-    request = infer_request(slug).SerializeToString()
-    calls = [c.unary_unary(MODEL_INFER_PATH, request_serializer=_identity, response_deserializer=_identity)
-             for c in channels]
+    probes = _Probes(routers, slug)
     samples = []
     try:
         for i in range(changes):
@@ -67,11 +112,9 @@ async def measure(client: httpx.AsyncClient, routers: list[str], slug: str, chal
             answer = await rest.patch_traffic(
                 client, slug, {"action": "update_traffic", "challenger_id": challenger_id, "traffic_pct": pct})
             ok_at = time.perf_counter()
-            seen = await asyncio.gather(*(
-                _wait_version(call, request, answer["cache_version"], ok_at + timeout_s) for call in calls))
-            samples.append(max(0.0, (max(seen) - ok_at) * 1000))
+            done = await probes.all_serving(answer["cache_version"], ok_at + timeout_s)
+            samples.append(max(0.0, (done - ok_at) * 1000))
             await asyncio.sleep(pause_s)
     finally:
-        for c in channels:
-            await c.close()
+        await probes.close()
     return samples

@@ -14,12 +14,12 @@ PHASES = ("etcd", "load", "precision", "propagation", "writes", "scale", "profil
 @dataclass(frozen=True)
 class BenchSettings:
     quick: bool = False
-    repeats: int = 3
+    repeats: int = 5
     # Saturating rows: closed loop, 4 connections x 16 streams = 64 requests in flight.
-    load: LoadSettings = LoadSettings(clients=4, streams=16, duration_s=8, warmup_s=0)
+    load: LoadSettings = LoadSettings(clients=4, streams=16, duration_s=6, warmup_s=0)
     # Shadow rows: a fixed rate below saturation (4 clients x 150 req/s), so p99 shows
     # waiting on mirrors rather than a saturated CPU.
-    rate_load: LoadSettings = LoadSettings(clients=4, streams=4, rps=150, duration_s=8, warmup_s=0)
+    rate_load: LoadSettings = LoadSettings(clients=4, streams=4, rps=150, duration_s=6, warmup_s=0)
     warmup_requests: int = 3000
     precision_requests: int = 100_000
     etcd_watch_puts: int = 300
