@@ -108,7 +108,11 @@ def _scan(data: bytes, start: int, end: int, schema: Schema, depth: int, top: di
     pos = start
     open_groups: list[int] = []
     while pos < end:
-        key, pos = _read_varint(data, pos, end)
+        key = data[pos]
+        if key < 0x80:  # one-byte tags (fields 1..15) are the common case: no call
+            pos += 1
+        else:
+            key, pos = _read_varint(data, pos, end)
         field, wire_type = key >> 3, key & 7
         if field == 0 or field > _MAX_FIELD_NUMBER:
             raise MalformedMessage(f"invalid field number {field}")
@@ -119,7 +123,11 @@ def _scan(data: bytes, start: int, end: int, schema: Schema, depth: int, top: di
         elif wire_type == I32:
             pos += 4
         elif wire_type == LEN:
-            length, pos = _read_varint(data, pos, end)
+            if pos < end and data[pos] < 0x80:
+                length = data[pos]
+                pos += 1
+            else:
+                length, pos = _read_varint(data, pos, end)
             value_start, pos = pos, pos + length
             if pos > end:
                 break
