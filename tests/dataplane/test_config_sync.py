@@ -188,6 +188,22 @@ async def test_etcd_killed_the_table_stays_and_the_watch_resumes(etcd_private, l
     assert sync.snapshots == 1, "resumed from the last revision, no reload needed"
 
 
+async def test_not_ready_until_etcd_answers_the_first_snapshot(etcd_private, layout, sync_factory):
+    etcd_private.stop()
+    sync, tables = await sync_factory(etcd_private.endpoint)
+    await asyncio.sleep(0.5)
+    assert not sync.ready.is_set() and sync.table is None and sync.applied_versions() == {}
+    assert sync.watch_failures >= 1
+    etcd_private.start()
+    async with Etcd(etcd_private.endpoint) as writer:
+        await wait_until_ready(writer, 5)
+        await put_resource(writer, layout, model("mod_champ"))
+        await put_resource(writer, layout, deployment("dep_a", 3))
+    await asyncio.wait_for(sync.ready.wait(), 5)
+    await tables.wait_for(lambda t: version_of(t, "dep_a") == 3)
+    assert sync.snapshots == 1
+
+
 class TcpProxy:
     """A loopback TCP proxy in front of etcd whose link we can cut and restore, so a router
     loses etcd while etcd itself keeps serving other clients."""
