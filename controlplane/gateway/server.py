@@ -58,12 +58,14 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="host:port to serve HTTP on; :0 picks a free port (TSPLIT_GATEWAY_LISTEN)")
     p.add_argument("--controlplane", default=env.get("TSPLIT_CONTROLPLANE"),
                    help="host:port of the gRPC control plane (TSPLIT_CONTROLPLANE)")
+    # String defaults go through `type` like flags do, so a bad variable is a usage error.
     p.add_argument("--max-body-bytes", type=int,
-                   default=int(env.get("TSPLIT_GATEWAY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
+                   default=env.get("TSPLIT_GATEWAY_MAX_BODY_BYTES", str(DEFAULT_MAX_BODY_BYTES)),
                    help="larger bodies answer 413 (TSPLIT_GATEWAY_MAX_BODY_BYTES)")
     p.add_argument("--controlplane-timeout", type=float,
-                   default=float(env.get("TSPLIT_GATEWAY_CONTROLPLANE_TIMEOUT", CallTimeouts.connect_s)),
-                   help="seconds to wait for the control plane before 503 unavailable")
+                   default=env.get("TSPLIT_GATEWAY_CONTROLPLANE_TIMEOUT", str(CallTimeouts.connect_s)),
+                   help="seconds to wait for the control plane before 503 unavailable "
+                        "(TSPLIT_GATEWAY_CONTROLPLANE_TIMEOUT)")
     p.add_argument("--jwt-public-key", default=env.get("TSPLIT_JWT_PUBLIC_KEY"),
                    help="PEM public key that verifies tokens (TSPLIT_JWT_PUBLIC_KEY)")
     p.add_argument("--jwks", default=env.get("TSPLIT_JWKS"), help="JWKS file that verifies tokens (TSPLIT_JWKS)")
@@ -79,8 +81,9 @@ def settings_from_args(argv: Sequence[str] | None = None, env: Mapping[str, str]
     args = parser.parse_args(argv)
     if not args.controlplane:
         parser.error("--controlplane (or TSPLIT_CONTROLPLANE) is required")
-    if not (args.jwt_public_key or args.jwks):
-        parser.error("--jwt-public-key or --jwks is required: the gateway verifies every token")
+    if bool(args.jwt_public_key) == bool(args.jwks):
+        parser.error("give exactly one of --jwt-public-key (PEM file) or --jwks (JWKS file): "
+                     "the gateway verifies every token")
     try:
         auth = AuthSettings(public_key_path=args.jwt_public_key, jwks_path=args.jwks,
                             issuer=args.jwt_issuer, audience=args.jwt_audience)
@@ -118,19 +121,23 @@ def _bind(listen: str) -> socket.socket:
     host, port = split_host_port(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.setblocking(False)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError as err:
+        sock.close()
+        raise OSError(f"cannot listen on {listen}: {err.strerror}") from None
     return sock
 
 
 async def start_gateway(settings: GatewaySettings, startup_timeout_s: float = 10.0) -> RunningGateway:
     verifier = TokenVerifier(settings.auth)
+    sock = _bind(settings.listen)
     client = ControlPlaneClient(settings.controlplane, settings.timeouts)
     handlers = Handlers(client, lambda header: verifier.verify(bearer_token(header)),
                         require_mutation_role, settings.max_body_bytes)
-    sock = _bind(settings.listen)
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
     config = uvicorn.Config(build_app(handlers), lifespan="off", log_config=None, server_header=False,
@@ -149,25 +156,31 @@ async def start_gateway(settings: GatewaySettings, startup_timeout_s: float = 10
     return RunningGateway(server, task, client, url)
 
 
-async def serve(settings: GatewaySettings) -> None:
-    """Run until SIGTERM or SIGINT, then stop gracefully."""
+async def serve(settings: GatewaySettings) -> int:
+    """Run until SIGTERM or SIGINT, then stop gracefully (in-flight requests finish)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    gateway = await start_gateway(settings)
+    try:
+        gateway = await start_gateway(settings)
+    except (OSError, ValueError, RuntimeError) as err:  # a port in use, an unreadable key file
+        log.error("cannot start: %s", err)
+        return 1
     log.info("tsplit-gateway listening on %s (control plane %s)", gateway.url, settings.controlplane)
     await stop.wait()
     log.info("tsplit-gateway stopping")
     await gateway.stop()
+    log.info("tsplit-gateway stopped")
+    return 0
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    settings = settings_from_args(argv)
+def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(settings))
+    settings = settings_from_args(argv)  # a bad flag exits 2 with a message naming it
+    return asyncio.run(serve(settings))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
