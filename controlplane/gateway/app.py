@@ -68,4 +68,6 @@ def build_app(handlers: Handlers) -> Starlette:
         by_path[op.path][op.method] = handlers.endpoint(op.name)
     by_path["/openapi.json"]["GET"] = openapi
     routes = [Route(path, _dispatcher(by_method), methods=list(by_method)) for path, by_method in by_path.items()]
-    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _unexpected_error})
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _unexpected_error})
+    app.router.redirect_slashes = False  # "/v1/models/" is 404 JSON, not a bodiless redirect
+    return app

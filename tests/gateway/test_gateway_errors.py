@@ -292,6 +292,8 @@ async def test_unknown_route_404_and_wrong_method_405_are_json(gateway):
     assert_error(r, 404, "not_found", "/v1/nothing/here")
     r = await gateway.http.get("/", headers={"accept": "text/html"})
     assert_error(r, 404, "not_found")
+    r = await gateway.http.get("/v1/models/", headers=gateway.headers())  # no redirect, JSON
+    assert_error(r, 404, "not_found")
     r = await gateway.http.post("/v1/deployments/dep_x", headers=gateway.headers(), json={})
     assert_error(r, 405, "method_not_allowed")
     assert set(r.headers["allow"].replace(" ", "").split(",")) == {"GET", "HEAD", "DELETE"}
