@@ -121,36 +121,37 @@ class System:
 
     def __init__(self, etcd_endpoints: Sequence[str], layout: Layout, dev_auth):
         self.etcd_endpoints, self.layout, self.dev_auth = list(etcd_endpoints), layout, dev_auth
-        self._stops: dict[int, Callable[[], Awaitable[None]]] = {}
+        self._stops: dict[int, Callable[[float], Awaitable[None]]] = {}
 
-    def _track(self, thing, stop: Callable[[], Awaitable[None]]):
+    def _track(self, thing, stop: Callable[[float], Awaitable[None]]):
         self._stops[id(thing)] = stop
         return thing
 
-    async def stop(self, thing) -> None:
+    async def stop(self, thing, grace_s: float = 0.5) -> None:
+        """Stop one part; in-flight calls get grace_s seconds (0: cut at once)."""
         stop = self._stops.pop(id(thing), None)
         if stop is not None:
-            await stop()
+            await stop(grace_s)
 
     async def controlplane(self, listen: str = "127.0.0.1:0") -> ControlPlaneServer:
         settings = ControlPlaneSettings(
             auth=auth_settings(self.dev_auth), listen=listen, etcd_endpoints=tuple(self.etcd_endpoints),
             etcd_prefix=self.layout.prefix, grace_s=0.5)
         server = await start_controlplane(settings)
-        return self._track(server, lambda: server.stop(0.5))
+        return self._track(server, server.stop)
 
     async def gateway(self, controlplane_address: str, **settings) -> RunningGateway:
         settings.setdefault("timeouts", CallTimeouts(connect_s=4.0, mutation_s=20.0))
         running = await start_gateway(GatewaySettings(
             controlplane=controlplane_address, auth=auth_settings(self.dev_auth), listen="127.0.0.1:0", **settings))
-        return self._track(running, running.stop)
+        return self._track(running, lambda grace_s: running.stop())
 
     async def router(self, listen: str = "127.0.0.1:0", etcd: str | None = None, wait_ready: bool = True,
                      **overrides) -> RunningRouter:
         settings = RouterSettings(listen=listen, etcd=etcd or ",".join(self.etcd_endpoints),
                                   etcd_prefix=self.layout.prefix, shutdown_grace_s=0.5, **overrides)
         router = await start_router(settings)
-        self._track(router, lambda: router.stop(0.2))
+        self._track(router, router.stop)
         if wait_ready:
             await asyncio.wait_for(router.sync.ready.wait(), 20)
         return router
@@ -161,14 +162,14 @@ class System:
         for i, name in enumerate(names):
             weights = ((1.0, 0.0), (0.0, 1.0)) if i % 2 == 0 else ((0.0, 1.0), (1.0, 0.0))
             server = await start_demo_server([DemoModel(name, weights=weights, bias=(0.0, 0.0))])
-            servers.append(self._track(server, lambda s=server: s.stop(0)))
+            servers.append(self._track(server, server.stop))
         return servers
 
     async def close(self) -> None:
         stops, self._stops = list(self._stops.values()), {}
         for stop in reversed(stops):
             try:
-                await asyncio.wait_for(stop(), 15)
+                await asyncio.wait_for(stop(0.2), 15)
             except Exception:  # teardown goes on; the test's own assertions already ran
                 pass
 
@@ -247,6 +248,7 @@ class PatchAnswer:
     cache_version: int | None
     sent: float            # loop time
     took: float
+    via: str               # the gateway's URL
 
 
 def writer_pct(index: int) -> float:
@@ -270,20 +272,26 @@ class PatchLoad:
         self.max_per_writer, self.pause_s, self.retry_pause_s = max_per_writer, pause_s, retry_pause_s
         self.answers: list[PatchAnswer] = []
         self.unresolved: dict[str, tuple[int, float]] = {}   # key -> (writer, pct)
+        self.inflight: Counter = Counter()                   # gateway URL -> requests in flight
         self.run_id = uuid.uuid4().hex[:8]
 
     async def _send(self, rest: Rest, writer: int, key: str, pct: float) -> PatchAnswer:
         body = {"action": "update_traffic", "challenger_id": self.challenger_ids[writer], "traffic_pct": pct}
         loop = asyncio.get_running_loop()
         sent = loop.time()
+        self.inflight[rest.url] += 1
         try:
             r = await rest.patch(self.slug, body, key)
         except httpx.HTTPError as err:
-            answer = PatchAnswer(key, writer, pct, 0, None, type(err).__name__, None, sent, loop.time() - sent)
+            answer = PatchAnswer(key, writer, pct, 0, None, type(err).__name__, None, sent, loop.time() - sent,
+                                 rest.url)
         else:
             data = r.json()
             answer = PatchAnswer(key, writer, pct, r.status_code, data.get("error"), data.get("message", ""),
-                                 data.get("cache_version") if r.status_code == 200 else None, sent, loop.time() - sent)
+                                 data.get("cache_version") if r.status_code == 200 else None, sent, loop.time() - sent,
+                                 rest.url)
+        finally:
+            self.inflight[rest.url] -= 1
         self.answers.append(answer)
         return answer
 
