@@ -22,11 +22,13 @@ from google.protobuf.struct_pb2 import Struct
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from controlplane.service import deployment_from_proto
+from hypothesis import given, strategies as st
+
+from controlplane.service import deployment_from_proto, deployment_to_proto, model_to_proto
 from controlplane.settings import SettingsError, settings_from_args
 from controlplane.store import ControlPlaneStore
 from tsplit.errors import ERROR_METADATA_KEY, ERRORS
-from tsplit.resources import Deployment
+from tsplit.resources import Challenger, Deployment, Model
 from tsplit.v1 import controlplane_pb2 as pb
 
 VENV_BIN = Path(sys.executable).parent
@@ -323,3 +325,28 @@ def test_console_script_reports_bad_settings():
         env={k: v for k, v in os.environ.items() if not k.startswith("TSPLIT_")})
     assert result.returncode == 2
     assert "--jwt-public-key" in result.stderr and "Traceback" not in result.stderr
+
+
+_ids = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-", min_size=1, max_size=12)
+_challengers = st.builds(
+    Challenger, id=_ids.map("ch_".__add__), model_id=_ids.map("mod_".__add__),
+    traffic_bp=st.integers(100, 5000), is_active=st.booleans())
+deployments = st.builds(
+    Deployment, deployment_id=_ids.map("dep_".__add__), org_id=st.text(max_size=10),
+    champion_model_id=_ids.map("mod_".__add__), challengers=st.lists(_challengers, max_size=5).map(tuple),
+    shadow_mode=st.booleans(), cache_version=st.integers(1, 2**53), updated_at=st.text(max_size=20),
+    updated_by=st.text(max_size=10))
+
+
+@given(deployments)
+def test_deployment_messages_round_trip_exactly(deployment):
+    message = deployment_to_proto(deployment)
+    assert deployment_from_proto(message) == deployment
+    assert [round(c.traffic_pct * 100) for c in message.challengers] == [c.traffic_bp for c in deployment.challengers]
+
+
+@given(st.builds(Model, model_id=_ids.map("mod_".__add__), endpoint=st.text(max_size=20),
+                 model_name=st.text(max_size=20), model_version=st.text(max_size=5), org_id=st.text(max_size=5)))
+def test_model_messages_carry_every_field(model):
+    assert json_format.MessageToDict(model_to_proto(model), preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True) == model.to_json()
