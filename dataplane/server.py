@@ -91,8 +91,8 @@ class RouterSettings:
         if self.log_level.upper() not in logging.getLevelNamesMapping():
             raise ValueError(f"--log-level {self.log_level!r} is not a logging level")
 
-    @property
-    def id_or_random(self) -> str:
+    def router_id_or_new(self) -> str:
+        """--router-id, or a new random one (each call makes another)."""
         return self.router_id or f"r-{secrets.token_hex(4)}"
 
 
@@ -197,7 +197,7 @@ def _server_options(settings: RouterSettings) -> list[tuple[str, object]]:
 async def start_router(settings: RouterSettings) -> RunningRouter:
     """Start a router in the running event loop; it serves at once and reports
     NOT_SERVING (health) until the first etcd snapshot is applied."""
-    router_id = settings.id_or_random
+    router_id = settings.router_id_or_new()
     layout = Layout(settings.etcd_prefix)
     etcd = Etcd(settings.etcd)
     stats = RouterStats()
@@ -210,6 +210,7 @@ async def start_router(settings: RouterSettings) -> RunningRouter:
         for problem in getattr(table, "problems", ()):
             log.warning("routing: %s", problem)
         backends.retain(table_endpoints(table))
+        stats.retain(sync.applied_versions())
         if registration is not None:
             registration.notify_applied()
 
@@ -296,7 +297,7 @@ async def serve(settings: RouterSettings) -> None:
 def _worker_argv(settings: RouterSettings, index: int, port: int) -> list[str]:
     host, _ = split_host_port(settings.listen, "listen")
     worker = replace(settings, listen=join_host_port(host, port), workers=1, reuse_port=True,
-                     router_id=f"{settings.id_or_random}-{index}")
+                     router_id=f"{settings.router_id_or_new()}-{index}")
     if settings.metrics_listen:
         m_host, m_port = split_host_port(settings.metrics_listen, "metrics-listen")
         worker = replace(worker, metrics_listen=join_host_port(m_host, m_port + index if m_port else 0))
@@ -315,7 +316,7 @@ def supervise_workers(settings: RouterSettings) -> int:
     SIGTERM/SIGINT stop them all gracefully."""
     host, port = split_host_port(settings.listen, "listen")
     port = port or free_port(host)
-    settings = replace(settings, router_id=settings.id_or_random)
+    settings = replace(settings, router_id=settings.router_id_or_new())
     argvs = [_worker_argv(settings, i, port) for i in range(settings.workers)]
     stopping = False
 

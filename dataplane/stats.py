@@ -98,6 +98,12 @@ class RouterStats:
             row.model_id = model_id
         return row
 
+    def retain(self, slugs) -> None:
+        """Forget the counters of deployments not in slugs (deleted ones: a slug is never
+        reused), so the router record does not grow with every deployment ever seen."""
+        for slug in [s for s in self._deployments if s not in slugs]:
+            del self._deployments[slug]
+
     def snapshot(self) -> dict[str, dict[str, dict[str, Any]]]:
         """The "stats" part of the router record."""
         return {

@@ -98,6 +98,14 @@ async def test_a_config_change_is_routed_by_at_once(backends, router, client_fac
     await dp.wait_for_version(router, "dep_change", 2)
     _, metadata = await client.infer(dp.infer_request("dep_change"))
     assert (metadata["tsplit-model-id"], metadata["tsplit-cache-version"]) == ("mod_b", "2")
+    assert router.stats.snapshot()["dep_change"]["champion"]["requests"] == 21
+
+    await backends.etcd.delete(backends.layout.deployment("dep_change"))
+    await dp.wait_until(lambda: "dep_change" not in router.sync.applied_versions())
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.infer(dp.infer_request("dep_change"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "dep_change" not in router.stats.snapshot()  # a deleted deployment's counters go
 
 
 async def test_unknown_deployment_is_not_found(router, client_factory, dp):
@@ -291,7 +299,7 @@ def test_settings_come_from_flags_then_environment_then_defaults():
     assert settings == RouterSettings(listen=":0", etcd="10.0.0.1:2379,10.0.0.2:2379", workers=3,
                                       metrics_listen="127.0.0.1:0", max_inflight_mirrors=64)
     assert parse_settings([], {}) == RouterSettings()
-    assert RouterSettings().router_id == "" and RouterSettings().id_or_random.startswith("r-")
+    assert RouterSettings().router_id == "" and RouterSettings().router_id_or_new().startswith("r-")
 
 
 @pytest.mark.parametrize("argv, says", [
