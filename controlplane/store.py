@@ -36,7 +36,7 @@ from tsplit.resources import BASIS_POINTS, Challenger, Deployment, Model, dumps,
 log = logging.getLogger(__name__)
 
 MAX_CHALLENGER_BP = BASIS_POINTS // 2
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:~@+=-]{1,128}")
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")  # visible ASCII, as the gateway's Idempotency-Key
 
 Mutation = tuple[Deployment, Challenger | None]
 Mutate = Callable[[Deployment, Mapping[str, Model]], Mutation | Awaitable[Mutation]]
@@ -99,8 +99,13 @@ def check_request_id(request_id: str) -> str:
     if not _REQUEST_ID.fullmatch(request_id):
         raise ApiError(
             "invalid_request",
-            "request_id (Idempotency-Key) must be 1 to 128 letters, digits or ._:~@+=-")
+            "request_id (Idempotency-Key) must be 1 to 128 visible ASCII characters")
     return request_id
+
+
+def _request_key(layout: Layout, scope: str, request_id: str) -> str:
+    """The record's key; the id is percent-encoded so that it stays one path segment."""
+    return layout.request(scope, quote(request_id, safe=""))
 
 
 def _org_scope(org_id: str, kind: str) -> str:
@@ -236,7 +241,7 @@ class ControlPlaneStore:
     ) -> Model:
         if model.org_id != org_id:
             raise ValueError("a model is registered in the caller's org")
-        request_key = self.layout.request(_org_scope(org_id, "models"), request_id)
+        request_key = _request_key(self.layout, _org_scope(org_id, "models"), request_id)
         model_key = self.layout.model(model.model_id)
 
         async def attempt(deadline: float) -> Model:
@@ -261,7 +266,7 @@ class ControlPlaneStore:
         self, org_id: str, deployment_id: str, champion_model_id: str, *,
         actor: str, request_id: str, request_body: dict[str, Any], deadline_s: float | None = None,
     ) -> Deployment:
-        request_key = self.layout.request(_org_scope(org_id, "deployments"), request_id)
+        request_key = _request_key(self.layout, _org_scope(org_id, "deployments"), request_id)
         key, tombstone = self.layout.deployment(deployment_id), self.layout.tombstone(deployment_id)
 
         async def attempt(deadline: float) -> Deployment:
@@ -301,7 +306,7 @@ class ControlPlaneStore:
         which validates against the fresh state (422). A mutation that changes nothing
         writes nothing and answers the current version.
         """
-        request_key = self.layout.request(slug, request_id)
+        request_key = _request_key(self.layout, slug, request_id)
 
         async def attempt(deadline: float) -> ChangeResult:
             found = await self._read_deployment(org_id, slug, deadline)
@@ -342,7 +347,7 @@ class ControlPlaneStore:
         deadline_s: float | None = None,
     ) -> str:
         """Remove the deployment key, keep its history and leave a tombstone."""
-        request_key = self.layout.request(slug, request_id)
+        request_key = _request_key(self.layout, slug, request_id)
 
         async def attempt(deadline: float) -> str:
             found = await self._read_deployment(org_id, slug, deadline)
@@ -456,7 +461,7 @@ class ControlPlaneStore:
         """
         loop = asyncio.get_running_loop()
         deadline = min(deadline, loop.time() + self.settings.resolve_deadline_s)
-        fence = dumps({"request_id": self.layout.slug_of(request_key), "aborted": True, "at": self.clock()})
+        fence = dumps({"aborted": True, "at": self.clock()})
         while True:
             timeout = self._timeout(self.settings.write_timeout_s, deadline)
             if timeout <= 0:
