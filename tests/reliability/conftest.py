@@ -554,7 +554,7 @@ class Helpers:
     auth_settings = staticmethod(auth_settings)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def rel() -> Helpers:
     return Helpers()
 
