@@ -110,3 +110,21 @@ def test_every_route_answers_as_documented(method, path, mode, fuzz_target, rel)
     assert seen and all(status < 500 for status in seen), seen
     if mode == GenerationMode.POSITIVE:
         assert set(seen) - {401}, "valid cases got past the token check"
+
+
+def test_huge_bodies_are_refused_early_and_the_gateway_stays_up(fuzz_target, rel):
+    headers = {"Authorization": f"Bearer {fuzz_target.token}", "Content-Type": "application/json"}
+    huge = b'{"endpoint": "' + b"x" * (16 * 1024 * 1024) + b'"}'
+
+    def chunks():
+        for start in range(0, len(huge), 1024 * 1024):
+            yield huge[start:start + 1024 * 1024]
+
+    with httpx.Client(base_url=fuzz_target.url, timeout=30) as http:
+        for content in (huge, chunks()):  # with and without Content-Length
+            r = http.post("/v1/models", content=content, headers=headers)
+            assert r.status_code == 413 and r.json()["error"] == "payload_too_large", r.text
+            assert r.elapsed.total_seconds() < 5
+            rel.assert_no_internal_detail(r.text)
+        assert http.get("/healthz").status_code == 200
+        assert http.get("/v1/models", headers=headers).status_code == 200
