@@ -21,6 +21,7 @@ from controlplane.auth import require_mutation_role
 from controlplane.interceptors import current_principal
 from controlplane.store import ChangeResult, ControlPlaneStore, HistoryEntry, check_request_id
 from tsplit.errors import ApiError
+from tsplit.protojson import struct_to_json
 from tsplit.resources import Challenger, Deployment, Model, new_id
 from tsplit.status import summarize_deployment_status
 from tsplit.v1 import controlplane_pb2 as pb
@@ -59,8 +60,8 @@ def history_entry_to_proto(entry: HistoryEntry) -> pb.HistoryEntry:
 
 
 def body_of(struct: Struct) -> dict[str, Any]:
-    """A request's JSON body (numbers arrive as floats; the validators accept 10.0 as 10)."""
-    return json_format.MessageToDict(struct)
+    """A request's JSON body; NaN and infinities are kept so the validator names them."""
+    return struct_to_json(struct, keep_non_finite=True)
 
 
 def expected_version(request) -> int | None:

@@ -129,6 +129,27 @@ class EtcdMember:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
+    def freeze(self, timeout: float = 5.0) -> None:
+        """SIGSTOP, and wait until every thread is stopped: kill() returns before a busy
+        thread takes the signal, and a request sent in that window could still be served."""
+        pid = self.process.pid
+        os.kill(pid, signal.SIGSTOP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = []
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                try:
+                    states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+                except (OSError, IndexError):
+                    continue
+            if states and all(state in "tT" for state in states):
+                return
+            time.sleep(0.005)
+        raise RuntimeError(f"etcd pid {pid} did not stop within {timeout}s")
+
+    def thaw(self) -> None:
+        os.kill(self.process.pid, signal.SIGCONT)
+
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None

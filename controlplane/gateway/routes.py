@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from controlplane.gateway.client import ControlPlaneClient
-from controlplane.gateway.converters import message_to_json, struct_from_json, traffic_change_to_json
+from tsplit.protojson import message_to_json, struct_from_json, traffic_change_to_json
 from controlplane.gateway.request_input import (
     check_media_type, expected_version, idempotency_key, parse_json_object, read_limited)
 from controlplane.gateway.responses import json_response

@@ -103,7 +103,7 @@ async def test_etcd_frozen_answers_unavailable_within_5s(etcd_private, controlpl
     caller = Caller(await controlplane_factory(etcd_private.endpoint, layout))  # default timeouts
     await caller.setup()
     before = await caller.get()
-    os.kill(etcd_private.process.pid, signal.SIGSTOP)
+    etcd_private.freeze()
     try:
         started = time.monotonic()
         answers = await asyncio.gather(
@@ -165,7 +165,7 @@ async def test_write_during_a_short_freeze_is_resolved_before_answering(
     loop = asyncio.get_running_loop()
 
     def freeze_for_a_while():
-        os.kill(pid, signal.SIGSTOP)
+        etcd_private.freeze()
         loop.call_later(1.5, os.kill, pid, signal.SIGCONT)  # past the 1 s write timeout
 
     lose_the_first_write_answer(monkeypatch, before=freeze_for_a_while)

@@ -226,8 +226,6 @@ async def test_422_invalid_traffic_config_names_the_field(gateway):
     assert current["cache_version"] == 1
 
 
-@pytest.mark.xfail(reason="controlplane/service.py body_of() uses json_format.MessageToDict, which raises on "
-                          "a NaN number in the Struct, so the control plane answers 500 instead of 422", strict=False)
 async def test_422_for_a_nan_traffic_pct_passed_through_to_the_control_plane(gateway):
     slug, _, challenger = await gateway.deploy()
     raw = b'{"action": "add_challenger", "model_id": "%s", "traffic_pct": NaN}' % challenger.encode()

@@ -6,7 +6,7 @@ from typing import Any
 
 import grpc
 
-from controlplane.gateway.converters import message_to_json, struct_from_json
+from tsplit.protojson import message_to_json, struct_from_json
 from tsplit.cli.context import CliContext, CliError
 from tsplit.errors import api_error_from_rpc_error
 from tsplit.v1 import controlplane_pb2 as cp_pb

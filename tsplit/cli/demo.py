@@ -151,7 +151,8 @@ def run_demo(ctx: CliContext, keep: bool = False) -> int:
         wait_propagated(ctx, rolled["deployment"]["cache_version"])
         print(send_traffic(routers, 1000, seed=10))
         show_get(ctx)
-        print(f"\n(last change: version {removed['cache_version']} -> rollback gave version {rolled["deployment"]["cache_version"]})")
+        print(f"\n(last change: version {removed['cache_version']} -> "
+              f"rollback gave version {rolled['deployment']['cache_version']})")
     finally:
         if keep:
             print(f"\nthe stack keeps running: `tsplit get --dir {ctx.directory}`, `tsplit down --dir {ctx.directory}`")

@@ -241,12 +241,14 @@ def cmd_up(args, ctx: CliContext) -> int:
     _info("running; Ctrl-C stops everything")
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    stack_file = ctx.directory / "stack.json"
     try:
-        while not stop["now"]:
+        while not stop["now"] and stack_file.exists():  # `tsplit down` from elsewhere removes it
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
-    down(ctx.directory, _info)
+    if stack_file.exists():
+        down(ctx.directory, _info)
     return 0
 
 

@@ -1,4 +1,5 @@
-"""JSON <-> protobuf for the gateway: request bodies become Structs, answers become JSON.
+"""JSON <-> protobuf for the gateway, the control plane and the CLI: request bodies
+become Structs, answers become JSON.
 
 google.protobuf.json_format is not used on purpose: it writes int64 as strings, refuses
 NaN inside a Struct and turns every Struct number into a float. Here a JSON number that
@@ -74,23 +75,28 @@ def struct_from_json(obj: dict[str, Any]) -> struct_pb2.Struct:
     return out
 
 
-def value_to_json(value: struct_pb2.Value) -> Any:
+def value_to_json(value: struct_pb2.Value, keep_non_finite: bool = False) -> Any:
+    """keep_non_finite: NaN and infinities stay floats (the control plane reads request
+    bodies this way, so its validator can name them) instead of becoming null."""
     kind = value.WhichOneof("kind")
     if kind == "number_value":
-        return json_number(value.number_value)
+        number = value.number_value
+        if keep_non_finite and not math.isfinite(number):
+            return number
+        return json_number(number)
     if kind == "string_value":
         return value.string_value
     if kind == "bool_value":
         return value.bool_value
     if kind == "struct_value":
-        return struct_to_json(value.struct_value)
+        return struct_to_json(value.struct_value, keep_non_finite)
     if kind == "list_value":
-        return [value_to_json(v) for v in value.list_value.values]
+        return [value_to_json(v, keep_non_finite) for v in value.list_value.values]
     return None
 
 
-def struct_to_json(struct: struct_pb2.Struct) -> dict[str, Any]:
-    return {key: value_to_json(value) for key, value in struct.fields.items()}
+def struct_to_json(struct: struct_pb2.Struct, keep_non_finite: bool = False) -> dict[str, Any]:
+    return {key: value_to_json(value, keep_non_finite) for key, value in struct.fields.items()}
 
 
 def _field_to_json(field: FieldDescriptor, value: Any) -> Any:

@@ -6,7 +6,7 @@ import math
 
 from hypothesis import given, strategies as st
 
-from controlplane.gateway.converters import (
+from tsplit.protojson import (
     json_number, message_to_json, pct_json, struct_from_json, struct_to_json, traffic_change_to_json)
 from tsplit.v1 import controlplane_pb2 as pb
 
