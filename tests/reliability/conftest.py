@@ -119,8 +119,9 @@ class System:
     """Control planes, gateways, routers and demo model servers in this event loop, all over
     the same etcd endpoints and key prefix; close() stops what is still running."""
 
-    def __init__(self, etcd_endpoints: Sequence[str], layout: Layout, dev_auth):
+    def __init__(self, etcd_endpoints: Sequence[str], layout: Layout, dev_auth, auth: AuthSettings | None = None):
         self.etcd_endpoints, self.layout, self.dev_auth = list(etcd_endpoints), layout, dev_auth
+        self.auth = auth or auth_settings(dev_auth)  # how the control planes and gateways verify tokens
         self._stops: dict[int, Callable[[float], Awaitable[None]]] = {}
 
     def _track(self, thing, stop: Callable[[float], Awaitable[None]]):
@@ -135,7 +136,7 @@ class System:
 
     async def controlplane(self, listen: str = "127.0.0.1:0") -> ControlPlaneServer:
         settings = ControlPlaneSettings(
-            auth=auth_settings(self.dev_auth), listen=listen, etcd_endpoints=tuple(self.etcd_endpoints),
+            auth=self.auth, listen=listen, etcd_endpoints=tuple(self.etcd_endpoints),
             etcd_prefix=self.layout.prefix, grace_s=0.5)
         server = await start_controlplane(settings)
         return self._track(server, server.stop)
@@ -143,7 +144,7 @@ class System:
     async def gateway(self, controlplane_address: str, **settings) -> RunningGateway:
         settings.setdefault("timeouts", CallTimeouts(connect_s=4.0, mutation_s=20.0))
         running = await start_gateway(GatewaySettings(
-            controlplane=controlplane_address, auth=auth_settings(self.dev_auth), listen="127.0.0.1:0", **settings))
+            controlplane=controlplane_address, auth=self.auth, listen="127.0.0.1:0", **settings))
         return self._track(running, lambda grace_s: running.stop())
 
     async def router(self, listen: str = "127.0.0.1:0", etcd: str | None = None, wait_ready: bool = True,
@@ -572,8 +573,8 @@ async def system_factory(layout, dev_auth):
     made: list[System] = []
     rests: list[Rest] = []
 
-    def make(endpoints: Sequence[str]) -> System:
-        system = System(endpoints, layout, dev_auth)
+    def make(endpoints: Sequence[str], auth: AuthSettings | None = None) -> System:
+        system = System(endpoints, layout, dev_auth, auth)
         made.append(system)
         return system
 
