@@ -142,7 +142,9 @@ def run(url: str, body_path: Path, load: LoadSettings, work_dir: Path,
     """Run h2load once, bounded by its own duration plus a margin."""
     log_path = work_dir / f"h2load-{time.monotonic_ns()}.log"
     cmd = command(url, body_path, load, log_path, extra_headers)
-    limit = (load.duration_s + load.warmup_s if load.duration_s else 60.0) + load.timeout_s + 15
+    # A counted run is bounded by its count at a pessimistic 200 requests per second.
+    expected = load.duration_s + load.warmup_s if load.duration_s else 30.0 + load.requests / 200
+    limit = expected + load.timeout_s + 15
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
     summary = parse_summary(proc.stdout)
     latencies, failed = parse_log(log_path.read_text() if log_path.exists() else "")

@@ -21,7 +21,7 @@ class BenchSettings:
     # waiting on mirrors rather than a saturated CPU.
     rate_load: LoadSettings = LoadSettings(clients=4, streams=4, rps=150, duration_s=6, warmup_s=0)
     warmup_requests: int = 3000
-    precision_requests: int = 100_000
+    precision_requests: int = 60_000
     etcd_watch_puts: int = 300
     txn_seconds: float = 4.0
     propagation_changes: int = 200
