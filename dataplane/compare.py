@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from dataplane.tensors import Tensor, TensorError, decode_output, same_bits
-from tsplit.inference import grpc_predict_v2_pb2 as pb
+
+if TYPE_CHECKING:  # messages of any pool work; see dataplane/oip.py for why not this one
+    from tsplit.inference import grpc_predict_v2_pb2 as pb
 
 
 @dataclass(frozen=True)

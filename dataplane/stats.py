@@ -2,7 +2,8 @@
 router's etcd record and a Prometheus collector, so every figure is counted once.
 
 Counters are plain ints on slotted objects, bumped from the router's single asyncio loop
-with no locks. The Prometheus HTTP server reads them from its own thread: it copies each
+with no locks (the proxyless client, whose callers run on many threads, bumps them under
+a lock of its own: dataplane.dispatch.Dispatcher). The Prometheus HTTP server reads them from its own thread: it copies each
 container (an atomic operation under the GIL) before iterating, so it never sees a dict
 change size under it, at worst a row a request behind.
 """
@@ -90,10 +91,12 @@ class RouterStats:
         latest model_id."""
         variants = self._deployments.get(slug)
         if variants is None:
-            variants = self._deployments[slug] = {}
+            # setdefault, not a check then a store: atomic under the GIL, so two threads
+            # (the proxyless client's callers) never each create a row and lose one's counts.
+            variants = self._deployments.setdefault(slug, {})
         row = variants.get(name)
         if row is None:
-            row = variants[name] = VariantStats(model_id)
+            row = variants.setdefault(name, VariantStats(model_id))
         elif row.model_id != model_id:
             row.model_id = model_id
         return row

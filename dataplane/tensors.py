@@ -11,9 +11,10 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from tsplit.inference import grpc_predict_v2_pb2 as pb
+if TYPE_CHECKING:  # messages of any pool work; see dataplane/oip.py for why not this one
+    from tsplit.inference import grpc_predict_v2_pb2 as pb
 
 
 class TensorError(ValueError):

@@ -1,0 +1,174 @@
+"""Channels to model servers, one per endpoint, created on first use and reused.
+
+BackendPool holds grpc.aio channels (the router, the proxyless aio channel, mirrors);
+SyncBackendPool holds sync grpc channels (the proxyless sync channel, which calls backends
+from the caller's own thread). Both send raw bytes: no (de)serializer, the request is
+forwarded as the dispatcher rewrote it and the answer comes back as the backend sent it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Sequence
+
+import grpc
+
+from dataplane.routing import RoutingTable
+
+SERVICE = "inference.GRPCInferenceService"
+INFER_METHOD = f"/{SERVICE}/ModelInfer"
+
+BACKEND_CHANNEL_OPTIONS: tuple[tuple[str, object], ...] = (
+    # Tensors can be large; the client already chose what it sends.
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+    # A restarted model server is used again within a second or two, not after grpc's
+    # default backoff of up to two minutes.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+)
+
+
+def table_endpoints(table: RoutingTable) -> set[str]:
+    return {v.endpoint for route in table.routes.values() for v in route.variants}
+
+
+class Backend:
+    """One reused grpc.aio channel to a v2 server; raw-bytes callables by method path."""
+
+    def __init__(self, endpoint: str, options: Sequence[tuple[str, object]]) -> None:
+        self.endpoint = endpoint
+        self.channel = grpc.aio.insecure_channel(endpoint, options=list(options))
+        self.infer = self.channel.unary_unary(INFER_METHOD)
+        self._methods = {INFER_METHOD: self.infer}
+
+    def method(self, path: str):
+        callable_ = self._methods.get(path)
+        if callable_ is None:
+            callable_ = self._methods[path] = self.channel.unary_unary(path)
+        return callable_
+
+    @property
+    def model_ready(self):
+        return self.method(f"/{SERVICE}/ModelReady")
+
+    @property
+    def model_metadata(self):
+        return self.method(f"/{SERVICE}/ModelMetadata")
+
+
+class BackendPool:
+    """grpc.aio channels to backends by endpoint, used from one event loop."""
+
+    def __init__(self, options: Sequence[tuple[str, object]] = BACKEND_CHANNEL_OPTIONS,
+                 close_grace_s: float = 30.0) -> None:
+        self._options = tuple(options)
+        self._backends: dict[str, Backend] = {}
+        self._close_grace_s = close_grace_s
+        self._retiring: dict[asyncio.Task, Backend] = {}
+
+    def get(self, endpoint: str) -> Backend:
+        backend = self._backends.get(endpoint)
+        if backend is None:
+            backend = self._backends[endpoint] = Backend(endpoint, self._options)
+        return backend
+
+    async def infer(self, endpoint: str, request: bytes, timeout: float | None) -> bytes:
+        return await self.get(endpoint).infer(request, timeout=timeout)
+
+    @property
+    def endpoints(self) -> frozenset[str]:
+        return frozenset(self._backends)
+
+    def retain(self, endpoints: set[str] | frozenset[str]) -> None:
+        """Close, after a grace period for calls in flight, the channels to endpoints no
+        longer in use."""
+        for endpoint in [e for e in self._backends if e not in endpoints]:
+            backend = self._backends.pop(endpoint)
+            task = asyncio.get_running_loop().create_task(backend.channel.close(self._close_grace_s))
+            self._retiring[task] = backend
+            task.add_done_callback(lambda t: self._retiring.pop(t, None))
+
+    async def close(self) -> None:
+        """Close every channel now (calls in flight are cancelled)."""
+        backends, self._backends = list(self._backends.values()), {}
+        retiring, self._retiring = dict(self._retiring), {}
+        for task in retiring:
+            task.cancel()
+        await asyncio.gather(*retiring, return_exceptions=True)
+        await asyncio.gather(*(b.channel.close(None) for b in [*backends, *retiring.values()]),
+                             return_exceptions=True)
+
+
+class SyncBackend:
+    """One reused sync grpc channel to a v2 server; raw-bytes callables by method path.
+    Safe to call from many threads at once (grpc's sync channels are)."""
+
+    def __init__(self, endpoint: str, options: Sequence[tuple[str, object]]) -> None:
+        self.endpoint = endpoint
+        self.channel = grpc.insecure_channel(endpoint, options=list(options))
+        self.infer = self.channel.unary_unary(INFER_METHOD)
+        self._methods = {INFER_METHOD: self.infer}
+        self._lock = threading.Lock()
+
+    def method(self, path: str):
+        callable_ = self._methods.get(path)
+        if callable_ is None:
+            with self._lock:
+                callable_ = self._methods.get(path) or self.channel.unary_unary(path)
+                self._methods[path] = callable_
+        return callable_
+
+
+class SyncBackendPool:
+    """Sync grpc channels to backends by endpoint, shared by the caller's threads."""
+
+    def __init__(self, options: Sequence[tuple[str, object]] = BACKEND_CHANNEL_OPTIONS,
+                 close_grace_s: float = 30.0) -> None:
+        self._options = tuple(options)
+        self._backends: dict[str, SyncBackend] = {}
+        self._close_grace_s = close_grace_s
+        self._retiring: list[tuple[float, SyncBackend]] = []   # (close after, backend)
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def get(self, endpoint: str) -> SyncBackend:
+        backend = self._backends.get(endpoint)   # a dict read is atomic: no lock on the hot path
+        if backend is None:
+            with self._lock:
+                if self.closed:
+                    raise RuntimeError("the proxyless channel is closed")
+                backend = self._backends.get(endpoint)
+                if backend is None:
+                    backend = self._backends[endpoint] = SyncBackend(endpoint, self._options)
+        return backend
+
+    @property
+    def endpoints(self) -> frozenset[str]:
+        return frozenset(self._backends)
+
+    def retain(self, endpoints: set[str] | frozenset[str]) -> None:
+        """Retire the channels to endpoints no longer in use; each is closed once its
+        grace period for calls in flight has passed (checked on every retain())."""
+        now = time.monotonic()
+        with self._lock:
+            for endpoint in [e for e in self._backends if e not in endpoints]:
+                self._retiring.append((now + self._close_grace_s, self._backends.pop(endpoint)))
+            due = [b for when, b in self._retiring if when <= now]
+            self._retiring = [(when, b) for when, b in self._retiring if when > now]
+        for backend in due:
+            backend.channel.close()
+
+    def close(self) -> None:
+        """Close every channel now (calls in flight are cancelled)."""
+        with self._lock:
+            self.closed = True
+            backends = list(self._backends.values()) + [b for _, b in self._retiring]
+            self._backends, self._retiring = {}, []
+        for backend in backends:
+            backend.channel.close()
