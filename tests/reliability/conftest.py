@@ -10,14 +10,17 @@ is not importable. Every load loop is bounded in count and in time.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import struct
 import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
 import grpc
@@ -553,6 +556,31 @@ class Helpers:
     writer_pct = staticmethod(writer_pct)
     assert_no_internal_detail = staticmethod(assert_no_internal_detail)
     auth_settings = staticmethod(auth_settings)
+
+
+@dataclass(frozen=True)
+class UpStack:
+    directory: Path
+    stack: dict
+
+    @property
+    def logs(self) -> Path:
+        return Path(self.stack["logs"])
+
+
+@pytest.fixture(scope="session")
+def up_stack(tmp_path_factory):
+    """`tsplit up --demo-models --routers 2`: every part a real process with its log in
+    D/logs; shared by the tests that need separate processes (logs, the soak smoke run)."""
+    directory = tmp_path_factory.mktemp("up-stack")
+    tsplit = str(Path(sys.executable).parent / "tsplit")
+    result = subprocess.run([tsplit, "up", "--dir", str(directory), "--routers", "2", "--demo-models", "--detach"],
+                            capture_output=True, text=True, timeout=150, stdin=subprocess.DEVNULL)
+    try:
+        assert result.returncode == 0, f"tsplit up failed: {result.stderr[-2000:]}"
+        yield UpStack(directory, json.loads((directory / "stack.json").read_text()))
+    finally:
+        subprocess.run([tsplit, "down", "--dir", str(directory)], capture_output=True, timeout=120)
 
 
 @pytest.fixture(scope="session")
