@@ -175,3 +175,43 @@ async def test_each_challenger_is_mirrored_its_share_and_split_mode_mirrors_noth
     before = router.stats.snapshot()["dep_share"]["ch_b"]["mirrored"]
     await client.variants(dp.infer_request("dep_share"), 50)
     assert router.stats.snapshot()["dep_share"]["ch_b"]["mirrored"] == before
+
+
+async def test_large_answers_are_compared_off_the_event_loop(backends, router, client_factory, dp):
+    await backends.demo_model("mod_a", weights=dp.WEIGHTS_A)
+    await backends.demo_model("mod_twin", weights=dp.WEIGHTS_A)
+    await backends.deployment("dep_large", "mod_a", [("ch_twin", "mod_twin", 100)], shadow_mode=True)
+    await dp.wait_for_version(router, "dep_large", 1)
+    client = client_factory(router.address)
+    n, batch = 3, 3000  # answers of about 36 KB: past the inline limit
+    rows = [(i / batch, 1 - i / batch) for i in range(batch)]
+    for _ in range(n):
+        response, _ = await client.infer(dp.infer_request("dep_large", rows=rows))
+        assert len(response.SerializeToString()) > 16 * 1024
+    await dp.wait_until(_settled(router, "dep_large", "ch_twin"), timeout=30)
+    row = router.stats.snapshot()["dep_large"]["ch_twin"]
+    assert (row["compared"], row["exact_matches"]) == (n, n)
+    assert row["label_agree"] == row["label_total"] == n * batch * 2  # "probabilities" and "label" rows
+    assert router.mirrors.compared_in_process == n
+
+
+def test_the_comparison_process_answers_each_pair_and_survives_garbage():
+    import io
+    import json
+    import struct
+
+    from dataplane.mirror import compare_raw, serve_comparisons
+    from tsplit.inference import grpc_predict_v2_pb2 as pb
+
+    ours = pb.ModelInferResponse(model_name="a")
+    ours.outputs.add(name="label", datatype="INT64", shape=[2, 1]).contents.int64_contents.extend([1, 0])
+    theirs = pb.ModelInferResponse(model_name="b")
+    theirs.outputs.add(name="label", datatype="INT64", shape=[2, 1]).contents.int64_contents.extend([1, 1])
+    pairs = [(ours.SerializeToString(), theirs.SerializeToString()), (b"\xff\xff", b"")]
+    stdin = io.BytesIO(b"".join(struct.pack("<QQ", len(a), len(b)) + a + b for a, b in pairs))
+    stdout = io.BytesIO()
+    serve_comparisons(stdin, stdout)
+    first, second = [json.loads(line) for line in stdout.getvalue().splitlines()]
+    assert tuple(first) == compare_raw(*pairs[0])
+    assert first[1:3] == [1, 2]  # one of two labels agrees
+    assert "error" in second
