@@ -183,11 +183,11 @@ async def test_large_answers_are_compared_off_the_event_loop(backends, router, c
     await backends.deployment("dep_large", "mod_a", [("ch_twin", "mod_twin", 100)], shadow_mode=True)
     await dp.wait_for_version(router, "dep_large", 1)
     client = client_factory(router.address)
-    n, batch = 3, 3000  # answers of about 36 KB: past the inline limit
+    n, batch = 3, 3000  # answers of about 36 KB: past the inline limit (4 KiB)
     rows = [(i / batch, 1 - i / batch) for i in range(batch)]
     for _ in range(n):
         response, _ = await client.infer(dp.infer_request("dep_large", rows=rows))
-        assert len(response.SerializeToString()) > 16 * 1024
+        assert len(response.SerializeToString()) > 4 * 1024
     await dp.wait_until(_settled(router, "dep_large", "ch_twin"), timeout=30)
     row = router.stats.snapshot()["dep_large"]["ch_twin"]
     assert (row["compared"], row["exact_matches"]) == (n, n)
