@@ -170,9 +170,63 @@ async def wait_for_version(router: RunningRouter, slug: str, version: int, timeo
     await wait_until(lambda: router.sync.applied_versions().get(slug) == version, timeout)
 
 
+@pytest.fixture
+async def proxyless_factory(etcd_endpoint, layout):
+    """make(wait=True, etcd=None, **options) -> a ProxylessClient over the session etcd
+    (or `etcd`) and the test's prefix, its first snapshot waited for; all closed at
+    teardown."""
+    from dataplane.proxyless import ProxylessClient
+    made = []
+
+    async def make(wait: bool = True, etcd: str | None = None, **options):
+        client = ProxylessClient(etcd or etcd_endpoint, layout.prefix, **options)
+        made.append(client)
+        if wait:
+            assert await client.wait_ready_async(10), "no first snapshot within 10 s"
+        return client
+
+    yield make
+    for client in made:
+        await client.aclose()
+
+
+class ProxylessCaller:
+    """The generated OIP v2 stub on a proxyless client's channel: "sync" (each call in a
+    worker thread, as a threaded caller makes it) or "aio" (on the test's loop)."""
+
+    def __init__(self, client, transport: str):
+        self.transport = transport
+        channel = client.channel() if transport == "sync" else client.aio_channel()
+        self.stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+    async def call(self, method: str, request, metadata=(), timeout: float = 5.0):
+        """(response, initial metadata as a dict); raises grpc.RpcError (code(), details())."""
+        multicallable = getattr(self.stub, method)
+        if self.transport == "sync":
+            response, call = await asyncio.to_thread(multicallable.with_call, request, timeout=timeout,
+                                                     metadata=metadata)
+            return response, dict(call.initial_metadata())
+        call = multicallable(request, metadata=metadata, timeout=timeout)
+        response = await call
+        return response, dict(await call.initial_metadata())
+
+    async def infer(self, request, metadata=(), timeout: float = 5.0):
+        return await self.call("ModelInfer", request, metadata, timeout)
+
+    async def variants(self, request, count: int, concurrency: int = 20, metadata=()) -> list[str]:
+        names: list[str] = []
+        for start in range(0, count, concurrency):
+            answers = await asyncio.gather(*(
+                self.infer(request, metadata) for _ in range(min(concurrency, count - start))))
+            names += [md["tsplit-variant"] for _, md in answers]
+        return names
+
+
 class Helpers:
     """Helpers the tests reach through the `dp` fixture (conftest is not importable under
     --import-mode=importlib)."""
+
+    ProxylessCaller = ProxylessCaller
 
     binomial_bound = staticmethod(binomial_bound)
     infer_request = staticmethod(infer_request)
