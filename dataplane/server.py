@@ -135,7 +135,8 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
             parser.add_argument(_flag(f.name), dest=f.name, action="store_const", const=True, default=None,
                                 help=help_text)
         else:
-            parser.add_argument(_flag(f.name), dest=f.name, type=str, default=None, help=help_text)
+            metavar = "SECONDS" if f.name.endswith("_s") else f.name.upper()
+            parser.add_argument(_flag(f.name), dest=f.name, type=str, default=None, metavar=metavar, help=help_text)
     args = parser.parse_args(argv)
     values = {}
     for f in fields(RouterSettings):
