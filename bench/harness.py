@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import os
 import shutil
 import tempfile
 import time
@@ -32,6 +33,7 @@ from tsplit.resources import BASIS_POINTS, Challenger, Deployment
 NOT_BUILT = "n/a (not built)"
 PREFIX = "/bench"
 SCALE_PREFIX = "/bench-scale"
+LOAD_KINDS = ("saturating", "fixed rate", "one stream")
 
 
 def log(msg: str) -> None:
@@ -150,7 +152,18 @@ class Run:
                         {"name": "router split 90/10 --workers 2", "status": NOT_BUILT}]
             rate_targets += [{"name": "router shadow off @rate", "status": NOT_BUILT},
                              {"name": "router shadow on x2 (25%+25%) @rate", "status": NOT_BUILT}]
-        for group, kind in ((targets, "saturating"), (rate_targets, "fixed rate")):
+        one = self.s.single_load
+        single_targets: list[LoadTarget | dict] = [
+            LoadTarget("direct @1 stream", b.champion, "linear-a", (b.champion,), load=one),
+            LoadTarget("nginx split 90/10 @1 stream", targets[1].address, "dep_split", (b.champion, b.challenger),
+                       load=one),
+        ]
+        router_row = next((t for t in targets if isinstance(t, LoadTarget) and t.row == "router split 90/10"), None)
+        single_targets.append(
+            LoadTarget("router split 90/10 @1 stream", router_row.address, "dep_split", (b.champion, b.challenger),
+                       load=one) if router_row else {"name": "router split 90/10 @1 stream", "status": NOT_BUILT})
+        targets.append({"name": "proxyless client split 90/10", "status": NOT_BUILT})
+        for group, kind in ((targets, "saturating"), (rate_targets, "fixed rate"), (single_targets, "one stream")):
             rows = await self._run_interleaved(group, kind)
             self.rows.extend(rows)
         self._load_ratios()
@@ -206,6 +219,11 @@ class Run:
                     "p50_vs_nginx": ratio(m["p50_ms"], nginx and nginx["median"]["p50_ms"]),
                     "p99_vs_nginx": ratio(m["p99_ms"], nginx and nginx["median"]["p99_ms"]),
                 }
+        one_direct = self._row("direct @1 stream")
+        for row in self.rows:
+            if row["kind"] == "one stream" and row.get("median") and one_direct and row is not one_direct:
+                added = row["median"]["p50_ms"] - one_direct["median"]["p50_ms"]
+                row["note"] = f"p50 +{added:.2f} ms over direct"
         off, on = self._row("router shadow off @rate"), self._row("router shadow on x2 (25%+25%) @rate")
         ngx_off, ngx_on = self._row("nginx solo @rate"), self._row("nginx mirror x2 (100%) @rate")
         for a, b in ((off, on), (ngx_off, ngx_on)):
@@ -446,7 +464,8 @@ async def run(settings: BenchSettings) -> dict:
     results: dict = {"started_at": started_at.isoformat(timespec="seconds"), "machine": report.machine(),
                      "versions": report.versions(find_etcd_binary()),
                      "settings": {**asdict(settings), "load": settings.load.describe(),
-                                  "rate_load": settings.rate_load.describe()},
+                                  "rate_load": settings.rate_load.describe(),
+                                  "single_load": settings.single_load.describe()},
                      "nginx": {"worker_processes": "2", "upstream_keepalive": 64},
                      "work_dir": str(work)}
     log(f"work dir {work}")
@@ -469,6 +488,10 @@ async def run(settings: BenchSettings) -> dict:
         bench_run.stop()
         if not settings.keep_work_dir:
             shutil.rmtree(work, ignore_errors=True)
+    loads = [r["load_avg_1m"] for row in bench_run.rows for r in row.get("runs", ())]
+    results["machine"]["load_avg_during_load_rows"] = (
+        {"min": min(loads), "median": median_or_none(loads), "max": max(loads)} if loads else None)
+    results["machine"]["load_avg_at_end"] = os.getloadavg()
     results.update(etcd=bench_run.etcd_info, rows=bench_run.rows, targets=bench_run.targets,
                    seconds=round((datetime.datetime.now(datetime.timezone.utc) - started_at).total_seconds(), 1))
     return results
@@ -477,20 +500,22 @@ async def run(settings: BenchSettings) -> dict:
 def print_results(results: dict) -> None:
     e = results["etcd"]
     print()
-    print(f"machine: {results['machine']['nproc']} cores, {results['machine']['cpu']}, "
-          f"{results['machine']['memory_gib']} GiB; shared with other developers' runs: medians of repetitions")
+    m = results["machine"]
+    busy = m.get("load_avg_during_load_rows")
+    busy_text = f"; 1-min load average during the load rows {busy['min']:.1f}..{busy['max']:.1f}" if busy else ""
+    print(f"machine: {m['nproc']} cores, {m['cpu']}, {m['memory_gib']} GiB; shared with other developers' runs"
+          f"{busy_text}; medians of {results['settings']['repeats']} interleaved repetitions")
     print(f"versions: {results['versions']}")
     if e.get("put_p99_ms") is not None:
         print(f"etcd {e['version']}, 1 member, data dir on {e['disk']}, fsync as is: put p99 {e['put_p99_ms']:.2f} ms, "
               f"put-to-watch p99 {e['put_to_watch_p99_ms']:.2f} ms, txn {e['txn']['txn_per_s']:.0f}/s")
-    load_rows = [r for r in results["rows"] if r.get("kind") in ("saturating", "fixed rate")]
+    load_rows = [r for r in results["rows"] if r.get("kind") in LOAD_KINDS]
     print()
     print(report.load_table(load_rows))
     print()
     print(report.target_table(results["targets"]))
-    others = [r for r in results["rows"] if r.get("kind") not in ("saturating", "fixed rate") and r.get("status") != "ok"]
-    for r in others:
-        print(f"{r['name']}: {r['status']}")
+    print()
+    print("\n".join(report.detail_lines(results)))
 
 
 def main(argv: list[str] | None = None) -> int:

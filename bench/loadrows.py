@@ -4,6 +4,7 @@ every 2xx answer was a real answer (h2load sees HTTP status only, not grpc-statu
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,7 @@ async def run_once(target: LoadTarget, work_dir: Path) -> dict:
         "requests": s.total, "status_2xx": s.status_2xx, "http_errors": http_errors,
         "backend_answered": answered, "unanswered_2xx": unanswered, "errors": http_errors + unanswered,
         "by_model": by_model, "mirrored": mirrored, "mirrored_by_model": mirrored_by_model,
+        "load_avg_1m": os.getloadavg()[0],  # the machine is shared: how busy it was
     }
 
 

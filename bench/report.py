@@ -85,3 +85,52 @@ def write_json(results: dict, results_dir: Path, stamp: str) -> Path:
     path = results_dir / f"{stamp}.json"
     path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     return path
+
+
+def detail_lines(results: dict) -> list[str]:
+    """One line per non-load row: the figures behind the targets."""
+    lines = []
+    for row in results.get("rows", []):
+        kind, status = row.get("kind"), row.get("status")
+        if kind in ("saturating", "fixed rate", "one stream"):
+            continue
+        if status != "ok":
+            lines.append(f"- {row['name']}: {status}")
+            continue
+        if kind == "propagation":
+            raw = row.get("etcd_put_to_routers", {})
+            lines.append(
+                f"- {row['name']}: {row['changes']} changes, p50 {fmt(row['p50_ms'], 2)} ms, p99 {fmt(row['p99_ms'], 2)} ms, "
+                f"max {fmt(row['max_ms'], 2)} ms; a raw etcd put to all 4 routers: p50 "
+                f"{fmt(raw.get('from_put_sent_ms', {}).get('p50_ms'), 2)} ms, p99 "
+                f"{fmt(raw.get('from_put_sent_ms', {}).get('p99_ms'), 2)} ms from the put sent; "
+                f"gateway GET p50 {fmt(row['get_p50_ms'], 2)} ms, p99 {fmt(row['get_p99_ms'], 2)} ms")
+        elif kind == "writes":
+            lines.append(
+                f"- {row['name']}: {fmt(row['patch_per_s'], 0)} PATCH/s ({fmt(row['ratio_vs_etcd_txn'], 3)}x etcd's "
+                f"{fmt(row['etcd_txn_per_s'], 0)} txn/s), p50 {fmt(row['p50_ms'], 1)} ms, p99 {fmt(row['p99_ms'], 1)} ms, "
+                f"{row['ok']} x 200, {row['failed']} other, lost updates {row['lost_updates']}, "
+                f"challengers not at their last write {row['challengers_not_last_written']}")
+        elif kind == "scale":
+            p = row.get("propagation") or {}
+            raw = p.get("etcd_put_to_routers", {}).get("from_put_sent_ms", {})
+            lines.append(
+                f"- {row['name']}: router cold start to SERVING {fmt(row['cold_start_s'], 2)} s (median of "
+                f"{len(row['cold_start_runs_s'])}), RSS {fmt(row['rss_mb'], 0)} MB; PATCH 200 -> 4 routers p50 "
+                f"{fmt(p.get('p50_ms'), 2)} ms, p99 {fmt(p.get('p99_ms'), 2)} ms; raw put -> 4 routers p50 "
+                f"{fmt(raw.get('p50_ms'), 2)} ms, p99 {fmt(raw.get('p99_ms'), 2)} ms; gateway GET p50 "
+                f"{fmt(p.get('get_p50_ms'), 2)} ms, p99 {fmt(p.get('get_p99_ms'), 2)} ms")
+        elif kind == "precision":
+            checks = ", ".join(f"{name} {c['observed']} of {row['requests']} (expected {c['expected']:.0f} "
+                               f"+-{c['bound']:.0f})" for name, c in row["checks"].items())
+            lines.append(f"- {row['name']}: {checks}; 90/10 load runs within the bound: "
+                         f"{row['split_runs_within_bound']}")
+        elif kind == "profile":
+            for key in ("python", "gil"):
+                prof = row.get(key) or {}
+                if "self" not in prof:
+                    continue
+                top = ", ".join(f"{f['frame']} {f['pct']}%" for f in prof["self"][:6])
+                lines.append(f"- {row['name']} ({key}, {prof['samples']} samples, "
+                             f"{fmt(prof.get('req_per_s_while_sampling'), 0)} req/s): {top}")
+    return lines

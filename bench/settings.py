@@ -20,6 +20,8 @@ class BenchSettings:
     # Shadow rows: a fixed rate below saturation (4 clients x 150 req/s), so p99 shows
     # waiting on mirrors rather than a saturated CPU.
     rate_load: LoadSettings = LoadSettings(clients=4, streams=4, rps=150, duration_s=6, warmup_s=0)
+    # One request at a time: the latency a hop adds, with no queueing.
+    single_load: LoadSettings = LoadSettings(clients=1, streams=1, duration_s=5, warmup_s=0)
     warmup_requests: int = 3000
     precision_requests: int = 60_000
     etcd_watch_puts: int = 300
@@ -47,6 +49,7 @@ def quick_settings(**overrides) -> BenchSettings:
         quick=True, repeats=1,
         load=LoadSettings(clients=4, streams=16, duration_s=3, warmup_s=0),
         rate_load=LoadSettings(clients=4, streams=4, rps=150, duration_s=3, warmup_s=0),
+        single_load=LoadSettings(clients=1, streams=1, duration_s=2, warmup_s=0),
         warmup_requests=1000, precision_requests=20_000, etcd_watch_puts=100, txn_seconds=2,
         propagation_changes=30, write_seconds=2, scale_deployments=2_000, scale_propagation_changes=10,
         get_samples=100,
