@@ -139,6 +139,7 @@ class WriteTally:
     versions: dict = field(default_factory=dict)       # Idempotency-Key -> cache_version
     refused: list = field(default_factory=list)        # keys answered 4xx: a bug of the churn or the API
     unresolved: list = field(default_factory=list)     # keys still 503 when the drain time ran out
+    latencies_ms: dict = field(default_factory=lambda: defaultdict(list))  # status -> answer times
 
 
 def infer_request(slug: str) -> pb.ModelInferRequest:
@@ -211,6 +212,7 @@ class Soak:
             key, body = f"soak-{run}-{index}", self.churn_body(index, challengers)
             for attempt in range(1000):
                 self.writes.sent += 1
+                sent = loop.time()
                 try:
                     r = await self.http.patch(f"/v1/deployments/{slug}/traffic", json=body,
                                               headers={"Idempotency-Key": key})
@@ -218,6 +220,7 @@ class Soak:
                 except httpx.HTTPError as err:
                     status, data = 0, {"error": type(err).__name__}
                 self.writes.statuses[f"{status} {data.get('error') or 'ok'}"] += 1
+                self.writes.latencies_ms[status].append((loop.time() - sent) * 1000)
                 if status == 200:
                     self.writes.versions[key] = data["cache_version"]
                     break
@@ -308,7 +311,10 @@ def build_report(settings: SoakSettings, slug: str, elapsed: float, routers: dic
             } for address, t in routers.items()},
         "writes": {"requests": writes.sent, "answers": dict(writes.statuses), "versions_written": len(writes.versions),
                    "refused": len(writes.refused), "unresolved": len(writes.unresolved),
-                   "final_version": end["final_version"]},
+                   "final_version": end["final_version"],
+                   "latency_ms": {str(status): {"p50": round(percentile(times, 0.5), 1),
+                                                "max": round(max(times), 1)}
+                                  for status, times in sorted(writes.latencies_ms.items())}},
         "rss_mib": {name: {"start": rss_start[name], "end": rss_end.get(name)} for name in rss_start},
         "logs_with_secrets": leaky_logs,
         "checks": checks,
@@ -325,7 +331,8 @@ def render(report: dict[str, Any]) -> str:
                      f"versions seen, last {r['last_version_seen']}, applied at end {r['applied_at_end']}")
     w = report["writes"]
     lines.append(f"  writes: {w['requests']} requests, answers {w['answers']}, {w['versions_written']} versions "
-                 f"written, final version {w['final_version']}, refused {w['refused']}, unresolved {w['unresolved']}")
+                 f"written, final version {w['final_version']}, refused {w['refused']}, unresolved {w['unresolved']}, "
+                 f"answer time by status {w['latency_ms']}")
     for name, rss in report["rss_mib"].items():
         lines.append(f"  rss {name}: {rss['start']} -> {rss['end']} MiB")
     lines.append(f"  logs holding a secret: {report['logs_with_secrets'] or 'none'}")
