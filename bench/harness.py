@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -33,7 +36,8 @@ from tsplit.resources import BASIS_POINTS, Challenger, Deployment
 NOT_BUILT = "n/a (not built)"
 PREFIX = "/bench"
 SCALE_PREFIX = "/bench-scale"
-LOAD_KINDS = ("saturating", "fixed rate", "one stream")
+LOAD_KINDS = ("saturating", "fixed rate", "one stream", "python client")
+PROXYLESS_MODULE = "dataplane.proxyless"
 
 
 def log(msg: str) -> None:
@@ -162,7 +166,6 @@ class Run:
         single_targets.append(
             LoadTarget("router split 90/10 @1 stream", router_row.address, "dep_split", (b.champion, b.challenger),
                        load=one) if router_row else {"name": "router split 90/10 @1 stream", "status": NOT_BUILT})
-        targets.append({"name": "proxyless client split 90/10", "status": NOT_BUILT})
         for group, kind in ((targets, "saturating"), (rate_targets, "fixed rate"), (single_targets, "one stream")):
             rows = await self._run_interleaved(group, kind)
             self.rows.extend(rows)
@@ -244,6 +247,59 @@ class Run:
                         "<= 1.1x shadow off", q <= 1.1)
         else:
             self.target("2 shadow p99", NOT_BUILT, "<= 1.1x shadow off", None)
+
+    async def phase_client(self) -> None:
+        """The proxyless client beside a direct call and a router, all from one Python load
+        generator (bench.pyload, its own process): h2load cannot drive an in-process client."""
+        b, threads = self.backends, self.s.client_threads
+        runs: list[tuple[str, list[str]]] = [
+            ("py client: direct", ["--via", "channel", "--target", b.champion, "--model", "linear-a"])]
+        rows = [{"name": "py client: direct", "kind": "python client"}]
+        if stack.built(stack.ROUTER_MODULE):
+            router = await self.router("bench-pyclient")
+            runs.append(("py client: router split 90/10",
+                         ["--via", "channel", "--target", router.address, "--model", "dep_split"]))
+            rows.append({"name": "py client: router split 90/10", "kind": "python client"})
+        else:
+            rows.append({"name": "py client: router split 90/10", "kind": "python client", "status": NOT_BUILT})
+        if stack.built(PROXYLESS_MODULE):
+            runs.append(("py client: proxyless split 90/10",
+                         ["--via", "proxyless", "--etcd", self.member.endpoint, "--etcd-prefix", PREFIX,
+                          "--model", "dep_split"]))
+            rows.append({"name": "py client: proxyless split 90/10", "kind": "python client"})
+        else:
+            rows.append({"name": "py client: proxyless split 90/10", "kind": "python client", "status": NOT_BUILT})
+        by_name = {r["name"]: r for r in rows}
+        for name, _ in runs:
+            by_name[name].update(status="ok", runs=[], load=f"bench.pyload: {threads} threads, 1 call each in flight, "
+                                                          f"{self.s.load.duration_s:g} s after 1 s warm-up")
+        for rep in range(self.s.repeats):
+            for name, args in runs:
+                row = by_name[name]
+                cmd = [sys.executable, "-m", "bench.pyload", *args, "--threads", str(threads),
+                       "--duration", f"{self.s.load.duration_s:g}"]
+                try:
+                    out = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True,
+                                                  timeout=self.s.load.duration_s + 60)
+                    result = json.loads(out.stdout.strip().splitlines()[-1])
+                    if "error" in result:
+                        raise RuntimeError(result["error"])
+                    result["load_avg_1m"] = os.getloadavg()[0]
+                    row["runs"].append(result)
+                    log(f"{name:<40} rep {rep + 1}: {result['req_per_s']:8.0f} req/s  p50 {result['p50_ms']:6.2f} ms  "
+                        f"p99 {result['p99_ms']:6.2f} ms  errors {result['errors']}")
+                except Exception as err:  # noqa: BLE001
+                    log(f"{name}: {err}")
+                    row["status"] = _failure(err)
+        direct = by_name["py client: direct"]
+        for row in rows:
+            if row.get("runs"):
+                row["median"] = {k: median_or_none([r[k] for r in row["runs"]]) for k in ("req_per_s", "p50_ms", "p99_ms")}
+                row["errors"] = sum(r["errors"] for r in row["runs"])
+        for row in rows:
+            if row.get("median") and direct.get("median"):
+                row["ratios"] = {"req_vs_direct": ratio(row["median"]["req_per_s"], direct["median"]["req_per_s"])}
+        self.rows.extend(rows)
 
     async def phase_precision(self) -> None:
         name = "split precision 87.65/12.34/0.01"

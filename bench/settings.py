@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bench.h2load import LoadSettings
 
-PHASES = ("etcd", "load", "precision", "propagation", "writes", "scale", "profile")
+PHASES = ("etcd", "load", "client", "precision", "propagation", "writes", "scale", "profile")
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class BenchSettings:
     rate_load: LoadSettings = LoadSettings(clients=4, streams=4, rps=150, duration_s=6, warmup_s=0)
     # One request at a time: the latency a hop adds, with no queueing.
     single_load: LoadSettings = LoadSettings(clients=1, streams=1, duration_s=5, warmup_s=0)
+    client_threads: int = 8  # bench.pyload threads for the python-client rows
     warmup_requests: int = 3000
     precision_requests: int = 60_000
     etcd_watch_puts: int = 300
