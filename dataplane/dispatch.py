@@ -19,8 +19,8 @@ x-tsplit-variant), NOT_FOUND (no such deployment) and UNAVAILABLE (no config yet
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
-import threading
 import time
 from typing import Callable, Iterable, Protocol, Sequence
 
@@ -48,6 +48,7 @@ _HOP_HEADERS = frozenset({"user-agent", "te", "content-type", "host", "grpc-time
                           "grpc-accept-encoding", "grpc-message-type"})
 
 Metadata = tuple[tuple[str, str | bytes], ...]
+FAILOVER = "failover"   # a deferred count that is a failover, not an answer
 # A cancelled call whose deadline passed this close (s) counts as DEADLINE_EXCEEDED.
 _DEADLINE_SLACK_S = 0.005
 
@@ -133,7 +134,7 @@ class Attempt:
         route = self.route
         if self.row is None or code != grpc.StatusCode.UNAVAILABLE or self.variant is route.champion:
             return None
-        self._dispatcher.count(self.row, "failovers")
+        self._dispatcher.failed_over(self.row)
         champion = route.champion
         return Attempt(self._dispatcher, route, champion, self.original, self.forward, self.routing_key,
                        self._dispatcher.row(route, champion), self.started)
@@ -163,14 +164,19 @@ class Attempt:
 
 class Dispatcher:
     """The per-request logic over the current RoutingTable (`table()`, None before the
-    first snapshot). Counters go to `stats`; with `lock`, they are bumped under it (the
-    proxyless client's callers run on many threads; the router's on one event loop)."""
+    first snapshot), counting into `stats`.
+
+    With `deferred` (a deque), counts are not applied here but appended to it, one
+    (row, latency_ms, code) entry per event, for one consumer to apply (apply_deferred):
+    the proxyless client's callers run on many threads, and a deque's append is atomic
+    where `row.requests += 1` is not, with no lock for callers to queue on. The router's
+    callers share one event loop and count directly."""
 
     def __init__(self, table: Callable[[], RoutingTable | None], stats: RouterStats, *, server_name: str,
-                 server_version: str, not_ready_message: str, lock: threading.Lock | None = None) -> None:
+                 server_version: str, not_ready_message: str, deferred: collections.deque | None = None) -> None:
         self._table = table
         self._stats = stats
-        self._lock = lock
+        self._deferred = deferred
         self._not_ready_message = not_ready_message
         self._server_metadata = oip.ServerMetadataResponse(name=server_name, version=server_version).SerializeToString()
         self._live = oip.ServerLiveResponse(live=True).SerializeToString()
@@ -182,18 +188,16 @@ class Dispatcher:
 
     def answered(self, row: VariantStats, started: float, code: str | None) -> None:
         latency_ms = (time.perf_counter() - started) * 1000.0
-        if self._lock is None:
+        if self._deferred is None:
             row.answered(latency_ms, code)
         else:
-            with self._lock:
-                row.answered(latency_ms, code)
+            self._deferred.append((row, latency_ms, code))
 
-    def count(self, row: VariantStats, counter: str) -> None:
-        if self._lock is None:
-            setattr(row, counter, getattr(row, counter) + 1)
+    def failed_over(self, row: VariantStats) -> None:
+        if self._deferred is None:
+            row.failovers += 1
         else:
-            with self._lock:
-                setattr(row, counter, getattr(row, counter) + 1)
+            self._deferred.append((row, None, FAILOVER))
 
     # ---- requests ---------------------------------------------------------------------
 
@@ -243,6 +247,22 @@ class Dispatcher:
         if path == SERVER_METADATA:
             return self._server_metadata
         return None
+
+
+def apply_deferred(deferred: collections.deque) -> int:
+    """Apply the counts a Dispatcher deferred (one consumer at a time); how many."""
+    applied = 0
+    pop = deferred.popleft
+    while True:
+        try:
+            row, latency_ms, code = pop()
+        except IndexError:
+            return applied
+        if code == FAILOVER:
+            row.failovers += 1
+        else:
+            row.answered(latency_ms, code)
+        applied += 1
 
 
 def _deadline(timeout: float | None) -> float | None:

@@ -13,12 +13,15 @@ out channels whose unary calls the router's own dispatcher routes (dataplane.dis
 
 The watch, the registration and the shadow mirrors (with their comparisons) run on the
 client's own event loop in a daemon thread, off the callers' threads and loops. Counters
-are shared by every channel and bumped under one lock, since callers may be many threads.
+are shared by every channel; callers only append their counts to a deque (atomic, no lock
+to queue on), which the client's loop applies every COUNT_INTERVAL_S and before every
+snapshot (stats_snapshot(), the registration record).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import os
@@ -32,7 +35,7 @@ import grpc
 
 from dataplane.backends import BackendPool, SyncBackendPool, table_endpoints
 from dataplane.config_sync import ConfigSync
-from dataplane.dispatch import Dispatcher, DispatchError, Metadata, call_async, call_sync, rewrite
+from dataplane.dispatch import Dispatcher, DispatchError, Metadata, apply_deferred, call_async, call_sync, rewrite
 from dataplane.mirror import MirrorDispatcher
 from dataplane.proxyless.loop_thread import LoopThread
 from dataplane.proxyless.settings import ProxylessSettings, settings_from
@@ -46,6 +49,7 @@ log = logging.getLogger("tsplit.proxyless")
 
 SERVER_NAME = "tsplit-proxyless"
 KIND = "client"
+COUNT_INTERVAL_S = 0.1
 
 
 def _version() -> str:
@@ -101,7 +105,9 @@ class ProxylessClient:
         self.layout = Layout(settings.etcd_prefix)
         self._ready = threading.Event()
         self._ready_by = time.monotonic() + settings.wait_ready_s
-        self._lock = threading.Lock()                 # counters and the lists below
+        self._lock = threading.Lock()                 # the lists below
+        self._counting = threading.Lock()             # whoever applies the deferred counts
+        self._deferred: collections.deque = collections.deque()
         self._ready_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
         self._aio_channels: set = set()
         self._closed = False
@@ -118,7 +124,7 @@ class ProxylessClient:
             self._table, self.stats, server_name=SERVER_NAME, server_version=_version(),
             not_ready_message=f"proxyless client has no config yet (no snapshot from etcd {settings.etcd} "
                               f"within wait_ready_s={settings.wait_ready_s:g}); retry shortly",
-            lock=self._lock)
+            deferred=self._deferred)
 
     # ---- on the client's loop ---------------------------------------------------------
 
@@ -134,10 +140,20 @@ class ProxylessClient:
         if s.report:
             self._registration = Registration(
                 self._etcd, self.layout, self.client_id, KIND, f"in-process@{socket.gethostname()}", "",
-                applied=self._config.applied_versions, stats=self._stats_snapshot, settings=s.registration)
+                applied=self._config.applied_versions, stats=self.stats_snapshot, settings=s.registration)
             # In the background: an etcd that is down must not hold up the constructor.
             self._registering = asyncio.get_running_loop().create_task(self._registration.start())
         await self._config.start()
+        self._counter = asyncio.get_running_loop().create_task(self._apply_counts_regularly())
+
+    async def _apply_counts_regularly(self) -> None:
+        while True:
+            await asyncio.sleep(COUNT_INTERVAL_S)
+            self._apply_counts()
+
+    def _apply_counts(self) -> None:
+        with self._counting:
+            apply_deferred(self._deferred)
 
     def _on_table(self, table: RoutingTable) -> None:
         for problem in table.problems:
@@ -145,8 +161,10 @@ class ProxylessClient:
         endpoints = table_endpoints(table)
         self._mirror_pool.retain(endpoints)
         self._sync_pool.retain(endpoints)
-        with self._lock:
+        with self._counting:
+            apply_deferred(self._deferred)
             self.stats.retain(table.routes)
+        with self._lock:
             channels = list(self._aio_channels)
             waiters, self._ready_waiters = self._ready_waiters, []
         for channel in channels:
@@ -160,12 +178,15 @@ class ProxylessClient:
         if self._registration is not None:
             self._registration.notify_applied()
 
-    def _stats_snapshot(self) -> dict:
-        with self._lock:
+    def stats_snapshot(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Every variant's counters, as in the router record (counts applied first)."""
+        with self._counting:
+            apply_deferred(self._deferred)
             return self.stats.snapshot()
 
     async def _stop(self) -> None:
         grace = min(1.0, self.settings.close_timeout_s)
+        self._counter.cancel()
         await self._mirrors.stop(grace)
         if self._registering is not None:
             self._registering.cancel()

@@ -45,7 +45,7 @@ async def test_the_stub_is_routed_and_sees_the_variant_metadata(backends, proxyl
     assert [o.name for o in response.outputs] == ["probabilities", "label"]
     response, md = await caller.infer(request, metadata=(("x-tsplit-variant", "ch_b"),))
     assert (md["tsplit-model-id"], md["tsplit-variant"], response.model_name) == ("mod_b", "ch_b", b.model_name)
-    stats = client.stats.snapshot()["dep_px"]
+    stats = client.stats_snapshot()["dep_px"]
     assert (stats["champion"]["ok"], stats["ch_b"]["ok"]) == (1, 1)
 
 
@@ -87,7 +87,7 @@ async def test_backend_errors_pass_through_with_the_variant(backends, proxyless_
         await dp.ProxylessCaller(client, transport).infer(dp.infer_request("dep_bad"))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert dict(err.value.initial_metadata())["tsplit-variant"] == "champion"
-    row = client.stats.snapshot()["dep_bad"]["champion"]
+    row = client.stats_snapshot()["dep_bad"]["champion"]
     assert (row["errors"], row["errors_by_code"]) == (1, {"RESOURCE_EXHAUSTED": 1})
 
 
@@ -100,7 +100,7 @@ async def test_a_dead_challenger_fails_over_to_the_champion(backends, proxyless_
     names = await dp.ProxylessCaller(client, transport).variants(
         dp.infer_request("dep_fo"), 10, metadata=(("x-tsplit-variant", "ch_dead"),))
     assert names == ["champion"] * 10
-    stats = client.stats.snapshot()["dep_fo"]
+    stats = client.stats_snapshot()["dep_fo"]
     assert (stats["ch_dead"]["failovers"], stats["champion"]["ok"], stats["ch_dead"]["requests"]) == (10, 10, 0)
 
 

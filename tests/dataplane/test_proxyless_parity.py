@@ -67,7 +67,7 @@ async def test_split_stickiness_and_forced_variants_match_the_routers(
 
     # Both count what they answered the same way.
     router_ok = {v: row["ok"] for v, row in router.stats.snapshot()["dep_par"].items()}
-    client_ok = {v: row["ok"] for v, row in client.stats.snapshot()["dep_par"].items()}
+    client_ok = {v: row["ok"] for v, row in client.stats_snapshot()["dep_par"].items()}
     assert sum(router_ok.values()) == len(keys) + n + len(shares)
     assert sum(client_ok.values()) == 2 * len(keys) + n + 2 * len(shares)
 
@@ -97,11 +97,11 @@ async def test_shadow_pairs_are_scored_the_same_as_by_the_router(
 
     await dp.wait_until(lambda: router.mirrors.inflight == 0)
     expected = pairs(router.stats.snapshot())
-    await dp.wait_until(lambda: client.mirrors_inflight == 0 and pairs(client.stats.snapshot()) == expected)
+    await dp.wait_until(lambda: client.mirrors_inflight == 0 and pairs(client.stats_snapshot()) == expected)
     # Identical figures (they are sums of the same pairs' scores; only float addition
     # order may differ).
     for variant in ("ch_b", "ch_c"):
-        ours, theirs = client.stats.snapshot()["dep_sh"][variant], router.stats.snapshot()["dep_sh"][variant]
+        ours, theirs = client.stats_snapshot()["dep_sh"][variant], router.stats.snapshot()["dep_sh"][variant]
         assert ours["abs_diff_sum"] == pytest.approx(theirs["abs_diff_sum"], rel=1e-9)
         assert theirs["compared"] == theirs["mirrored"] > 0 and theirs["mirror_dropped"] == 0
     b, c = expected["ch_b"], expected["ch_c"]
