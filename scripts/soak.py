@@ -25,7 +25,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
