@@ -25,6 +25,7 @@ import time
 from typing import Callable, Iterable, Protocol, Sequence
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from dataplane import oip, wire
 from dataplane.backends import SERVICE, BackendPool, SyncBackendPool
@@ -99,6 +100,24 @@ def passable(trailing) -> Metadata:
     the rich error details are the backend's and pass)."""
     return tuple((k, v) for k, v in (trailing or ())
                  if not k.startswith("grpc-") or k == "grpc-status-details-bin")
+
+
+# ModelInferRequests up to this size are checked and read by protobuf's C parser (about
+# 1 us for a small one, against 6-8 us for dataplane.wire's scan in Python); larger ones
+# by the scan, which never copies or decodes their tensors (the parser copies them all).
+PARSE_BELOW_BYTES = 8 * 1024
+_parse_infer_request = oip.ModelInferRequest.FromString
+
+
+def _requested_name(request: bytes, schema: wire.Schema) -> str:
+    """The deployment a request names; DispatchError when it is not a valid message.
+    Both ways accept and refuse the same bytes: the scan follows protobuf's rules."""
+    try:
+        if schema is wire.INFER_REQUEST and len(request) < PARSE_BELOW_BYTES:
+            return _parse_infer_request(request).model_name
+        return wire.scan_model_ref(request, schema).name
+    except (wire.MalformedMessage, DecodeError) as err:
+        raise DispatchError(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid message: {err}") from None
 
 
 class Attempt:
@@ -203,20 +222,17 @@ class Dispatcher:
 
     def route(self, request: bytes, schema: wire.Schema) -> DeploymentRoute:
         """The deployment the request names (its model_name, or name)."""
-        try:
-            ref = wire.scan_model_ref(request, schema)
-        except wire.MalformedMessage as err:
-            raise DispatchError(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid message: {err}") from None
+        name = _requested_name(request, schema)
         name_field = "model_name" if schema is wire.INFER_REQUEST else "name"
-        if not ref.name:
+        if not name:
             raise DispatchError(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"{name_field} is required: set it to a deployment id (dep_...)")
         table = self._table()
         if table is None:
             raise DispatchError(grpc.StatusCode.UNAVAILABLE, self._not_ready_message)
-        route = table.lookup(ref.name)
+        route = table.lookup(name)
         if route is None:
-            raise DispatchError(grpc.StatusCode.NOT_FOUND, f"{name_field} {ref.name!r}: no such deployment")
+            raise DispatchError(grpc.StatusCode.NOT_FOUND, f"{name_field} {name!r}: no such deployment")
         return route
 
     def begin_infer(self, request: bytes, metadata) -> Attempt:
