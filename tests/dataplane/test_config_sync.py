@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from dataplane.config_sync import Backoff, ConfigSync, RouteBook, SyncSettings
 from dataplane.routing import build_routing_table
+from tsplit.testing import CuttableLink
 from tsplit.etcd import Etcd, put_op, wait_until_ready
 from tsplit.resources import Challenger, Deployment, Model, dumps
 
@@ -204,69 +205,11 @@ async def test_not_ready_until_etcd_answers_the_first_snapshot(etcd_private, lay
     assert sync.snapshots == 1
 
 
-class TcpProxy:
-    """A loopback TCP proxy in front of etcd whose link we can cut and restore, so a router
-    loses etcd while etcd itself keeps serving other clients."""
-
-    def __init__(self, target: str):
-        host, _, port = target.rpartition(":")
-        self._target = (host, int(port))
-        self._links: set[asyncio.StreamWriter] = set()
-        self._cut = False
-        self._server: asyncio.AbstractServer | None = None
-
-    async def start(self) -> str:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-    async def close(self) -> None:
-        self.cut()
-        self._server.close()
-        await self._server.wait_closed()
-
-    def cut(self) -> None:
-        self._cut = True
-        for writer in list(self._links):
-            writer.transport.abort()
-
-    def restore(self) -> None:
-        self._cut = False
-
-    async def _handle(self, reader, writer) -> None:
-        if self._cut:
-            writer.transport.abort()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self._target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._links.update((writer, up_writer))
-        try:
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-        finally:
-            self._links.difference_update((writer, up_writer))
-            writer.transport.abort()
-            up_writer.transport.abort()
-
-    @staticmethod
-    async def _pipe(reader, writer) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.transport.abort()
-
-
 @pytest.fixture
 async def proxy(etcd_private):
-    p = TcpProxy(etcd_private.endpoint)
-    p.address = await p.start()
-    yield p
-    await p.close()
+    link = await CuttableLink(etcd_private.endpoint).start()
+    yield link
+    await link.close()
 
 
 async def test_a_change_made_while_disconnected_is_not_missed(etcd_private, layout, proxy, sync_factory):
