@@ -101,6 +101,10 @@ class EtcdMember:
             "--initial-cluster", self.initial_cluster or f"{self.name}={self.peer_url}",
             "--initial-cluster-state", "new",
             "--initial-cluster-token", "tsplit",
+            # Keep an hour of revisions: history keys stay (they are live keys), old
+            # revisions of rewritten keys (router records, every second) do not pile up.
+            "--auto-compaction-mode", "periodic",
+            "--auto-compaction-retention", "1h",
             "--logger", "zap",
             "--log-level", "warn",
         ]
