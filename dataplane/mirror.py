@@ -20,10 +20,10 @@ from typing import Awaitable, Callable, Iterable
 
 import grpc
 
+from dataplane import oip
 from dataplane.compare import compare_responses
 from dataplane.routing import Variant
 from dataplane.stats import RouterStats
-from tsplit.inference import grpc_predict_v2_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,9 @@ INLINE_COMPARE_BYTES = 4 * 1024
 def compare_raw(champion: bytes, challenger: bytes) -> tuple[bool, int, int, float, int]:
     """Parse and compare two raw ModelInferResponses (runs in the comparison process for
     large answers, so it takes and returns plain values)."""
-    c = compare_responses(pb.ModelInferResponse.FromString(champion), pb.ModelInferResponse.FromString(challenger))
+    # oip's private pool, not the generated module: see dataplane/oip.py (proxyless mode).
+    parse = oip.ModelInferResponse.FromString
+    c = compare_responses(parse(champion), parse(challenger))
     return c.exact_match, c.label_agree, c.label_total, c.abs_diff_sum, c.abs_diff_count
 
 
