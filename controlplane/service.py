@@ -139,13 +139,15 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
             authorize=lambda: require_mutation_role(principal), deadline_s=time_budget(context))
         return pb.DeleteDeploymentResponse(deployment_id=deleted)
 
-    async def _change(self, request, context, mutate, action: str, body: Mapping[str, Any]) -> ChangeResult:
+    async def _change(
+        self, request, context, mutate, action: str, body: Mapping[str, Any], solo: bool = False,
+    ) -> ChangeResult:
         principal = current_principal()
         return await self.store.change_deployment(
             principal.org_id, _checked_slug(request.deployment_id), mutate, action=action,
             request_body=dict(body), actor=principal.sub, request_id=check_request_id(request.request_id),
             expected_cache_version=expected_version(request), authorize=lambda: require_mutation_role(principal),
-            deadline_s=time_budget(context))
+            deadline_s=time_budget(context), solo=solo)
 
     async def ManageTraffic(self, request: pb.ManageTrafficRequest, context) -> pb.ManageTrafficResponse:
         body = body_of(request.body)
@@ -189,7 +191,8 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
                     f"to_version {to_version} does not exist (versions are 1 to {deployment.cache_version})")
             return rollback_to(deployment, target), None
 
-        return _change_to_proto(await self._change(request, context, mutate, "rollback", body))
+        # solo: the target version is read from etcd, so no uncommitted version may precede it.
+        return _change_to_proto(await self._change(request, context, mutate, "rollback", body, solo=True))
 
     async def GetDeploymentHistory(
         self, request: pb.GetDeploymentHistoryRequest, context,

@@ -6,6 +6,15 @@ the idempotency record together; a lost race is re-read, re-validated and retrie
 several control-plane replicas can write at once. Another org's resources answer "not
 found" exactly as missing ones do.
 
+Changes of one deployment queue up in this process and are group-committed (see
+controlplane.change_batch): one worker per deployment takes every change waiting, validates
+them in order and writes all their versions in one transaction. An attempt reads the
+deployment key (one get: etcd down or frozen answers "unavailable" before anything is
+sent) and, the first time, assumes the batch's idempotency records absent; the transaction
+compares them, so a request_id used before only costs a failed compare, then a read of the
+records and a retry. The queue saves round trips; correctness rests on the compares alone,
+so several replicas may write the same deployment at once.
+
 Idempotency records live at layout.request(scope, request_id). A committed one holds the
 result the request produced; an "aborted" one is a fence (see _resolve_lost_write) and
 counts as absent.
@@ -14,32 +23,34 @@ counts as absent.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
 import random
 import re
 import uuid
-from dataclasses import dataclass, replace
+from collections import deque
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable
 from urllib.parse import quote
 
 from controlplane.actions import check_champion_registered
-from tsplit.errors import ApiError
-from tsplit.etcd import (
-    Etcd, EtcdUnavailable, KeyValue, delete_op, get_op, key_missing, mod_revision_is, put_op,
+from controlplane.change_batch import (
+    ABSENT, BatchPlan, ChangeResult, Mutate, Mutation, Outcome, PendingChange, Record, check_precondition,
+    deployment_not_found, plan_batch,
 )
+from controlplane.models_cache import ModelsCache
+from tsplit.errors import ApiError
+from tsplit.etcd import Etcd, EtcdUnavailable, KeyValue, delete_op, get_op, key_missing, mod_revision_is, put_op
 from tsplit.layout import Layout
-from tsplit.resources import BASIS_POINTS, Challenger, Deployment, Model, dumps, loads
+from tsplit.resources import Deployment, Model, dumps, loads
 
 log = logging.getLogger(__name__)
 
-MAX_CHALLENGER_BP = BASIS_POINTS // 2
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")  # visible ASCII, as the gateway's Idempotency-Key
 
-Mutation = tuple[Deployment, Challenger | None]
-Mutate = Callable[[Deployment, Mapping[str, Model]], Mutation | Awaitable[Mutation]]
+__all__ = ["ChangeResult", "ControlPlaneStore", "HistoryEntry", "Mutate", "Mutation", "StoreSettings",
+           "check_request_id", "new_request_id", "utc_now_text"]
 
 
 @dataclass(frozen=True)
@@ -50,27 +61,8 @@ class StoreSettings:
     write_timeout_s: float = 3.0
     backoff_s: float = 0.004  # first retry waits up to this (jittered), doubling
     max_backoff_s: float = 0.1
-
-
-@dataclass(frozen=True)
-class ChangeResult:
-    deployment: Deployment  # the deployment after the change (the current one on a no-op)
-    changed: bool
-    challenger: Challenger | None = None  # the challenger the action touched
-    replayed: bool = False  # the answer of an earlier request with the same request_id
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "deployment": self.deployment.to_json(), "changed": self.changed,
-            "challenger": self.challenger.to_json() if self.challenger else None,
-        }
-
-    @classmethod
-    def from_record(cls, result: dict[str, Any]) -> "ChangeResult":
-        challenger = result.get("challenger")
-        return cls(
-            Deployment.from_json(result["deployment"]), bool(result["changed"]),
-            Challenger.from_json(challenger) if challenger else None, replayed=True)
+    max_batch: int = 32  # changes of one deployment group-committed in one transaction (etcd allows 128 ops)
+    max_txn_bytes: int = 1_000_000  # etcd refuses requests over 1.5 MiB by default
 
 
 @dataclass(frozen=True)
@@ -113,23 +105,39 @@ def _org_scope(org_id: str, kind: str) -> str:
     return f"org:{quote(org_id, safe='')}:{kind}"
 
 
-@dataclass(frozen=True)
-class _Record:
-    """The idempotency record read at the start of an attempt."""
-
-    mod_revision: int  # 0 when absent: the write compares it
-    value: dict[str, Any] | None  # a committed record, else None
-
-    @classmethod
-    def of(cls, kv: KeyValue | None) -> "_Record":
-        if kv is None:
-            return cls(0, None)
-        value = loads(kv.value)
-        return cls(kv.mod_revision, value if "result" in value else None)
-
-
 class _LostRace(Exception):
     """A compare of the write failed: someone wrote first."""
+
+
+class _OutcomeUnknown(Exception):
+    """A batch's write lost its answer and whether it committed could not be found in time."""
+
+    def __init__(self, error: ApiError, plan: BatchPlan):
+        super().__init__(error.message)
+        self.error, self.plan = error, plan
+
+    def answer_for(self, index: int) -> ApiError:
+        """commit_unknown for a change the lost write carried; unavailable for the others
+        (nothing was written for them, and their verdicts assumed the batch committed)."""
+        if self.plan.writes_for(index):
+            return self.error
+        return ApiError("unavailable", "etcd did not answer in time; nothing was written for this request, retry later")
+
+
+def _record_of(kv: KeyValue | None) -> Record:
+    return Record.of(kv.mod_revision, loads(kv.value)) if kv is not None else ABSENT
+
+
+def _settle(answer: asyncio.Future, outcome: Outcome) -> None:
+    if answer.done():
+        return
+    if isinstance(outcome, BaseException):
+        answer.set_exception(outcome)
+    else:
+        answer.set_result(outcome)
+
+
+Waiter = tuple[PendingChange, "asyncio.Future[ChangeResult]"]
 
 
 class ControlPlaneStore:
@@ -141,6 +149,9 @@ class ControlPlaneStore:
         self.layout = layout
         self.settings = settings
         self.clock = clock
+        self._models = ModelsCache(etcd, layout)
+        self._queues: dict[str, deque[Waiter]] = {}  # slug -> changes waiting for its worker
+        self._workers: set[asyncio.Task] = set()
 
     # Reads.
 
@@ -189,7 +200,7 @@ class ControlPlaneStore:
     async def get_deployment(self, org_id: str, slug: str) -> Deployment:
         found = await self._read_deployment(org_id, slug)
         if found is None:
-            raise _deployment_not_found(slug)
+            raise deployment_not_found(slug)
         return found[0]
 
     async def list_deployments(self, org_id: str) -> list[Deployment]:
@@ -206,7 +217,7 @@ class ControlPlaneStore:
     async def history(self, org_id: str, slug: str) -> list[HistoryEntry]:
         """Every version, oldest first; a deleted deployment keeps its history."""
         if not await self._owns_slug(org_id, slug):
-            raise _deployment_not_found(slug)
+            raise deployment_not_found(slug)
         return [_history_entry(kv) for kv in await self._get_prefix(self.layout.history(slug))]
 
     async def history_config(self, org_id: str, slug: str, version: int) -> Deployment | None:
@@ -297,49 +308,172 @@ class ControlPlaneStore:
     async def change_deployment(
         self, org_id: str, slug: str, mutate: Mutate, *, action: str, request_body: dict[str, Any],
         actor: str, request_id: str, expected_cache_version: int | None = None,
-        authorize: Callable[[], None] = lambda: None, deadline_s: float | None = None,
+        authorize: Callable[[], None] = lambda: None, deadline_s: float | None = None, solo: bool = False,
     ) -> ChangeResult:
         """Apply mutate to the current deployment as one new version.
 
-        Checks in order: the deployment is the org's (404), authorize() (403), an earlier
-        request with this request_id (its answer), expected_cache_version (409), mutate,
-        which validates against the fresh state (422). A mutation that changes nothing
-        writes nothing and answers the current version.
+        Checks in order: an earlier request with this request_id (its answer), the
+        deployment is the org's (404), authorize() (403), expected_cache_version (409),
+        mutate, which validates against the state the change is applied to (422). A
+        mutation that changes nothing writes nothing and answers the current version.
+        The change joins this deployment's queue and may be written together with others
+        (solo: in a transaction of its own, for a mutate that reads committed history).
         """
-        request_key = _request_key(self.layout, slug, request_id)
+        loop = asyncio.get_running_loop()
+        change = PendingChange(
+            org_id, slug, mutate, action, request_body, actor, request_id, _request_key(self.layout, slug, request_id),
+            expected_cache_version, authorize, self._deadline(deadline_s), solo)
+        answer: asyncio.Future[ChangeResult] = loop.create_future()
+        queue = self._queues.get(slug)
+        if queue is None:
+            queue = self._queues[slug] = deque()
+            worker = loop.create_task(self._drain(slug, queue), name=f"tsplit-changes-{slug}")
+            self._workers.add(worker)
+            worker.add_done_callback(self._workers.discard)
+        queue.append((change, answer))
+        return await answer
 
-        async def attempt(deadline: float) -> ChangeResult:
-            found = await self._read_deployment(org_id, slug, deadline)
-            record = await self._record(request_key, org_id, action, request_body, deadline, authorize)
-            if record.value:
-                return ChangeResult.from_record(record.value["result"])
-            if found is None:
-                raise _deployment_not_found(slug)
-            current, kv = found
-            authorize()
-            _check_precondition(current, expected_cache_version)
-            outcome = mutate(current, await self.org_models(org_id, deadline))
-            new, challenger = await outcome if inspect.isawaitable(outcome) else outcome
-            if new == current:
-                return ChangeResult(current, changed=False, challenger=challenger)
-            now = self.clock()
-            new = replace(new, cache_version=current.cache_version + 1, updated_at=now, updated_by=actor)
-            _check_invariants(current, new)
-            result = ChangeResult(new, changed=True, challenger=challenger)
-            history_key = self.layout.history_version(slug, new.cache_version)
-            compares = [
-                mod_revision_is(kv.key, kv.mod_revision), mod_revision_is(request_key, record.mod_revision),
-                key_missing(history_key),
-            ]
-            ops = [
-                put_op(kv.key, dumps(new.to_json())),
-                put_op(history_key, self._history_value(new, action, actor, now, request_body, request_id)),
-                put_op(request_key, self._record_value(org_id, action, request_id, request_body, result.to_json())),
-            ]
-            replay = await self._commit(compares, ops, request_key, record.mod_revision, deadline)
-            return ChangeResult.from_record(replay["result"]) if replay else result
+    # The group commit of one deployment's changes.
 
-        return await self._retry(attempt, self._deadline(deadline_s))
+    async def _drain(self, slug: str, queue: deque[Waiter]) -> None:
+        """The one worker of a deployment: batch after batch until its queue is empty."""
+        try:
+            while queue:
+                batch = self._take(queue)
+                if batch:
+                    await self._run_batch(slug, batch, queue)
+        finally:
+            if self._queues.get(slug) is queue:
+                del self._queues[slug]
+            for _, answer in queue:  # only when the worker itself was cancelled (shutdown)
+                if not answer.done():
+                    answer.set_exception(ApiError("unavailable", "the control plane is stopping; nothing was written"))
+
+    def _take(self, queue: deque[Waiter]) -> list[Waiter]:
+        batch: list[Waiter] = []
+        while queue and len(batch) < self.settings.max_batch:
+            change, answer = queue[0]
+            if answer.done():  # the caller went away before its change was tried
+                queue.popleft()
+                continue
+            if change.solo and batch:
+                break
+            batch.append(queue.popleft())
+            if change.solo:
+                break
+        return batch
+
+    async def _run_batch(self, slug: str, batch: list[Waiter], queue: deque[Waiter]) -> None:
+        """Attempt the batch until it commits, each change answered; a lost race re-reads."""
+        loop = asyncio.get_running_loop()
+        read_records = False  # the first attempt assumes the records absent
+        backoff = self.settings.backoff_s
+        try:
+            while True:
+                now = loop.time()
+                for change, answer in batch:
+                    if change.deadline <= now and not answer.done():
+                        answer.set_exception(ApiError(
+                            "unavailable", "the change could not be made in time (etcd slow or too many concurrent "
+                            "changes); nothing was written, retry later"))
+                batch = [(change, answer) for change, answer in batch if not answer.done()]
+                if not batch:
+                    return
+                deadline = min(change.deadline for change, _ in batch)
+                try:
+                    plan = await self._attempt(slug, [change for change, _ in batch], read_records, deadline)
+                except _LostRace:
+                    read_records = True
+                    await asyncio.sleep(min(random.uniform(0, backoff), max(0.0, deadline - loop.time())))
+                    backoff = min(backoff * 2, self.settings.max_backoff_s)
+                    continue
+                except _OutcomeUnknown as unknown:
+                    for index, (_, answer) in enumerate(batch):
+                        _settle(answer, unknown.answer_for(index))
+                    return
+                except ApiError as err:  # etcd unreachable before anything was sent
+                    for _, answer in batch:
+                        _settle(answer, err)
+                    return
+                if plan.deferred:
+                    queue.extendleft(reversed(batch[-plan.deferred:]))
+                for (_, answer), outcome in zip(batch, plan.outcomes):
+                    _settle(answer, outcome)
+                return
+        except Exception as err:  # a bug: its changes answer "internal", the worker goes on
+            log.exception("changes of %s failed", slug)
+            for _, answer in batch:
+                _settle(answer, err)
+        except BaseException:  # the worker was cancelled (shutdown) while writing
+            stopped = ApiError("commit_unknown", "the control plane stopped while writing; retry with the same "
+                                                 "request_id (Idempotency-Key) to learn the outcome")
+            for _, answer in batch:
+                _settle(answer, stopped)
+            raise
+
+    async def _attempt(
+        self, slug: str, changes: list[PendingChange], read_records: bool, deadline: float,
+    ) -> BatchPlan:
+        """One try: read the deployment (and the records, when asked), plan, write."""
+        state, revision, records = await self._read_batch_state(slug, changes, read_records, deadline)
+        models_fresh = read_records
+        while True:
+            plan = await plan_batch(
+                self.layout, changes, state, revision, records, self._models.by_id, now=self.clock(),
+                write_id=uuid.uuid4().hex, compare_all_records=not read_records,
+                max_txn_bytes=self.settings.max_txn_bytes)
+            if not plan.model_misses or models_fresh:
+                break
+            await self._read(self._models.refresh(), deadline)  # "not registered" only on a fresh table
+            models_fresh = True
+        if plan.writes:
+            await self._commit_batch(plan, deadline)
+        elif not read_records and not await self._holds(plan.compares, deadline):
+            # Answers given without writing rest on records assumed absent: confirmed first.
+            raise _LostRace()
+        return plan
+
+    async def _read_batch_state(
+        self, slug: str, changes: list[PendingChange], read_records: bool, deadline: float,
+    ) -> tuple[Deployment | None, int, dict[str, Record]]:
+        """The deployment and its key's mod_revision; with read_records also every change's
+        idempotency record and the latest models, all read at once."""
+        keys = list(dict.fromkeys(change.request_key for change in changes)) if read_records else []
+        extra = (self._read(self._models.refresh(), deadline),) if read_records else ()
+        found, *rest = await asyncio.gather(
+            self._get(self.layout.deployment(slug), deadline), *(self._get(key, deadline) for key in keys), *extra)
+        records = {key: _record_of(kv) for key, kv in zip(keys, rest)}
+        if found is None:
+            return None, 0, records
+        return Deployment.from_json(loads(found.value)), found.mod_revision, records
+
+    async def _holds(self, compares: list, deadline: float) -> bool:
+        """Whether every compare holds now (a transaction that writes nothing)."""
+        try:
+            result = await asyncio.wait_for(
+                self.etcd.txn(compares, []), self._timeout(self.settings.write_timeout_s, deadline))
+        except (EtcdUnavailable, asyncio.TimeoutError):
+            raise ApiError("unavailable", "etcd is unreachable; nothing was written, retry later") from None
+        return result.succeeded
+
+    async def _commit_batch(self, plan: BatchPlan, deadline: float) -> None:
+        """Write the batch. Raises _LostRace when it did not commit, _OutcomeUnknown when
+        its answer was lost and whether it committed cannot be told in time."""
+        timeout = self._timeout(self.settings.write_timeout_s, deadline)
+        if timeout <= 0:
+            raise ApiError("unavailable", "the change could not be made in time; nothing was written, retry later")
+        try:
+            result = await asyncio.wait_for(self.etcd.txn(plan.compares, plan.ops), timeout)
+        except (EtcdUnavailable, asyncio.TimeoutError):
+            log.warning("etcd's answer to a write was lost; finding out whether it committed")
+            key, revision = plan.written_keys[0]
+            try:
+                await self._resolve_lost_write(key, revision, deadline, write_id=plan.write_id)
+            except ApiError as err:
+                raise _OutcomeUnknown(err, plan) from None
+            return
+        if not result.succeeded:
+            raise _LostRace()
 
     async def delete_deployment(
         self, org_id: str, slug: str, *, actor: str, request_id: str,
@@ -355,10 +489,10 @@ class ControlPlaneStore:
             if record.value:
                 return record.value["result"]["deployment_id"]
             if found is None:
-                raise _deployment_not_found(slug)
+                raise deployment_not_found(slug)
             current, kv = found
             authorize()
-            _check_precondition(current, expected_cache_version)
+            check_precondition(current, expected_cache_version)
             tombstone = {
                 "deployment_id": slug, "org_id": org_id, "deleted_at": self.clock(), "deleted_by": actor,
                 "last_cache_version": current.cache_version,
@@ -379,14 +513,14 @@ class ControlPlaneStore:
     async def _record(
         self, key: str, org_id: str, action: str, request_body: dict[str, Any], deadline: float,
         authorize: Callable[[], None] = lambda: None,
-    ) -> _Record:
+    ) -> Record:
         """The idempotency record of this request. Replaying it needs authorize() and the
         same request; another org's record is never answered (it counts as absent)."""
-        record = _Record.of(await self._get(key, deadline))
+        record = _record_of(await self._get(key, deadline))
         if record.value is None:
             return record
         if record.value.get("org_id") != org_id:
-            return _Record(record.mod_revision, None)
+            return Record(record.mod_revision, None)
         authorize()
         if (record.value.get("action"), record.value.get("request")) != (action, request_body):
             raise ApiError(
@@ -450,14 +584,19 @@ class ControlPlaneStore:
             raise _LostRace()
         return None
 
-    async def _resolve_lost_write(self, request_key: str, request_revision: int, deadline: float) -> dict[str, Any]:
+    async def _resolve_lost_write(
+        self, request_key: str, request_revision: int, deadline: float, write_id: str | None = None,
+    ) -> dict[str, Any]:
         """Decide whether a write whose answer was lost committed, before answering.
 
         The write compared the request record's mod_revision. A fence txn "if that record is
         still as I read it, put an aborted record" succeeding proves the write never
         committed and never will (its compare now fails); failing means the record was
         written: if it is a committed record this request_id's change is in (answer it),
-        else another attempt fenced it and mine cannot commit either.
+        else another attempt fenced it and mine cannot commit either. With write_id (a
+        batch, whose other changes depend on it), only a record of that very transaction
+        counts as committed: one written by another replica for the same request_id means
+        this transaction failed its compare.
         """
         loop = asyncio.get_running_loop()
         deadline = min(deadline, loop.time() + self.settings.resolve_deadline_s)
@@ -483,30 +622,9 @@ class ControlPlaneStore:
                 raise _LostRace()
             kvs = result.responses[0].response_range.kvs
             value = json.loads(kvs[0].value) if kvs else {}
-            if "result" in value:
+            if "result" in value and (write_id is None or value.get("write_id") == write_id):
                 return value
             raise _LostRace()
-
-
-def _deployment_not_found(slug: str) -> ApiError:
-    return ApiError("deployment_not_found", f"deployment {slug!r} not found")
-
-
-def _check_precondition(current: Deployment, expected_cache_version: int | None) -> None:
-    if expected_cache_version is not None and expected_cache_version != current.cache_version:
-        raise ApiError(
-            "version_conflict",
-            f"expected_cache_version is {expected_cache_version} but the deployment is at "
-            f"version {current.cache_version}; nothing was changed")
-
-
-def _check_invariants(current: Deployment, new: Deployment) -> None:
-    """The last guard before a config is stored: whatever the validation core did, never
-    store more than 50 % for challengers, or a change of identity."""
-    if new.challenger_bp > MAX_CHALLENGER_BP:
-        raise ApiError("invalid_traffic_config", "active challengers' traffic_pct would exceed 50 in total")
-    if (new.deployment_id, new.org_id) != (current.deployment_id, current.org_id):
-        raise ValueError("a change must not alter deployment_id or org_id")
 
 
 def _history_entry(kv: KeyValue) -> HistoryEntry:

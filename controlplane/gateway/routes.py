@@ -1,9 +1,10 @@
 """The REST routes (SPEC section 4): each maps to one control-plane RPC.
 
 OPERATIONS is the one list both the router and the OpenAPI document are built from.
-Every handler checks in the SPEC's order: token (401), the resource in the caller's org
-(404), role (403), then body and headers (400, 413, 415, 422); the control plane then
-answers the rest (422 validation, 409, 503).
+Every handler answers in the SPEC's order: token (401), the resource in the caller's org
+(404), role (403), then body and headers (400, 413, 415, 422); the control plane answers
+the rest (422 validation, 409, 503). A change to a deployment goes to the control plane
+in one call, which checks 404 before 403 and 422 itself (see _deployment_change_input).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from controlplane.gateway.client import ControlPlaneClient
-from tsplit.protojson import message_to_json, struct_from_json, traffic_change_to_json
 from controlplane.gateway.request_input import (
     check_media_type, expected_version, idempotency_key, parse_json_object, read_limited)
 from controlplane.gateway.responses import json_response
+from tsplit.errors import ApiError
+from tsplit.protojson import message_to_json, struct_from_json, traffic_change_to_json
 from tsplit.v1 import controlplane_pb2 as pb
 
 AUTH = ("unauthorized", "unavailable", "internal")
@@ -108,12 +110,23 @@ class Handlers:
         header = request.headers.get("authorization")
         return Caller(self._authenticate(header), header)
 
-    async def _caller_owning(self, request: Request) -> tuple[Caller, str]:
-        """The caller, after the deployment in the path was found in the caller's org."""
+    async def _deployment_change_input(self, request: Request, with_body: bool = True):
+        """Caller, slug, body, If-Match version and Idempotency-Key of a change to the
+        deployment in the path.
+
+        The control plane itself checks the deployment (404) before the role (403) and the
+        body (422), so a well-formed request costs one call. Only when the gateway has a
+        verdict of its own (403, or 400/413/415/422 on the body or headers) does it first
+        ask for the deployment, so that a 404 still comes first.
+        """
         caller = self._caller(request)
         slug = request.path_params["slug"]
-        await self._client.read("GetDeployment", pb.GetDeploymentRequest(deployment_id=slug), caller.authorization)
-        return caller, slug
+        try:
+            body, version, key = await self._mutation_input(request, caller, with_body)
+        except ApiError:
+            await self._client.read("GetDeployment", pb.GetDeploymentRequest(deployment_id=slug), caller.authorization)
+            raise
+        return caller, slug, body, version, key
 
     async def _body(self, request: Request) -> dict[str, Any]:
         check_media_type(request.headers)
@@ -171,8 +184,7 @@ class Handlers:
         return json_response(message_to_json(deployment), cache_version=deployment.cache_version)
 
     async def delete_deployment(self, request: Request) -> Response:
-        caller, slug = await self._caller_owning(request)
-        _, version, key = await self._mutation_input(request, caller, with_body=False)
+        caller, slug, _, version, key = await self._deployment_change_input(request, with_body=False)
         answer = await self._client.mutate(
             "DeleteDeployment",
             pb.DeleteDeploymentRequest(deployment_id=slug, expected_cache_version=version, request_id=key),
@@ -180,8 +192,7 @@ class Handlers:
         return json_response(message_to_json(answer), idempotency_key=key)
 
     async def manage_traffic(self, request: Request) -> Response:
-        caller, slug = await self._caller_owning(request)
-        body, version, key = await self._mutation_input(request, caller)
+        caller, slug, body, version, key = await self._deployment_change_input(request)
         answer = await self._client.mutate(
             "ManageTraffic",
             pb.ManageTrafficRequest(deployment_id=slug, body=struct_from_json(body),
@@ -191,8 +202,7 @@ class Handlers:
                              cache_version=answer.cache_version)
 
     async def apply_traffic(self, request: Request) -> Response:
-        caller, slug = await self._caller_owning(request)
-        body, version, key = await self._mutation_input(request, caller)
+        caller, slug, body, version, key = await self._deployment_change_input(request)
         answer = await self._client.mutate(
             "ApplyTraffic",
             pb.ApplyTrafficRequest(deployment_id=slug, body=struct_from_json(body),
@@ -202,8 +212,7 @@ class Handlers:
                              cache_version=answer.deployment.cache_version)
 
     async def rollback_deployment(self, request: Request) -> Response:
-        caller, slug = await self._caller_owning(request)
-        body, version, key = await self._mutation_input(request, caller)
+        caller, slug, body, version, key = await self._deployment_change_input(request)
         answer = await self._client.mutate(
             "RollbackDeployment",
             pb.RollbackDeploymentRequest(deployment_id=slug, body=struct_from_json(body),
