@@ -8,6 +8,7 @@ shows the clash is real: importing our generated module there fails."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -70,7 +71,6 @@ async def test_a_process_with_another_inference_package_uses_the_client(
     await backends.demo_model("mod_b", weights=dp.WEIGHTS_B)
     await backends.deployment("dep_clash", "mod_a", [("ch_b", "mod_b", 50)], shadow_mode=True)
     _compile_vendor_module(tmp_path)
-    import asyncio
     out = await asyncio.to_thread(
         subprocess.run, [sys.executable, "-c", SCRIPT, str(tmp_path), etcd_endpoint, layout.prefix],
         capture_output=True, text=True, timeout=90, cwd=ROOT)
