@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from bench import etcd_rows, loadrows, probe, profile, propagation, report, seed, stack, writes
+from bench import etcd_rows, loadrows, probe, profile, propagation, proxyless, report, seed, stack, writes
 from bench.loadrows import LoadTarget
 from bench.nginx import NginxProcess, NginxSettings, NginxUpstream
 from bench.procs import rss_bytes, start_backend, start_refproxy
@@ -300,6 +300,8 @@ class Run:
             if row.get("median") and direct.get("median"):
                 row["ratios"] = {"req_vs_direct": ratio(row["median"]["req_per_s"], direct["median"]["req_per_s"])}
         self.rows.extend(rows)
+        if stack.built(PROXYLESS_MODULE):
+            await proxyless.phase(self)  # aio and sync rows against direct and nginx, targets 7
 
     async def phase_precision(self) -> None:
         name = "split precision 87.65/12.34/0.01"

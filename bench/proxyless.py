@@ -232,7 +232,7 @@ async def run_once(target: PyTarget, load: PyLoad, work_dir: Path, etcd: str, pr
     result = json.loads(out.stdout.decode().strip().splitlines()[-1])
     answered, by_model = await _answered(target.answer_backends)
     result.update(backend_answered=answered, by_model=by_model,
-                  unanswered_ok=max(0, result["ok"] - answered))
+                  unanswered_ok=max(0, result["ok"] - answered), load_avg_1m=os.getloadavg()[0])
     return result
 
 
