@@ -29,11 +29,11 @@ _UNAVAILABLE_CODES = {
 }
 
 _CHANNEL_OPTIONS = [
-    # Notice a dead member on an idle watch stream; etcd permits pings every 5 s.
-    ("grpc.keepalive_time_ms", 5000),
-    ("grpc.keepalive_timeout_ms", 3000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
+    # Notice a dead member under a long-lived watch stream. etcd's server policy allows a
+    # ping every 5 s and only while a stream is open (else GOAWAY too_many_pings).
+    ("grpc.keepalive_time_ms", 10000),
+    ("grpc.keepalive_timeout_ms", 5000),
+    ("grpc.keepalive_permit_without_calls", 0),
     # etcd restarts take a second or two: reconnect fast instead of grpc's 1..120 s backoff.
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
