@@ -48,11 +48,11 @@ class BenchSettings:
 def quick_settings(**overrides) -> BenchSettings:
     base = BenchSettings(
         quick=True, repeats=1,
-        load=LoadSettings(clients=4, streams=16, duration_s=3, warmup_s=0),
-        rate_load=LoadSettings(clients=4, streams=4, rps=150, duration_s=3, warmup_s=0),
-        single_load=LoadSettings(clients=1, streams=1, duration_s=2, warmup_s=0),
-        warmup_requests=1000, precision_requests=20_000, etcd_watch_puts=100, txn_seconds=2,
-        propagation_changes=30, write_seconds=2, scale_deployments=2_000, scale_propagation_changes=10,
-        get_samples=100,
+        load=LoadSettings(clients=4, streams=16, duration_s=2, warmup_s=0),
+        rate_load=LoadSettings(clients=4, streams=4, rps=150, duration_s=2, warmup_s=0),
+        single_load=LoadSettings(clients=1, streams=1, duration_s=1, warmup_s=0),
+        warmup_requests=500, precision_requests=10_000, etcd_watch_puts=50, txn_seconds=1,
+        propagation_changes=20, write_seconds=2, scale_deployments=2_000, scale_propagation_changes=5,
+        get_samples=50,
     )
     return replace(base, **overrides)
