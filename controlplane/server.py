@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from controlplane.auth import TokenVerifier
-from controlplane.interceptors import ControlPlaneInterceptor
+from controlplane.interceptors import ControlPlaneInterceptor, VerifiedTokens
 from controlplane.service import ControlPlaneService
 from controlplane.settings import ControlPlaneSettings, SettingsError, settings_from_args
 from controlplane.store import ControlPlaneStore
@@ -51,7 +51,7 @@ class ControlPlaneServer:
 async def start_controlplane(settings: ControlPlaneSettings) -> ControlPlaneServer:
     """Serve on settings.listen (port 0 picks a free one). etcd need not be up yet: calls
     answer UNAVAILABLE until it is."""
-    verifier = TokenVerifier(settings.auth)
+    verifier = VerifiedTokens(TokenVerifier(settings.auth))
     etcd = Etcd(settings.etcd_endpoints, timeout=settings.store.write_timeout_s)
     store = ControlPlaneStore(etcd, Layout(settings.etcd_prefix), settings.store)
     server = grpc.aio.server(interceptors=[ControlPlaneInterceptor(verifier)])

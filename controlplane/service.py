@@ -32,16 +32,24 @@ DEADLINE_MARGIN_S = 0.3
 # --- conversions --------------------------------------------------------------------------
 
 
+# Built field by field: json_format.ParseDict took ~11 % of the control plane's CPU on writes.
+
 def model_to_proto(model: Model) -> pb.Model:
-    return json_format.ParseDict(model.to_json(), pb.Model())
+    return pb.Model(model_id=model.model_id, endpoint=model.endpoint, model_name=model.model_name,
+                    model_version=model.model_version, org_id=model.org_id)
 
 
 def challenger_to_proto(challenger: Challenger) -> pb.Challenger:
-    return json_format.ParseDict(challenger.to_json(), pb.Challenger())
+    return pb.Challenger(id=challenger.id, model_id=challenger.model_id, traffic_pct=challenger.traffic_pct,
+                         is_active=challenger.is_active)
 
 
 def deployment_to_proto(deployment: Deployment) -> pb.Deployment:
-    return json_format.ParseDict(deployment.to_json(), pb.Deployment())
+    return pb.Deployment(
+        deployment_id=deployment.deployment_id, org_id=deployment.org_id,
+        champion_model_id=deployment.champion_model_id,
+        challengers=[challenger_to_proto(c) for c in deployment.challengers], shadow_mode=deployment.shadow_mode,
+        cache_version=deployment.cache_version, updated_at=deployment.updated_at, updated_by=deployment.updated_by)
 
 
 def deployment_from_proto(message: pb.Deployment) -> Deployment:

@@ -19,6 +19,7 @@ from controlplane.auth import AuthSettings, TokenVerifier, bearer_token, require
 from controlplane.gateway.app import build_app
 from controlplane.gateway.client import CallTimeouts, ControlPlaneClient
 from controlplane.gateway.routes import Handlers
+from controlplane.interceptors import VerifiedTokens
 
 log = logging.getLogger("tsplit.gateway")
 
@@ -135,7 +136,7 @@ def _bind(listen: str) -> socket.socket:
 
 
 async def start_gateway(settings: GatewaySettings, startup_timeout_s: float = 10.0) -> RunningGateway:
-    verifier = TokenVerifier(settings.auth)
+    verifier = VerifiedTokens(TokenVerifier(settings.auth))
     sock = _bind(settings.listen)
     client = ControlPlaneClient(settings.controlplane, settings.timeouts)
     handlers = Handlers(client, lambda header: verifier.verify(bearer_token(header)),
