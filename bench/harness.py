@@ -550,6 +550,12 @@ async def run(settings: BenchSettings) -> dict:
     results["machine"]["load_avg_during_load_rows"] = (
         {"min": min(loads), "median": median_or_none(loads), "max": max(loads)} if loads else None)
     results["machine"]["load_avg_at_end"] = os.getloadavg()
+    e = bench_run.etcd_info
+    if e.get("put_p99_ms") is not None:
+        etcd_text = (f"etcd {e['version']}, {e['members']} member, data dir on {e['disk']}, fsync as is, "
+                     f"put p99 {e['put_p99_ms']:.2f} ms")
+        for row in bench_run.rows:
+            row.setdefault("etcd", etcd_text)  # one etcd serves every row of a run
     results.update(etcd=bench_run.etcd_info, rows=bench_run.rows, targets=bench_run.targets,
                    seconds=round((datetime.datetime.now(datetime.timezone.utc) - started_at).total_seconds(), 1))
     return results
