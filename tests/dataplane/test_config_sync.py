@@ -114,7 +114,8 @@ async def test_a_transaction_is_applied_as_one_table(etcd, layout, sync_factory)
         await etcd.txn([], ops)
     await tables.wait_for(lambda t: version_of(t, slugs[-1]) == 3)
     new_tables = tables.seen[before:]
-    assert len(new_tables) == 2, "one table per transaction"
+    # etcd may deliver both revisions in one watch response; then one table covers both.
+    assert 1 <= len(new_tables) <= 2, "at most one table per transaction"
     for table in new_tables:
         assert len({version_of(table, s) for s in slugs}) == 1, "never a half-applied transaction"
 
