@@ -7,7 +7,8 @@ generated OIP v2 stub, closed loop, as many calls in flight as the h2load rows (
 Every row differs only in the channel under the stub: a plain grpc channel to the champion
 backend ("direct"), one to nginx's 90/10 split, or a ProxylessClient's channel (dep_split,
 90/10, the router's routing in-process). Both transports are measured: grpc.aio (one event
-loop) and sync grpc (one thread per call in flight). The targets compare rows of the same
+loop, the client made with start_in_loop() as an asyncio service would) and sync grpc (one
+thread per call in flight). The targets compare rows of the same
 transport: proxyless >= 0.9x direct and >= 1.0x nginx's split.
 
     python -m bench.proxyless --mode proxyless --transport aio --etcd 127.0.0.1:2379 \
@@ -73,25 +74,40 @@ def _summary(latencies: list[float], errors: int, first_error: str, seconds: flo
             "cpu_us_per_req": cpu_s / ok * 1e6 if ok else None, "first_error": first_error}
 
 
-def _stub_and_client(args, aio: bool):
+def _sync_stub_and_client(args):
     import grpc
     from tsplit.inference import grpc_predict_v2_pb2_grpc as pb_grpc
-    client = None
-    if args.mode == "proxyless":
-        from dataplane.proxyless import ProxylessClient
-        client = ProxylessClient(args.etcd, args.prefix, client_id=f"bench-px-{os.getpid()}", wait_ready_s=10)
-        if not client.wait_ready(15):
-            raise SystemExit("the proxyless client got no config from etcd within 15 s")
-        channel = client.aio_channel() if aio else client.channel()
-    else:
-        channel = grpc.aio.insecure_channel(args.target) if aio else grpc.insecure_channel(args.target)
+    if args.mode == "direct":
+        channel = grpc.insecure_channel(args.target)
+        return pb_grpc.GRPCInferenceServiceStub(channel), channel, None
+    from dataplane.proxyless import ProxylessClient
+    client = ProxylessClient(args.etcd, args.prefix, client_id=f"bench-px-{os.getpid()}", wait_ready_s=10)
+    if not client.wait_ready(15):
+        raise SystemExit("the proxyless client got no config from etcd within 15 s")
+    channel = client.channel()
+    return pb_grpc.GRPCInferenceServiceStub(channel), channel, client
+
+
+async def _aio_stub_and_client(args):
+    """An asyncio service's way: the client shares the service's loop (start_in_loop)."""
+    import grpc
+    from tsplit.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+    if args.mode == "direct":
+        channel = grpc.aio.insecure_channel(args.target)
+        return pb_grpc.GRPCInferenceServiceStub(channel), channel, None
+    from dataplane.proxyless import ProxylessClient
+    client = await ProxylessClient.start_in_loop(args.etcd, args.prefix, client_id=f"bench-px-{os.getpid()}",
+                                                 wait_ready_s=10)
+    if not await client.wait_ready_async(15):
+        raise SystemExit("the proxyless client got no config from etcd within 15 s")
+    channel = client.aio_channel()
     return pb_grpc.GRPCInferenceServiceStub(channel), channel, client
 
 
 async def _aio_load(args) -> dict:
     import grpc
     from bench.frames import infer_request
-    stub, channel, client = _stub_and_client(args, aio=True)
+    stub, channel, client = await _aio_stub_and_client(args)
     request = infer_request(args.model_name)
     state = {"errors": 0, "first_error": ""}
 
@@ -126,7 +142,7 @@ async def _aio_load(args) -> dict:
 def _sync_load(args) -> dict:
     import grpc
     from bench.frames import infer_request
-    stub, channel, client = _stub_and_client(args, aio=False)
+    stub, channel, client = _sync_stub_and_client(args)
     request = infer_request(args.model_name)
     lock = threading.Lock()
     state = {"errors": 0, "first_error": ""}

@@ -12,7 +12,8 @@ out channels whose unary calls the router's own dispatcher routes (dataplane.dis
   channels of its own (bound to the loop of its first call).
 
 The watch, the registration and the shadow mirrors (with their comparisons) run on the
-client's own event loop in a daemon thread, off the callers' threads and loops. Counters
+client's own event loop in a daemon thread, off the callers' threads and loops; or, for a
+client made with start_in_loop(), on the caller's loop. Counters
 are shared by every channel; callers only append their counts to a deque (atomic, no lock
 to queue on), which the client's loop applies every COUNT_INTERVAL_S and before every
 snapshot (stats_snapshot(), the registration record).
@@ -24,7 +25,6 @@ import asyncio
 import collections
 import concurrent.futures
 import logging
-import os
 import secrets
 import socket
 import threading
@@ -37,7 +37,7 @@ from dataplane.backends import BackendPool, SyncBackendPool, table_endpoints
 from dataplane.config_sync import ConfigSync
 from dataplane.dispatch import Dispatcher, DispatchError, Metadata, apply_deferred, call_async, call_sync, rewrite
 from dataplane.mirror import MirrorDispatcher
-from dataplane.proxyless.loop_thread import LoopThread
+from dataplane.proxyless.loop_thread import LoopThread, RunningLoop
 from dataplane.proxyless.settings import ProxylessSettings, settings_from
 from dataplane.registration import Registration
 from dataplane.routing import RoutingTable, Variant
@@ -68,7 +68,7 @@ class _ShadowOnLoop:
 
     __slots__ = ("_loop", "_mirrors", "_champion")
 
-    def __init__(self, loop: LoopThread, mirrors: MirrorDispatcher, slug: str, variants: Sequence[Variant],
+    def __init__(self, loop: LoopThread | RunningLoop, mirrors: MirrorDispatcher, slug: str, variants: Sequence[Variant],
                  request: bytes) -> None:
         self._loop, self._mirrors, self._champion = loop, mirrors, None
         loop.call(self._start, slug, tuple(variants), request)
@@ -88,7 +88,12 @@ class _ShadowOnLoop:
 
 
 class ProxylessClient:
-    """Route and mirror in-process. Thread-safe; close() it (or use it as a context manager)."""
+    """Route and mirror in-process. Thread-safe; close() it (or use it as a context manager).
+
+    ProxylessClient(...) runs its background work on an event loop in a thread of its own
+    and serves any caller: threads, and asyncio loops. An asyncio service should rather
+    `await ProxylessClient.start_in_loop(...)`: the work then shares the service's loop,
+    and grpc.aio does not hand each completion across threads between two loops."""
 
     def __init__(self, etcd_endpoints: str | Sequence[str] | None = None, etcd_prefix: str | None = None,
                  client_id: str | None = None, report: bool = True, wait_ready_s: float = 5.0,
@@ -97,9 +102,29 @@ class ProxylessClient:
         127.0.0.1:2379); etcd_prefix (default $TSPLIT_ETCD_PREFIX, else /tsplit); options:
         the other ProxylessSettings fields. Returns at once: the first snapshot arrives in
         the background (wait_ready() to wait for it)."""
-        if settings is None:
-            settings = settings_from(etcd_endpoints, etcd_prefix, client_id=client_id or "", report=report,
-                                     wait_ready_s=wait_ready_s, **options)
+        self._setup(settings or settings_from(etcd_endpoints, etcd_prefix, client_id=client_id or "",
+                                              report=report, wait_ready_s=wait_ready_s, **options))
+        self._home: LoopThread | RunningLoop = LoopThread(f"tsplit-proxyless-{self.client_id}")
+        try:
+            self._home.run(self._start(), timeout=self.settings.close_timeout_s)
+        except BaseException:
+            self._home.stop(self.settings.close_timeout_s)
+            raise
+
+    @classmethod
+    async def start_in_loop(cls, etcd_endpoints: str | Sequence[str] | None = None, etcd_prefix: str | None = None,
+                            client_id: str | None = None, report: bool = True, wait_ready_s: float = 5.0,
+                            settings: ProxylessSettings | None = None, **options: Any) -> "ProxylessClient":
+        """A client whose background work runs on the running event loop (no thread of its
+        own); close it with `await client.aclose()` there. Same arguments as the class."""
+        client = cls.__new__(cls)
+        client._setup(settings or settings_from(etcd_endpoints, etcd_prefix, client_id=client_id or "",
+                                                report=report, wait_ready_s=wait_ready_s, **options))
+        client._home = RunningLoop(asyncio.get_running_loop())
+        await client._start()
+        return client
+
+    def _setup(self, settings: ProxylessSettings) -> None:
         self.settings = settings
         self.client_id = settings.client_id or f"c-{secrets.token_hex(4)}"
         self.layout = Layout(settings.etcd_prefix)
@@ -113,13 +138,7 @@ class ProxylessClient:
         self._closed = False
         self.stats = RouterStats()
         self._sync_pool = SyncBackendPool()
-        self._loop = LoopThread(f"tsplit-proxyless-{self.client_id}")
         self._config: ConfigSync | None = None
-        try:
-            self._loop.run(self._start(), timeout=settings.close_timeout_s)
-        except BaseException:
-            self._loop.stop(settings.close_timeout_s)
-            raise
         self._dispatcher = Dispatcher(
             self._table, self.stats, server_name=SERVER_NAME, server_version=_version(),
             not_ready_message=f"proxyless client has no config yet (no snapshot from etcd {settings.etcd} "
@@ -229,6 +248,8 @@ class ProxylessClient:
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Wait for the first snapshot; True once it is applied."""
+        if self._home.in_thread and not self._ready.is_set():
+            raise RuntimeError("wait_ready() would block the client's own event loop: await wait_ready_async()")
         return self._ready.wait(timeout)
 
     async def wait_ready_async(self, timeout: float | None = None) -> bool:
@@ -285,14 +306,16 @@ class ProxylessClient:
     def _timeout(self, timeout: float | None) -> float | None:
         return timeout if timeout is not None else self.settings.default_timeout_s
 
-    def _start_mirrors(self, slug: str, variants: Sequence[Variant], request: bytes) -> _ShadowOnLoop:
-        return _ShadowOnLoop(self._loop, self._mirrors, slug, variants, request)
+    def _start_mirrors(self, slug: str, variants: Sequence[Variant], request: bytes):
+        if self._home.in_thread:   # on the mirrors' own loop: the router's way
+            return self._mirrors.start(slug, variants, request)
+        return _ShadowOnLoop(self._home, self._mirrors, slug, variants, request)
 
     def call_sync(self, path: str, request: bytes, metadata, timeout: float | None) -> tuple[bytes, Metadata]:
         """One unary call, raw bytes in and out, in the caller's thread; raises DispatchError."""
         if self._closed:
             raise _closed_error()
-        if self._config.table is None:
+        if self._config.table is None and not self._home.in_thread:   # never block the client's own loop
             budget = self._wait_budget(timeout)
             if budget > 0:
                 self._ready.wait(budget)
@@ -319,37 +342,51 @@ class ProxylessClient:
         if self._closed:
             raise _closed_error()
         return asyncio.run_coroutine_threadsafe(
-            self.call_async(self._mirror_pool, path, request, metadata, timeout), self._loop.loop)
+            self.call_async(self._mirror_pool, path, request, metadata, timeout), self._home.loop)
 
     # ---- closing ----------------------------------------------------------------------
 
     def close(self) -> None:
         """Release everything: the etcd watch, the lease (the record goes at once), the
-        mirrors and every channel to the backends. Idempotent."""
+        mirrors and every channel to the backends. Idempotent. From the loop of a client
+        made with start_in_loop(), use `await aclose()`."""
+        if self._home.in_thread:
+            raise RuntimeError("close() would block the client's own event loop: await client.aclose()")
+        if not self._begin_close():
+            return
+        try:
+            self._home.run(self._stop(), self.settings.close_timeout_s)
+        except Exception as err:  # noqa: BLE001 - closing goes on; the lease expires by TTL
+            log.warning("proxyless client %s: incomplete close: %s", self.client_id, err)
+        self._home.stop(self.settings.close_timeout_s)
+        log.info("proxyless client %s closed", self.client_id)
+
+    async def aclose(self) -> None:
+        """close() from inside an event loop: the aio channels of this loop are closed
+        here; the rest here too when this is the client's own loop, else in a thread."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            mine = [c for c in self._aio_channels if c._loop is loop]
+        await asyncio.gather(*(c.close() for c in mine), return_exceptions=True)
+        if self._home.loop is not loop:
+            await asyncio.to_thread(self.close)
+            return
+        if self._begin_close():
+            await self._stop()
+            log.info("proxyless client %s closed", self.client_id)
+
+    def _begin_close(self) -> bool:
+        """Mark closed and close the channels; False when already closed."""
         with self._lock:
             if self._closed:
-                return
+                return False
             self._closed = True
             channels = list(self._aio_channels)
             self._aio_channels.clear()
         for channel in channels:
             channel._close_from_client(self.settings.close_timeout_s)
         self._sync_pool.close()
-        try:
-            self._loop.run(self._stop(), self.settings.close_timeout_s)
-        except Exception as err:  # noqa: BLE001 - closing goes on; the lease expires by TTL
-            log.warning("proxyless client %s: incomplete close: %s", self.client_id, err)
-        self._loop.stop(self.settings.close_timeout_s)
-        log.info("proxyless client %s closed", self.client_id)
-
-    async def aclose(self) -> None:
-        """close() from inside an event loop: the aio channels of this loop are closed
-        here, the rest in a thread."""
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            mine = [c for c in self._aio_channels if c._loop is loop]
-        await asyncio.gather(*(c.close() for c in mine), return_exceptions=True)
-        await asyncio.to_thread(self.close)
+        return True
 
     def __enter__(self) -> "ProxylessClient":
         return self

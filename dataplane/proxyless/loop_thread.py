@@ -1,5 +1,6 @@
-"""An asyncio event loop in a daemon thread: the proxyless client's own, for the etcd
-watch, the registration and the shadow mirrors, whatever thread or loop its callers use."""
+"""Where the proxyless client's background work runs (the etcd watch, the registration,
+the shadow mirrors): LoopThread, an event loop in a daemon thread of its own, whatever
+thread or loop its callers use; or RunningLoop, the caller's own loop."""
 
 from __future__ import annotations
 
@@ -61,3 +62,33 @@ class LoopThread:
             self._thread.join(timeout)
         if not self._thread.is_alive():
             self.loop.close()
+
+
+class RunningLoop:
+    """The same interface over the caller's own running loop (ProxylessClient.start_in_loop):
+    no thread of the client's; the watch, registration and mirrors share the caller's loop,
+    as grpc.aio prefers (with two loops using grpc.aio in one process, grpc hands every
+    completion of one loop's calls across threads to the other)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._thread = threading.current_thread()
+
+    @property
+    def in_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float | None) -> Any:
+        if self.in_thread:
+            coro.close()
+            raise RuntimeError("this would block the client's event loop: await client.aclose() there")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self.in_thread:
+            self.loop.call_soon(fn, *args)
+        else:
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    def stop(self, timeout: float) -> None:
+        """Nothing to stop: the loop is the caller's."""

@@ -172,14 +172,17 @@ async def wait_for_version(router: RunningRouter, slug: str, version: int, timeo
 
 @pytest.fixture
 async def proxyless_factory(etcd_endpoint, layout):
-    """make(wait=True, etcd=None, **options) -> a ProxylessClient over the session etcd
-    (or `etcd`) and the test's prefix, its first snapshot waited for; all closed at
-    teardown."""
+    """make(wait=True, etcd=None, in_loop=False, **options) -> a ProxylessClient over the
+    session etcd (or `etcd`) and the test's prefix (in_loop: made with start_in_loop() on
+    the test's loop), its first snapshot waited for; all closed at teardown."""
     from dataplane.proxyless import ProxylessClient
     made = []
 
-    async def make(wait: bool = True, etcd: str | None = None, **options):
-        client = ProxylessClient(etcd or etcd_endpoint, layout.prefix, **options)
+    async def make(wait: bool = True, etcd: str | None = None, in_loop: bool = False, **options):
+        if in_loop:
+            client = await ProxylessClient.start_in_loop(etcd or etcd_endpoint, layout.prefix, **options)
+        else:
+            client = ProxylessClient(etcd or etcd_endpoint, layout.prefix, **options)
         made.append(client)
         if wait:
             assert await client.wait_ready_async(10), "no first snapshot within 10 s"

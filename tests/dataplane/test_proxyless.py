@@ -23,19 +23,26 @@ from tsplit.resources import Challenger, Deployment, Model, dumps
 from tsplit.status import read_router_records, summarize_deployment_status
 
 TRANSPORTS = ["sync", "aio"]
+# How a test calls: the sync or the aio channel of a client with its own loop thread, or
+# the aio channel of a client made with start_in_loop() on the test's loop.
+MODES = ["sync", "aio", "aio-in-loop"]
+
+
+async def _caller(proxyless_factory, dp, mode: str, **options):
+    client = await proxyless_factory(in_loop=mode == "aio-in-loop", **options)
+    return client, dp.ProxylessCaller(client, "sync" if mode == "sync" else "aio")
 
 
 def _loop_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("tsplit-proxyless-")]
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_the_stub_is_routed_and_sees_the_variant_metadata(backends, proxyless_factory, dp, transport):
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_stub_is_routed_and_sees_the_variant_metadata(backends, proxyless_factory, dp, mode):
     a = await backends.demo_model("mod_a")
     b = await backends.demo_model("mod_b", weights=dp.WEIGHTS_B)
     await backends.deployment("dep_px", "mod_a", [("ch_b", "mod_b", 30)], cache_version=7)
-    client = await proxyless_factory()
-    caller = dp.ProxylessCaller(client, transport)
+    client, caller = await _caller(proxyless_factory, dp, mode)
     # The caller's model_version must not reach the backend (the demo server refuses
     # versions it does not have): the appended empty version overrides it.
     request = dp.infer_request("dep_px", rows=((0.9, 0.1), (0.2, 0.8)), version="9")
@@ -49,11 +56,11 @@ async def test_the_stub_is_routed_and_sees_the_variant_metadata(backends, proxyl
     assert (stats["champion"]["ok"], stats["ch_b"]["ok"]) == (1, 1)
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_the_callers_errors_are_the_routers(backends, proxyless_factory, dp, transport):
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_callers_errors_are_the_routers(backends, proxyless_factory, dp, mode):
     await backends.demo_model("mod_a")
     await backends.deployment("dep_err", "mod_a")
-    caller = dp.ProxylessCaller(await proxyless_factory(), transport)
+    _, caller = await _caller(proxyless_factory, dp, mode)
     cases = [
         (dp.infer_request("dep_missing"), (), grpc.StatusCode.NOT_FOUND, "dep_missing"),
         (dp.infer_request("dep_err"), (("x-tsplit-variant", "ch_nope"),), grpc.StatusCode.INVALID_ARGUMENT,
@@ -91,13 +98,13 @@ async def test_backend_errors_pass_through_with_the_variant(backends, proxyless_
     assert (row["errors"], row["errors_by_code"]) == (1, {"RESOURCE_EXHAUSTED": 1})
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_a_dead_challenger_fails_over_to_the_champion(backends, proxyless_factory, dp, transport):
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_dead_challenger_fails_over_to_the_champion(backends, proxyless_factory, dp, mode):
     await backends.demo_model("mod_a")
     await backends.model("mod_dead", f"127.0.0.1:{free_port()}", "nothing-listens")
     await backends.deployment("dep_fo", "mod_a", [("ch_dead", "mod_dead", 50)])
-    client = await proxyless_factory()
-    names = await dp.ProxylessCaller(client, transport).variants(
+    client, caller = await _caller(proxyless_factory, dp, mode)
+    names = await caller.variants(
         dp.infer_request("dep_fo"), 10, metadata=(("x-tsplit-variant", "ch_dead"),))
     assert names == ["champion"] * 10
     stats = client.stats_snapshot()["dep_fo"]
@@ -273,6 +280,25 @@ async def test_close_releases_the_watch_the_lease_and_the_channels(backends, etc
     with pytest.raises(RuntimeError, match="closed"):
         client.channel()
     await client.aclose()   # idempotent
+
+
+async def test_a_client_in_the_callers_loop_has_no_thread_and_closes_there(backends, etcd, layout, proxyless_factory,
+                                                                            dp):
+    await backends.demo_model("mod_a")
+    await backends.deployment("dep_home", "mod_a")
+    before = set(_loop_threads())
+    client = await proxyless_factory(in_loop=True, client_id="c-in-loop")
+    assert set(_loop_threads()) == before                           # no thread of its own
+    _, md = await dp.ProxylessCaller(client, "aio").infer(dp.infer_request("dep_home"))
+    assert md["tsplit-variant"] == "champion"
+    _, md = await dp.ProxylessCaller(client, "sync").infer(dp.infer_request("dep_home"))   # from a thread
+    assert md["tsplit-variant"] == "champion"
+    await dp.wait_until(lambda: client.registration.writes > 0)
+    with pytest.raises(RuntimeError, match="aclose"):
+        client.close()                                              # would block its own loop
+    await client.aclose()
+    assert await etcd.get(layout.router("c-in-loop")) is None
+    assert client._sync_pool.closed
 
 
 def test_a_sync_program_uses_it_without_an_event_loop(etcd_endpoint, layout):

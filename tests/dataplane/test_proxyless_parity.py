@@ -72,13 +72,14 @@ async def test_split_stickiness_and_forced_variants_match_the_routers(
     assert sum(client_ok.values()) == 2 * len(keys) + n + 2 * len(shares)
 
 
-@pytest.mark.parametrize("transport", ["sync", "aio"])
+@pytest.mark.parametrize("transport, in_loop", [("sync", False), ("aio", False), ("aio", True), ("sync", True)],
+                         ids=["sync", "aio", "aio-in-loop", "sync-in-loop"])
 async def test_shadow_pairs_are_scored_the_same_as_by_the_router(
-        backends, router, client_factory, proxyless_factory, dp, transport):
+        backends, router, client_factory, proxyless_factory, dp, transport, in_loop):
     await _models(backends, dp)
     await backends.deployment("dep_sh", "mod_a", [("ch_b", "mod_b", 50), ("ch_c", "mod_c", 40)], shadow_mode=True)
     await dp.wait_for_version(router, "dep_sh", 1)
-    client = await proxyless_factory()
+    client = await proxyless_factory(in_loop=in_loop)
     rng = random.Random(7)
     traffic = [(f"k-{i}", tuple((rng.random(), rng.random()) for _ in range(4))) for i in range(160)]
 
