@@ -293,7 +293,7 @@ async def phase(run) -> None:
                                    NginxUpstream("challenger", b.challenger, 1000)))
     load = PyLoad(concurrency=s.load.clients * s.load.streams, duration_s=s.load.duration_s,
                   warmup_requests=min(s.warmup_requests, 1000))
-    repeats = min(s.repeats, 3)
+    repeats = s.repeats
     targets = targets_for(b, nginx)
     rows = {t.row: {"name": t.row, "kind": "saturating", "status": "ok", "load": load.describe(),
                     "address": t.address or f"in-process, etcd {PREFIX}", "model_name": t.model_name, "runs": []}
