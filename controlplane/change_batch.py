@@ -81,6 +81,9 @@ class PendingChange:
     authorize: Callable[[], None]
     deadline: float  # loop time by which it must be answered
     solo: bool = False  # runs in a batch of its own (its mutate reads committed history)
+    # Loop time by which its first read must have answered: "etcd unreachable" is answered
+    # within read_timeout_s of arrival, however long the change queued (inf once retried).
+    read_by: float = float("inf")
 
 
 Outcome = ChangeResult | BaseException

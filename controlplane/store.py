@@ -23,6 +23,7 @@ counts as absent.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import random
@@ -109,6 +110,14 @@ class _LostRace(Exception):
     """A compare of the write failed: someone wrote first."""
 
 
+class _AnswerLost(Exception):
+    """etcd's answer to a batch's write was lost: it may or may not have committed."""
+
+    def __init__(self, plan: BatchPlan, deadline: float):
+        super().__init__("etcd's answer to a write was lost")
+        self.plan, self.deadline = plan, deadline
+
+
 class _OutcomeUnknown(Exception):
     """A batch's write lost its answer and whether it committed could not be found in time."""
 
@@ -138,6 +147,9 @@ def _settle(answer: asyncio.Future, outcome: Outcome) -> None:
 
 
 Waiter = tuple[PendingChange, "asyncio.Future[ChangeResult]"]
+
+_STOPPED = ApiError("commit_unknown", "the control plane stopped while writing; retry with the same "
+                                      "request_id (Idempotency-Key) to learn the outcome")
 
 
 class ControlPlaneStore:
@@ -322,18 +334,29 @@ class ControlPlaneStore:
         loop = asyncio.get_running_loop()
         change = PendingChange(
             org_id, slug, mutate, action, request_body, actor, request_id, _request_key(self.layout, slug, request_id),
-            expected_cache_version, authorize, self._deadline(deadline_s), solo)
+            expected_cache_version, authorize, self._deadline(deadline_s), solo,
+            read_by=loop.time() + self.settings.read_timeout_s)
         answer: asyncio.Future[ChangeResult] = loop.create_future()
-        queue = self._queues.get(slug)
-        if queue is None:
-            queue = self._queues[slug] = deque()
-            worker = loop.create_task(self._drain(slug, queue), name=f"tsplit-changes-{slug}")
-            self._workers.add(worker)
-            worker.add_done_callback(self._workers.discard)
-        queue.append((change, answer))
+        self._enqueue(slug, [(change, answer)])
         return await answer
 
     # The group commit of one deployment's changes.
+
+    def _enqueue(self, slug: str, waiters: list[Waiter], front: bool = False) -> None:
+        """Queue changes for the deployment's worker, starting one when there is none."""
+        queue = self._queues.get(slug)
+        if queue is None:
+            queue = self._queues[slug] = deque()
+            self._track(self._drain(slug, queue), f"tsplit-changes-{slug}")
+        if front:
+            queue.extendleft(reversed(waiters))
+        else:
+            queue.extend(waiters)
+
+    def _track(self, work: Awaitable[None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._workers.add(task)
+        task.add_done_callback(self._workers.discard)
 
     async def _drain(self, slug: str, queue: deque[Waiter]) -> None:
         """The one worker of a deployment: batch after batch until its queue is empty."""
@@ -341,7 +364,7 @@ class ControlPlaneStore:
             while queue:
                 batch = self._take(queue)
                 if batch:
-                    await self._run_batch(slug, batch, queue)
+                    await self._run_batch(slug, batch)
         finally:
             if self._queues.get(slug) is queue:
                 del self._queues[slug]
@@ -363,7 +386,7 @@ class ControlPlaneStore:
                 break
         return batch
 
-    async def _run_batch(self, slug: str, batch: list[Waiter], queue: deque[Waiter]) -> None:
+    async def _run_batch(self, slug: str, batch: list[Waiter]) -> None:
         """Attempt the batch until it commits, each change answered; a lost race re-reads."""
         loop = asyncio.get_running_loop()
         read_records = False  # the first attempt assumes the records absent
@@ -380,42 +403,72 @@ class ControlPlaneStore:
                 if not batch:
                     return
                 deadline = min(change.deadline for change, _ in batch)
+                read_deadline = deadline if read_records else min(deadline, *(c.read_by for c, _ in batch))
                 try:
-                    plan = await self._attempt(slug, [change for change, _ in batch], read_records, deadline)
+                    plan = await self._attempt(
+                        slug, [change for change, _ in batch], read_records, deadline, read_deadline)
+                except _AnswerLost as lost:
+                    # Found out aside, so that the changes queued behind do not wait for it.
+                    self._track(self._settle_lost_batch(slug, batch, lost), f"tsplit-resolve-{slug}")
+                    return
                 except _LostRace:
                     read_records = True
                     await asyncio.sleep(min(random.uniform(0, backoff), max(0.0, deadline - loop.time())))
                     backoff = min(backoff * 2, self.settings.max_backoff_s)
                     continue
-                except _OutcomeUnknown as unknown:
-                    for index, (_, answer) in enumerate(batch):
-                        _settle(answer, unknown.answer_for(index))
-                    return
                 except ApiError as err:  # etcd unreachable before anything was sent
                     for _, answer in batch:
                         _settle(answer, err)
                     return
-                if plan.deferred:
-                    queue.extendleft(reversed(batch[-plan.deferred:]))
-                for (_, answer), outcome in zip(batch, plan.outcomes):
-                    _settle(answer, outcome)
+                self._answer(slug, batch, plan)
                 return
         except Exception as err:  # a bug: its changes answer "internal", the worker goes on
             log.exception("changes of %s failed", slug)
             for _, answer in batch:
                 _settle(answer, err)
         except BaseException:  # the worker was cancelled (shutdown) while writing
-            stopped = ApiError("commit_unknown", "the control plane stopped while writing; retry with the same "
-                                                 "request_id (Idempotency-Key) to learn the outcome")
             for _, answer in batch:
-                _settle(answer, stopped)
+                _settle(answer, _STOPPED)
             raise
 
+    def _answer(self, slug: str, batch: list[Waiter], plan: BatchPlan) -> None:
+        """Answer a committed (or write-free) batch; deferred changes go first in the queue."""
+        if plan.deferred:
+            self._enqueue(slug, batch[-plan.deferred:], front=True)
+        for (_, answer), outcome in zip(batch, plan.outcomes):
+            _settle(answer, outcome)
+
+    async def _settle_lost_batch(self, slug: str, batch: list[Waiter], lost: _AnswerLost) -> None:
+        """Learn whether a batch whose answer was lost committed, then answer its changes,
+        or queue them again when it surely did not."""
+        key, revision = lost.plan.written_keys[0]
+        try:
+            await self._resolve_lost_write(key, revision, lost.deadline, write_id=lost.plan.write_id)
+        except _LostRace:
+            retry = [(dataclasses.replace(change, read_by=float("inf")), answer) for change, answer in batch]
+            self._enqueue(slug, retry, front=True)
+            return
+        except ApiError as err:
+            unknown = _OutcomeUnknown(err, lost.plan)
+            for index, (_, answer) in enumerate(batch):
+                _settle(answer, unknown.answer_for(index))
+            return
+        except Exception as err:
+            log.exception("resolving a lost write of %s failed", slug)
+            for _, answer in batch:
+                _settle(answer, err)
+            return
+        except BaseException:
+            for index, (_, answer) in enumerate(batch):
+                _settle(answer, _OutcomeUnknown(_STOPPED, lost.plan).answer_for(index))
+            raise
+        self._answer(slug, batch, lost.plan)
+
     async def _attempt(
-        self, slug: str, changes: list[PendingChange], read_records: bool, deadline: float,
+        self, slug: str, changes: list[PendingChange], read_records: bool, deadline: float, read_deadline: float,
     ) -> BatchPlan:
         """One try: read the deployment (and the records, when asked), plan, write."""
-        state, revision, records = await self._read_batch_state(slug, changes, read_records, deadline)
+        state, revision, records = await self._read_batch_state(slug, changes, read_records, read_deadline)
         models_fresh = read_records
         while True:
             plan = await plan_batch(
@@ -457,8 +510,8 @@ class ControlPlaneStore:
         return result.succeeded
 
     async def _commit_batch(self, plan: BatchPlan, deadline: float) -> None:
-        """Write the batch. Raises _LostRace when it did not commit, _OutcomeUnknown when
-        its answer was lost and whether it committed cannot be told in time."""
+        """Write the batch. Raises _LostRace when it did not commit, _AnswerLost when its
+        answer was lost."""
         timeout = self._timeout(self.settings.write_timeout_s, deadline)
         if timeout <= 0:
             raise ApiError("unavailable", "the change could not be made in time; nothing was written, retry later")
@@ -466,12 +519,7 @@ class ControlPlaneStore:
             result = await asyncio.wait_for(self.etcd.txn(plan.compares, plan.ops), timeout)
         except (EtcdUnavailable, asyncio.TimeoutError):
             log.warning("etcd's answer to a write was lost; finding out whether it committed")
-            key, revision = plan.written_keys[0]
-            try:
-                await self._resolve_lost_write(key, revision, deadline, write_id=plan.write_id)
-            except ApiError as err:
-                raise _OutcomeUnknown(err, plan) from None
-            return
+            raise _AnswerLost(plan, deadline) from None
         if not result.succeeded:
             raise _LostRace()
 

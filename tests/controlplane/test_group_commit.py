@@ -201,3 +201,42 @@ async def test_models_registered_elsewhere_are_found_and_deleted_ones_are_not(et
     with pytest.raises(ApiError) as err:  # that refresh counted one key less: reloaded, gone
         await change(store, {"action": "add_challenger", "model_id": "mod_gone0001", "traffic_pct": 2}, "add-g2")
     assert err.value.code == "invalid_traffic_config"
+
+
+class FrozenReads:
+    """The real client, but reads of one key hang (a frozen etcd, as a reader sees it)."""
+
+    def __init__(self, etcd, key: str):
+        self.etcd, self.key, self.frozen = etcd, key, False
+
+    def __getattr__(self, name):
+        return getattr(self.etcd, name)
+
+    async def get(self, key):
+        if self.frozen and key == self.key:
+            await asyncio.sleep(30)
+        return await self.etcd.get(key)
+
+
+async def test_queueing_never_delays_unavailable_past_the_read_timeout(etcd, layout):
+    """Each change's first read ends read_timeout_s after the change arrived, however long it
+    queued behind a batch stuck on a frozen etcd: 503 within the SPEC's 5 s."""
+    frozen = FrozenReads(etcd, layout.deployment("dep_g"))
+    store = ControlPlaneStore(frozen, layout, StoreSettings(read_timeout_s=1.0, retry_deadline_s=5))
+    await setup_deployment(store, challengers=1)
+    before = await versions(store)
+    frozen.frozen = True
+    loop = asyncio.get_running_loop()
+
+    async def timed(request_id: str, delay: float) -> tuple[str, float]:
+        await asyncio.sleep(delay)
+        arrived = loop.time()
+        with pytest.raises(ApiError) as err:
+            await change(store, {"action": "toggle_shadow", "shadow_mode": True}, request_id)
+        return err.value.code, loop.time() - arrived
+
+    answers = await asyncio.wait_for(asyncio.gather(timed("first", 0), timed("queued", 0.3)), 10)
+    assert [code for code, _ in answers] == ["unavailable", "unavailable"]
+    assert all(0.3 < waited < 1.4 for _, waited in answers), answers
+    frozen.frozen = False
+    assert await versions(store) == before
