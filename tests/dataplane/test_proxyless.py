@@ -21,6 +21,7 @@ from tsplit.etcd_server import free_port
 from tsplit.inference import grpc_predict_v2_pb2 as pb, grpc_predict_v2_pb2_grpc as pb_grpc
 from tsplit.resources import Challenger, Deployment, Model, dumps
 from tsplit.status import read_router_records, summarize_deployment_status
+from tsplit.v1 import controlplane_pb2 as cp_pb
 
 TRANSPORTS = ["sync", "aio"]
 # How a test calls: the sync or the aio channel of a client with its own loop thread, or
@@ -227,33 +228,42 @@ async def test_with_etcd_down_it_keeps_routing_by_the_last_config(etcd_private, 
 
 
 async def test_it_registers_as_a_client_and_the_status_counts_its_traffic(
-        backends, etcd, etcd_endpoint, layout, proxyless_factory, dp):
+        backends, etcd, etcd_endpoint, layout, proxyless_factory, controlplane, dp):
     await backends.demo_model("mod_a")
     await backends.demo_model("mod_b")
     deployment = await backends.deployment("dep_reg", "mod_a", [("ch_b", "mod_b", 25)], cache_version=4)
     client = await proxyless_factory(client_id="svc-checkout-1")
     names = await dp.ProxylessCaller(client, "sync").variants(dp.infer_request("dep_reg"), 30)
     names += await dp.ProxylessCaller(client, "aio").variants(dp.infer_request("dep_reg"), 30)
+    expected = {"champion": names.count("champion"), "ch_b": names.count("ch_b")}
 
-    async def status() -> dict:
-        return summarize_deployment_status(deployment, await read_router_records(etcd, layout))
+    async def counted() -> int:
+        summary = summarize_deployment_status(deployment, await read_router_records(etcd, layout))
+        return sum(v["requests"] for v in summary["variants"])
 
     deadline = time.monotonic() + 5
-    while sum(v["requests"] for v in (await status())["variants"]) < 60 and time.monotonic() < deadline:
+    while await counted() < 60 and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    summary = await status()
-    assert summary["routers"] == [{"router_id": "svc-checkout-1", "address": summary["routers"][0]["address"],
-                                   "applied_cache_version": 4, "kind": "client"}]
-    assert {v["variant"]: v["requests"] for v in summary["variants"]} == {
-        "champion": names.count("champion"), "ch_b": names.count("ch_b")}
-    # `tsplit routers` (the ops path, straight from etcd) lists it as a client.
-    out = await asyncio.to_thread(subprocess.run, [
-        sys.executable, "-m", "tsplit.cli.main", "routers", "--json", "--etcd", etcd_endpoint,
-        "--etcd-prefix", layout.prefix], capture_output=True, text=True, timeout=30,
-        env={**os.environ, "TSPLIT_DIR": "/nonexistent-tsplit-dir"})
-    assert out.returncode == 0, out.stderr
-    [record] = json.loads(out.stdout)["routers"]
-    assert (record["router_id"], record["kind"], record["applied"]) == ("svc-checkout-1", "client", {"dep_reg": 4})
+    # The control plane's status route (GET /v1/deployments/{slug}/status behind the gateway).
+    status = await controlplane.stub().GetDeploymentStatus(
+        cp_pb.GetDeploymentStatusRequest(deployment_id="dep_reg"), metadata=controlplane.metadata(), timeout=5)
+    assert [(r.router_id, r.kind, r.applied_cache_version) for r in status.routers] == [("svc-checkout-1", "client", 4)]
+    assert {v.variant: v.requests for v in status.variants} == expected
+    # The CLI (the ops path, straight from etcd): `tsplit get` and `tsplit routers`.
+    for command in (["get", "dep_reg"], ["routers"]):
+        out = await asyncio.to_thread(subprocess.run, [
+            sys.executable, "-m", "tsplit.cli.main", *command, "--json", "--etcd", etcd_endpoint,
+            "--etcd-prefix", layout.prefix], capture_output=True, text=True, timeout=30,
+            env={**os.environ, "TSPLIT_DIR": "/nonexistent-tsplit-dir"})
+        assert out.returncode == 0, out.stderr
+        shown = json.loads(out.stdout)
+        if command[0] == "get":
+            [entry] = shown["deployments"]
+            assert {v["variant"]: v["requests"] for v in entry["status"]["variants"]} == expected
+            assert entry["status"]["routers"][0]["kind"] == "client"
+        else:
+            [record] = shown["routers"]
+            assert (record["router_id"], record["kind"], record["applied"]) == ("svc-checkout-1", "client", {"dep_reg": 4})
 
 
 async def test_close_releases_the_watch_the_lease_and_the_channels(backends, etcd, layout, proxyless_factory, dp):
