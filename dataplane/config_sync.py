@@ -18,8 +18,9 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple
 
+from dataplane.applied import AppliedVersions
 from dataplane.routing import DeploymentRoute, RoutingTable, build_route
 from tsplit.etcd import Etcd, EtcdError, EtcdUnavailable, Event, KeyValue, WatchBatch, WatchCompacted, prefix_range_end
 from tsplit.layout import Layout
@@ -53,6 +54,13 @@ class Backoff:
         self._attempt = 0
 
 
+class RouteChange(NamedTuple):
+    """One deployment's route in a new table: old and new (None: not routed)."""
+    slug: str
+    old: DeploymentRoute | None
+    new: DeploymentRoute | None
+
+
 class RouteBook:
     """The parsed deployments and models and the route built from each deployment.
 
@@ -69,6 +77,7 @@ class RouteBook:
         self._problems: dict[str, list[str]] = {}
         self._users: dict[str, set[str]] = {}   # model_id -> slugs of deployments naming it
         self._dirty: set[str] = set()
+        self.rebuilt: frozenset[str] = frozenset()   # the slugs the last table() rebuilt
 
     @staticmethod
     def _model_ids(deployment: Deployment) -> set[str]:
@@ -134,7 +143,7 @@ class RouteBook:
                     log.warning("routing: %s", problem)
             else:
                 self._problems.pop(slug, None)
-        self._dirty.clear()
+        self.rebuilt, self._dirty = frozenset(self._dirty), set()
         problems = tuple(p for slug_problems in self._problems.values() for p in slug_problems)
         return RoutingTable(revision, self._routes, problems)
 
@@ -161,7 +170,9 @@ class ConfigSync:
 
     `table` is None until the first snapshot is applied, then always a complete table;
     `ready` is set at that moment. `on_table` is called with every new table, right after
-    it is swapped in.
+    it is swapped in; `on_changes` (before on_table) with the table and the routes that
+    differ from the previous table's, so that a listener does O(changed) work. `applied`
+    is the slug -> cache_version map of the current table, updated per change.
     """
 
     def __init__(
@@ -171,13 +182,15 @@ class ConfigSync:
         on_table: Callable[[RoutingTable], None] | None = None,
         settings: SyncSettings = SyncSettings(),
         rng: Callable[[], float] = random.random,
+        on_changes: Callable[[RoutingTable, tuple[RouteChange, ...]], None] | None = None,
     ):
         self._etcd, self._layout, self._on_table, self._settings = etcd, layout, on_table, settings
+        self._on_changes = on_changes
         self._rng = rng
         self._book = RouteBook(rng)
         self._task: asyncio.Task | None = None
         self.table: RoutingTable | None = None
-        self._applied_cache: tuple[RoutingTable | None, dict[str, int]] = (None, {})
+        self.applied = AppliedVersions()
         self.ready = asyncio.Event()
         self.revision = 0
         # For metrics and tests: full snapshots loaded, times the watch broke, tables built.
@@ -203,14 +216,7 @@ class ConfigSync:
 
     def applied_versions(self) -> dict[str, int]:
         """slug -> cache_version of every deployment the current table routes."""
-        table = self.table
-        if table is None:
-            return {}
-        cached_table, applied = self._applied_cache
-        if cached_table is not table:  # computed once per table, not on every call
-            applied = {slug: route.cache_version for slug, route in table.routes.items()}
-            self._applied_cache = (table, applied)
-        return dict(applied)
+        return self.applied.to_dict()
 
     async def _run(self) -> None:
         backoff = Backoff(self._settings.backoff_start_s, self._settings.backoff_cap_s)
@@ -247,7 +253,7 @@ class ConfigSync:
             book.put_deployment(deployment)
         self._book = book
         self.snapshots += 1
-        self._swap(revision)
+        self._swap(revision, also_changed=self.table.routes.keys() if self.table is not None else ())
         log.info("config snapshot at revision %d: %d deployments, %d models",
                  revision, len(book.deployments), len(book.models))
 
@@ -298,12 +304,28 @@ class ConfigSync:
             return False
         return put(resource)
 
-    def _swap(self, revision: int) -> None:
+    def _swap(self, revision: int, also_changed=()) -> None:
+        """Build and swap in the new table; also_changed: slugs to compare besides those the
+        book rebuilt (after a snapshot reload, the old table's, some of which may be gone)."""
+        previous = self.table.routes if self.table is not None else {}
         table = self._book.table(revision)
+        changes = tuple(RouteChange(slug, previous.get(slug), table.routes.get(slug))
+                        for slug in self._book.rebuilt.union(also_changed)
+                        if previous.get(slug) is not table.routes.get(slug))
+        for change in changes:
+            if change.new is None:
+                self.applied.discard(change.slug)
+            else:
+                self.applied.set(change.slug, change.new.cache_version)
         self.table = table
         self.revision = revision
         self.tables_built += 1
         self.ready.set()
+        if self._on_changes is not None:
+            try:
+                self._on_changes(table, changes)
+            except Exception:  # a listener's bug must not stop the sync
+                log.exception("on_changes callback failed")
         if self._on_table is not None:
             try:
                 self._on_table(table)

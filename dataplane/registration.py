@@ -22,8 +22,9 @@ import logging
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
+from dataplane.applied import AppliedVersions
 from dataplane.config_sync import Backoff
 from tsplit.etcd import Etcd, EtcdError, EtcdUnavailable
 from tsplit.layout import Layout
@@ -39,8 +40,10 @@ class RegistrationSettings:
     lease_ttl_s: int = 5
     write_interval_s: float = 1.0
     # Changes closer together than this share one write (a burst of config changes): at
-    # most ~200 writes a second, each a few ms after the change.
-    min_write_gap_s: float = 0.005
+    # most 20 writes a second, each within 50 ms (plus the put) of the change. With many
+    # deployments a record is ~20 bytes per deployment, and every write is a put etcd
+    # fsyncs, so a write per change would load etcd for the control plane's writes.
+    min_write_gap_s: float = 0.05
     backoff_start_s: float = 0.05
     backoff_cap_s: float = 1.0
     # etcd refuses requests over 1.5 MiB by default; past this the counters are left out
@@ -61,7 +64,8 @@ class Registration:
     """Register one router (or proxyless client) and keep its record fresh.
 
     `applied` and `stats` are called on every write, from the event loop; notify_applied()
-    must be called from the event loop's thread too.
+    must be called from the event loop's thread too. When `applied` returns an
+    AppliedVersions, its cached JSON is written as is (no copy, no re-encoding).
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class Registration:
             "metrics_url": metrics_url, "pid": os.getpid(), "started_at": utc_now(),
         }
         self._applied, self._stats = applied, stats
+        self._identity_json = dumps(self._identity).decode()[:-1]   # without the closing brace
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.lease_id: int | None = None
@@ -128,28 +133,40 @@ class Registration:
                 log.warning("could not revoke the registration lease (it expires by TTL): %s", err)
 
     def record(self) -> dict[str, Any]:
-        return {**self._identity, "updated_at": utc_now(), "applied": self._call(self._applied),
-                "stats": self._call(self._stats)}
+        return {**self._identity, "updated_at": utc_now(), "applied": dict(self._call(self._applied)),
+                "stats": dict(self._call(self._stats))}
 
-    def _call(self, source: Callable[[], dict]) -> dict:
+    def _call(self, source: Callable[[], Mapping]) -> Mapping:
         try:
-            return dict(source())
+            return source()
         except Exception:  # the record still goes out, without this part
             log.exception("router record: %s failed", getattr(source, "__name__", source))
             return {}
 
-    def _encode(self) -> bytes:
-        record = self.record()
+    def _applied_json(self) -> str:
+        applied = self._call(self._applied)
+        if isinstance(applied, AppliedVersions):
+            return applied.to_json()
         try:
-            encoded = dumps(record)
+            return dumps(dict(applied)).decode()
+        except (TypeError, ValueError) as err:
+            log.error("router record: applied versions are not JSON (%s); writing none", err)
+            return "{}"
+
+    def _encode(self) -> bytes:
+        """The record's JSON, put together from its parts (the applied map's JSON may be
+        cached: see AppliedVersions)."""
+        head = f'{self._identity_json},"updated_at":"{utc_now()}","applied":{self._applied_json()},"stats":'
+        try:
+            stats = dumps(dict(self._call(self._stats))).decode()
         except (TypeError, ValueError) as err:
             log.error("router record counters are not JSON (%s); writing it without them", err)
-            encoded = None
-        if encoded is None or len(encoded) > self._settings.max_record_bytes:
-            if encoded is not None:
-                log.error("router record is %d bytes, over %d; writing it without counters",
-                          len(encoded), self._settings.max_record_bytes)
-            encoded = dumps({**record, "stats": {}})
+            stats = None
+        encoded = (head + (stats or "{}") + "}").encode()
+        if stats is not None and len(encoded) > self._settings.max_record_bytes:
+            log.error("router record is %d bytes, over %d; writing it without counters",
+                      len(encoded), self._settings.max_record_bytes)
+            encoded = (head + "{}}").encode()
         return encoded
 
     async def _ensure_lease(self) -> int:

@@ -107,6 +107,10 @@ class RouterStats:
         for slug in [s for s in self._deployments if s not in slugs]:
             del self._deployments[slug]
 
+    def forget(self, slug: str) -> None:
+        """Forget one deleted deployment's counters (retain() for one slug, O(1))."""
+        self._deployments.pop(slug, None)
+
     def snapshot(self) -> dict[str, dict[str, dict[str, Any]]]:
         """The "stats" part of the router record."""
         return {
