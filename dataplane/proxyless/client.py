@@ -33,9 +33,10 @@ from typing import Any, Sequence
 
 import grpc
 
-from dataplane.backends import BackendPool, SyncBackendPool, table_endpoints
+from dataplane.backends import BackendPool, SyncBackendPool
 from dataplane.config_sync import ConfigSync
 from dataplane.dispatch import Dispatcher, DispatchError, Metadata, apply_deferred, call_async, call_sync, rewrite
+from dataplane.endpoint_refs import EndpointRefs
 from dataplane.mirror import MirrorDispatcher
 from dataplane.proxyless.loop_thread import LoopThread, RunningLoop
 from dataplane.proxyless.settings import ProxylessSettings, settings_from
@@ -153,13 +154,14 @@ class ProxylessClient:
         self._mirror_pool = BackendPool()
         self._mirrors = MirrorDispatcher(self._mirror_pool.infer, rewrite, self.stats, s.max_inflight_mirrors,
                                          s.mirror_timeout_s)
-        self._config = ConfigSync(self._etcd, self.layout, on_table=self._on_table)
+        self._endpoints = EndpointRefs()
+        self._config = ConfigSync(self._etcd, self.layout, on_changes=self._on_changes, on_table=self._on_table)
         self._registration = None
         self._registering = None
         if s.report:
             self._registration = Registration(
                 self._etcd, self.layout, self.client_id, KIND, f"in-process@{socket.gethostname()}", "",
-                applied=self._config.applied_versions, stats=self.stats_snapshot, settings=s.registration)
+                applied=lambda: self._config.applied, stats=self.stats_snapshot, settings=s.registration)
             # In the background: an etcd that is down must not hold up the constructor.
             self._registering = asyncio.get_running_loop().create_task(self._registration.start())
         await self._config.start()
@@ -174,28 +176,40 @@ class ProxylessClient:
         with self._counting:
             apply_deferred(self._deferred)
 
+    def _on_changes(self, table: RoutingTable, changes) -> None:
+        """O(changed), as the router's: a change does not walk every route."""
+        unused, deleted = set(), []
+        for change in changes:
+            unused |= self._endpoints.replace(change.old, change.new)
+            if change.new is None:
+                deleted.append(change.slug)
+        if deleted:
+            with self._counting:
+                apply_deferred(self._deferred)
+                for slug in deleted:
+                    self.stats.forget(slug)
+        if unused:
+            in_use = frozenset(self._endpoints.counts)
+            self._mirror_pool.retain(in_use)
+            self._sync_pool.retain(in_use)
+            with self._lock:
+                channels = list(self._aio_channels)
+            for channel in channels:
+                channel._retain_threadsafe(in_use)
+        if changes and self._registration is not None:
+            self._registration.notify_applied()
+
     def _on_table(self, table: RoutingTable) -> None:
-        for problem in table.problems:
-            log.warning("routing: %s", problem)
-        endpoints = table_endpoints(table)
-        self._mirror_pool.retain(endpoints)
-        self._sync_pool.retain(endpoints)
-        with self._counting:
-            apply_deferred(self._deferred)
-            self.stats.retain(table.routes)
+        if self._ready.is_set():
+            return
         with self._lock:
-            channels = list(self._aio_channels)
             waiters, self._ready_waiters = self._ready_waiters, []
-        for channel in channels:
-            channel._retain_threadsafe(endpoints)
-        self._ready.set()
+            self._ready.set()
         for loop, future in waiters:
             try:
                 loop.call_soon_threadsafe(_resolve, future)
             except RuntimeError:  # that loop is closed
                 pass
-        if self._registration is not None:
-            self._registration.notify_applied()
 
     def stats_snapshot(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Every variant's counters, as in the router record (counts applied first)."""
