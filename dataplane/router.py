@@ -47,7 +47,7 @@ SERVER_NAME = "tsplit-router"
 NOT_READY_MESSAGE = "the router has not loaded its routing configuration yet; retry shortly"
 
 
-def _package_version() -> str:
+def package_version() -> str:
     try:
         return importlib_metadata.version("tsplit")
     except importlib_metadata.PackageNotFoundError:
@@ -63,7 +63,7 @@ class InferenceRouter:
         self._backends = backends
         self._mirrors = mirrors
         self._default_timeout_s = default_timeout_s
-        self._dispatcher = Dispatcher(table, stats, server_name=SERVER_NAME, server_version=_package_version(),
+        self._dispatcher = Dispatcher(table, stats, server_name=SERVER_NAME, server_version=package_version(),
                                       not_ready_message=NOT_READY_MESSAGE)
 
     def handler(self) -> grpc.GenericRpcHandler:

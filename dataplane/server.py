@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import functools
 import logging
 import os
 import secrets
@@ -27,12 +29,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from dataplane.backends import SyncBackendPool
 from dataplane.config_sync import ConfigSync
+from dataplane.dispatch import Dispatcher, apply_deferred
 from dataplane.endpoint_refs import EndpointRefs
 from dataplane.mirror import MirrorDispatcher
 from dataplane.registration import Registration
-from dataplane.router import SERVICE, BackendPool, InferenceRouter, rewrite
-from dataplane.stats import MetricsServer, RouterStats, StatsCollector
+from dataplane.router import NOT_READY_MESSAGE, SERVER_NAME, SERVICE, BackendPool, InferenceRouter, package_version, rewrite
+from dataplane.stats import MetricsServer, RouterStats, StatsCollector, settle_on_loop
+from dataplane.sync_transport import SyncInferenceRouter, SyncServer, mirrors_on_loop
 from tsplit.etcd import Etcd, parse_endpoints
 from tsplit.etcd_server import free_port
 from tsplit.layout import DEFAULT_PREFIX, Layout
@@ -40,7 +45,8 @@ from tsplit.layout import DEFAULT_PREFIX, Layout
 log = logging.getLogger("tsplit.router")
 
 ENV_PREFIX = "TSPLIT_ROUTER_"
-SHARED_FLAGS = ("etcd", "etcd_prefix", "log_level")   # TSPLIT_<FLAG>; the rest TSPLIT_ROUTER_<FLAG>
+SHARED_FLAGS = ("etcd", "etcd_prefix", "log_level")
+SERVER_KINDS = ("aio", "sync")   # TSPLIT_<FLAG>; the rest TSPLIT_ROUTER_<FLAG>
 
 
 def split_host_port(text: str, what: str) -> tuple[str, int]:
@@ -65,6 +71,8 @@ class RouterSettings:
     router_id: str = ""               # empty: r-<random>
     advertise: str = ""               # address in the router record; empty: the bound one
     workers: int = 1
+    server: str = "aio"               # "aio": grpc.aio server; "sync": sync grpc server, a thread pool
+    threads: int = 16                 # serving threads of --server sync
     reuse_port: bool = False          # share the listen port (set for --workers' children)
     max_inflight_mirrors: int = 256
     mirror_timeout_s: float = 10.0
@@ -81,7 +89,9 @@ class RouterSettings:
         Layout(self.etcd_prefix)
         if self.router_id and ("/" in self.router_id or not self.router_id.isprintable()):
             raise ValueError(f"--router-id {self.router_id!r} must be printable and without '/'")
-        for name in ("workers", "max_inflight_mirrors", "max_message_mb"):
+        if self.server not in SERVER_KINDS:
+            raise ValueError(f"--server must be one of {', '.join(SERVER_KINDS)}, not {self.server!r}")
+        for name in ("workers", "threads", "max_inflight_mirrors", "max_message_mb"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
         for name in ("mirror_timeout_s", "request_timeout_s"):
@@ -114,6 +124,8 @@ _HELP = {
     "router_id": "this router's id in etcd (default r-<random>)",
     "advertise": "address other processes reach this router at (default: the bound address)",
     "workers": "worker processes sharing the listen port, each its own router",
+    "server": "gRPC server: 'aio' (grpc.aio, one event loop) or 'sync' (thread pool, sync channels)",
+    "threads": "serving threads of --server sync",
     "reuse_port": "share the listen port with other processes (SO_REUSEPORT)",
     "max_inflight_mirrors": "shadow copies in flight per router; past it copies are dropped and counted",
     "mirror_timeout_s": "deadline of a shadow copy, seconds",
@@ -196,6 +208,36 @@ def _server_options(settings: RouterSettings) -> list[tuple[str, object]]:
     ]
 
 
+class AioServer:
+    """The grpc.aio server (`--server aio`), with the interface of SyncServer."""
+
+    def __init__(self, options: list[tuple[str, object]]) -> None:
+        self.grpc = grpc.aio.server(options=options)
+        self.health = health.aio.HealthServicer()
+
+    def add_insecure_port(self, address: str) -> int:
+        return self.grpc.add_insecure_port(address)
+
+    async def start(self) -> None:
+        await self.grpc.start()
+
+    async def set_health(self, name: str, status) -> None:
+        await self.health.set(name, status)
+
+    async def enter_graceful_shutdown(self) -> None:
+        await self.health.enter_graceful_shutdown()
+
+    async def stop(self, grace_s: float) -> None:
+        await self.grpc.stop(grace_s)
+
+
+async def _apply_counts_regularly(stats: RouterStats, interval_s: float = 0.05) -> None:
+    """The sync server's serving threads defer their counts; apply them on the loop."""
+    while True:
+        await asyncio.sleep(interval_s)
+        stats.settle()
+
+
 async def start_router(settings: RouterSettings) -> RunningRouter:
     """Start a router in the running event loop; it serves at once and reports
     NOT_SERVING (health) until the first etcd snapshot is applied."""
@@ -218,26 +260,42 @@ async def start_router(settings: RouterSettings) -> RunningRouter:
                 stats.forget(change.slug)
         if unused:
             backends.retain(endpoints)
+            if sync_backends is not None:
+                sync_backends.retain(endpoints)
         if changes and registration is not None:
             registration.notify_applied()
 
     sync = ConfigSync(etcd, layout, on_changes=on_changes)
-    service = InferenceRouter(lambda: sync.table, backends, stats, mirrors,
-                              default_timeout_s=settings.request_timeout_s)
 
-    server = grpc.aio.server(options=_server_options(settings))
-    server.add_generic_rpc_handlers((service.handler(),))
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    sync_backends: SyncBackendPool | None = None
+    count_applier: asyncio.Task | None = None
+    if settings.server == "sync":
+        pending: collections.deque = collections.deque()
+        dispatcher = Dispatcher(lambda: sync.table, stats, server_name=SERVER_NAME, server_version=package_version(),
+                                not_ready_message=NOT_READY_MESSAGE, deferred=pending)
+        stats.settle = functools.partial(apply_deferred, pending)
+        sync_backends = SyncBackendPool()
+        server = SyncServer(settings.threads, _server_options(settings))
+        handler = SyncInferenceRouter(dispatcher, sync_backends, mirrors_on_loop(asyncio.get_running_loop(), mirrors),
+                                      settings.request_timeout_s).handler()
+        count_applier = asyncio.create_task(_apply_counts_regularly(stats), name="router-counts")
+    else:
+        server = AioServer(_server_options(settings))
+        handler = InferenceRouter(lambda: sync.table, backends, stats, mirrors,
+                                  default_timeout_s=settings.request_timeout_s).handler()
+    server.grpc.add_generic_rpc_handlers((handler,))
+    health_pb2_grpc.add_HealthServicer_to_server(server.health, server.grpc)
+    reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server.grpc)
     for name in ("", SERVICE):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.set_health(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     host, port = split_host_port(settings.listen, "listen")
     try:
         bound = server.add_insecure_port(join_host_port(host, port))
     except RuntimeError:
         bound = 0
     if not bound:
+        if count_applier is not None:
+            count_applier.cancel()
         await etcd.close()
         raise OSError(f"cannot listen on {settings.listen} (address in use?)")
     address = join_host_port(host, bound)
@@ -251,7 +309,8 @@ async def start_router(settings: RouterSettings) -> RunningRouter:
             stats,
             gauges=lambda: {"mirrors_inflight": mirrors.inflight, "config_ready": float(sync.table is not None),
                             "config_revision": sync.revision},
-            applied=sync.applied_versions)   # a copy: the collector runs on its own thread
+            applied=sync.applied_versions,   # a copy: the collector runs on its own thread
+            settle=settle_on_loop(asyncio.get_running_loop(), stats) if settings.server == "sync" else lambda: None)
         metrics = MetricsServer(collector, m_host, m_port)
     metrics_url = metrics.url if metrics else ""
 
@@ -264,7 +323,7 @@ async def start_router(settings: RouterSettings) -> RunningRouter:
     async def serve_when_ready() -> None:
         await sync.ready.wait()
         for name in ("", SERVICE):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await server.set_health(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("router %s serving on %s (config revision %d, %d deployments)",
                  router_id, address, sync.revision, len(sync.applied))
 
@@ -275,12 +334,17 @@ async def start_router(settings: RouterSettings) -> RunningRouter:
     async def stop(grace_s: float) -> None:
         log.info("router %s stopping (grace %.1f s)", router_id, grace_s)
         readiness.cancel()
-        await health_servicer.enter_graceful_shutdown()
+        await server.enter_graceful_shutdown()
         await server.stop(grace_s)
+        if count_applier is not None:
+            count_applier.cancel()
+            stats.settle()
         await mirrors.stop(min(grace_s, 1.0))
         await registration.stop()
         await sync.stop()
         await backends.close()
+        if sync_backends is not None:
+            sync_backends.close()
         if metrics is not None:
             await metrics.stop()
         await etcd.close()

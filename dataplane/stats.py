@@ -11,6 +11,7 @@ change size under it, at worst a row a request behind.
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any, Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry
@@ -84,6 +85,9 @@ class RouterStats:
 
     def __init__(self) -> None:
         self._deployments: dict[str, dict[str, VariantStats]] = {}
+        # Applies counts deferred by serving threads (the sync server); snapshot() calls it.
+        # Call it only on the thread that owns the counters (the router's event loop).
+        self.settle: Callable[[], object] = lambda: None
 
     def variant(self, slug: str, name: str, model_id: str) -> VariantStats:
         """The counters of a variant, created on first use. A variant keeps its counters
@@ -113,6 +117,7 @@ class RouterStats:
 
     def snapshot(self) -> dict[str, dict[str, dict[str, Any]]]:
         """The "stats" part of the router record."""
+        self.settle()
         return {
             slug: {name: row.to_json() for name, row in list(variants.items())}
             for slug, variants in list(self._deployments.items())
@@ -132,16 +137,39 @@ _BUCKET_BOUNDS_S = tuple(str(bound / _MS) for bound in LATENCY_BUCKETS_MS) + ("+
 _LABELS = ["deployment", "variant", "model_id"]
 
 
+def settle_on_loop(loop: asyncio.AbstractEventLoop, stats: RouterStats,
+                   timeout_s: float = 1.0) -> Callable[[], None]:
+    """A settle for another thread: stats.settle() run on the loop that owns the counters,
+    waited for up to timeout_s (past it the reader sees counts a moment old)."""
+    def settle() -> None:
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                stats.settle()
+            finally:
+                done.set()
+        try:
+            loop.call_soon_threadsafe(run)
+        except RuntimeError:  # the loop is closed: nothing left to apply
+            return
+        done.wait(timeout_s)
+    return settle
+
+
 class StatsCollector:
     """A Prometheus collector over RouterStats (and a few router gauges)."""
 
     def __init__(self, stats: RouterStats, gauges: Callable[[], Mapping[str, float]] = dict,
-                 applied: Callable[[], Mapping[str, int]] = dict) -> None:
+                 applied: Callable[[], Mapping[str, int]] = dict,
+                 settle: Callable[[], object] = lambda: None) -> None:
         self._stats = stats
         self._gauges = gauges
         self._applied = applied
+        self._settle = settle   # from the collector's thread: have deferred counts applied
 
     def collect(self) -> Iterator[Any]:
+        self._settle()
         rows = self._stats.rows()
         counters = {
             name: CounterMetricFamily(f"tsplit_router_{name}", help_text, labels=_LABELS)
