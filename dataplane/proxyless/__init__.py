@@ -7,6 +7,10 @@
     call.initial_metadata()                               # tsplit-variant, ...
     client.close()
 
+    client = await ProxylessClient.start_in_loop("127.0.0.1:2379")   # asyncio services
+    stub = GRPCInferenceServiceStub(client.aio_channel())
+    await client.aclose()
+
 The per-request logic is the router's own (dataplane.dispatch); see README "Proxyless
 mode" for when to use it rather than a router.
 """

@@ -6,17 +6,17 @@ counters, so `tsplit routers`, `tsplit get` and the status count its traffic), a
 out channels whose unary calls the router's own dispatcher routes (dataplane.dispatch):
 
 - channel(): a sync grpc.Channel. Calls run in the caller's thread over sync grpc
-  channels to the backends: no thread hop, no event loop on the request path, which is
-  what makes it as fast as calling the backend directly (README "Proxyless mode").
+  channels to the backends: no thread hop and no event loop on the request path (a hop
+  to a loop thread would cost more than the routing itself; README "Proxyless mode").
 - aio_channel(): a grpc.aio.Channel. Calls run on the caller's event loop over grpc.aio
   channels of its own (bound to the loop of its first call).
 
 The watch, the registration and the shadow mirrors (with their comparisons) run on the
 client's own event loop in a daemon thread, off the callers' threads and loops; or, for a
-client made with start_in_loop(), on the caller's loop. Counters
-are shared by every channel; callers only append their counts to a deque (atomic, no lock
-to queue on), which the client's loop applies every COUNT_INTERVAL_S and before every
-snapshot (stats_snapshot(), the registration record).
+client made with start_in_loop(), on the caller's loop. Counters are shared by every
+channel; callers only append their counts to a deque (atomic, no lock to queue on), which
+the client's loop applies every COUNT_INTERVAL_S and before every snapshot
+(stats_snapshot(), the registration record).
 """
 
 from __future__ import annotations
