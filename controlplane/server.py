@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from controlplane.auth import TokenVerifier
+from controlplane import event_loop
 from controlplane.interceptors import ControlPlaneInterceptor, VerifiedTokens
 from controlplane.service import ControlPlaneService
 from controlplane.settings import ControlPlaneSettings, SettingsError, settings_from_args
@@ -97,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as err:
         print(f"tsplit-controlplane: error: {err}", file=sys.stderr)
         return 2
-    return asyncio.run(serve(settings))
+    return event_loop.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Iterator, Mapping, Sequence
 
 import uvicorn
 
+from controlplane import event_loop
 from controlplane.auth import AuthSettings, TokenVerifier, bearer_token, require_mutation_role
 from controlplane.gateway.app import build_app
 from controlplane.gateway.client import CallTimeouts, ControlPlaneClient
@@ -143,8 +144,10 @@ async def start_gateway(settings: GatewaySettings, startup_timeout_s: float = 10
                         require_mutation_role, settings.max_body_bytes)
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+    # h11, also when httptools is installed: httptools answers a header with a control
+    # character by itself, in plain text (400), where the SPEC wants our 401 JSON.
     config = uvicorn.Config(build_app(handlers), lifespan="off", log_config=None, server_header=False,
-                            timeout_graceful_shutdown=5, access_log=False)
+                            timeout_graceful_shutdown=5, access_log=False, http="h11")
     server = _EmbeddedServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     loop = asyncio.get_running_loop()
@@ -182,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_from_args(argv)  # a bad flag exits 2 with a message naming it
-    return asyncio.run(serve(settings))
+    return event_loop.run(serve(settings))
 
 
 if __name__ == "__main__":
