@@ -63,3 +63,12 @@ def test_one_stream_rows_say_what_a_hop_adds(tmp_path):
         _row("router split 90/10 @1 stream", "one stream", 600, 1.25, 7),
     ])
     assert run._row("router split 90/10 @1 stream")["note"] == "p50 +0.85 ms over direct"
+
+
+def test_fast_errors_fail_target_1(tmp_path):
+    """A router that answers grpc errors fast (HTTP 200, no backend reached) is not fast."""
+    router = _row("router split 90/10", "saturating", 3000, 5, 20)
+    router["errors"] = 12
+    run = _run(tmp_path, [_row("nginx split 90/10", "saturating", 1500, 20, 60), router])
+    target = next(t for t in run.targets if t["target"].startswith("1 "))
+    assert target["verdict"] == "MISSED" and "12 errors" in target["measured"]
