@@ -98,8 +98,9 @@ class Run:
             raise RuntimeError(f"nginx {name} did not listen")
         return f"127.0.0.1:{port}"
 
-    async def router(self, router_id: str, prefix: str = PREFIX, workers: int = 0) -> stack.RouterProcess:
-        router = stack.start_router(self.work, self.member.endpoint, prefix, router_id, workers)
+    async def router(self, router_id: str, prefix: str = PREFIX, workers: int = 0,
+                     extra: tuple[str, ...] = ()) -> stack.RouterProcess:
+        router = stack.start_router(self.work, self.member.endpoint, prefix, router_id, workers, extra=extra)
         self.stoppers.append(router.child)
         await probe.wait_serving(router.address, 30)
         return router
@@ -146,6 +147,11 @@ class Run:
                                           (b.champion, b.challenger), load=sat))
             else:
                 targets.append({"name": "router split 90/10 --workers 2", "status": "n/a (no --workers)"})
+            if stack.router_supports("--server"):
+                # The router's other server, for the tries: grpc.aio against the sync default.
+                r3 = await self.router("bench-aio", extra=("--server", "aio"))
+                targets.append(LoadTarget("router split 90/10 --server aio", r3.address, "dep_split",
+                                          (b.champion, b.challenger), load=sat))
             rate_targets += [
                 LoadTarget("router shadow off @rate", r1.address, "dep_solo", (b.champion,), load=rate),
                 LoadTarget("router shadow on x2 (25%+25%) @rate", r1.address, "dep_shadow", (b.champion,),

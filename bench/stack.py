@@ -33,11 +33,15 @@ def script(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def router_supports_workers() -> bool:
+def router_supports(flag: str) -> bool:
     if not built(ROUTER_MODULE):
         return False
     out = subprocess.run([script("tsplit-router"), "--help"], capture_output=True, text=True, timeout=30)
-    return "--workers" in out.stdout
+    return flag in out.stdout
+
+
+def router_supports_workers() -> bool:
+    return router_supports("--workers")
 
 
 @dataclass
@@ -49,12 +53,13 @@ class RouterProcess:
 
 
 def start_router(work_dir: Path, etcd: str, prefix: str, router_id: str, workers: int = 0,
-                 wait_listen: bool = True, timeout: float = 30.0) -> RouterProcess:
+                 wait_listen: bool = True, timeout: float = 30.0, extra: tuple[str, ...] = ()) -> RouterProcess:
     port, metrics = free_port(), free_port()
     cmd = [script("tsplit-router"), "--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{metrics}",
            "--etcd", etcd, "--etcd-prefix", prefix, "--router-id", router_id]
     if workers:
         cmd += ["--workers", str(workers)]
+    cmd += list(extra)
     child = Child(f"router {router_id}", cmd, work_dir / f"router-{router_id}.log").start()
     if wait_listen:
         wait_for_listen(child, port, timeout)
