@@ -1,11 +1,14 @@
 """`tsplit-router`: the data-plane router process (SPEC section 5, issue 3).
 
-One router = one grpc.aio server with the v2 inference service, gRPC health and
-reflection; a ConfigSync that follows etcd; a Registration that keeps its lease-bound
-record; and, with --metrics-listen, a Prometheus endpoint. start_router() runs one in the
-current event loop (tests, `tsplit up`); main() is the console script. With --workers N,
+One router = one gRPC server with the v2 inference service, gRPC health and reflection
+(--server sync, the default: a sync grpc server with a thread pool, see
+dataplane.sync_transport; --server aio: a grpc.aio server); a ConfigSync that follows
+etcd; a Registration that keeps its lease-bound record; and, with --metrics-listen, a
+Prometheus endpoint, all on one event loop. start_router() runs one in the current event
+loop (tests); main() is the console script. With --workers N (or auto: one per CPU),
 main() supervises N worker processes that share the listen port (SO_REUSEPORT) and each
-register as their own router (router id `<id>-<i>`, metrics port + i).
+register as their own router (router id `<id>-<i>`, metrics port + i). Why these
+defaults: BENCHMARKS.md, "Tries".
 """
 
 from __future__ import annotations
@@ -70,8 +73,11 @@ class RouterSettings:
     metrics_listen: str = ""          # host:port of the Prometheus endpoint; empty: none
     router_id: str = ""               # empty: r-<random>
     advertise: str = ""               # address in the router record; empty: the bound one
+    # Processes of main(), each its own router ('auto': one per CPU). One by default: a
+    # worker per CPU served 1.2-1.35x the requests but doubled memory and cold start with
+    # 10,000 deployments and slowed propagation (BENCHMARKS.md, "Tries").
     workers: int = 1
-    server: str = "aio"               # "aio": grpc.aio server; "sync": sync grpc server, a thread pool
+    server: str = "sync"              # "aio": grpc.aio server; "sync": sync grpc server, a thread pool
     threads: int = 16                 # serving threads of --server sync
     reuse_port: bool = False          # share the listen port (set for --workers' children)
     max_inflight_mirrors: int = 256
@@ -107,6 +113,14 @@ class RouterSettings:
         return self.router_id or f"r-{secrets.token_hex(4)}"
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (--workers auto)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def _flag(name: str) -> str:
     return "--" + name.removesuffix("_s").replace("_", "-")
 
@@ -123,7 +137,7 @@ _HELP = {
     "metrics_listen": "Prometheus metrics host:port (empty: off)",
     "router_id": "this router's id in etcd (default r-<random>)",
     "advertise": "address other processes reach this router at (default: the bound address)",
-    "workers": "worker processes sharing the listen port, each its own router",
+    "workers": "worker processes sharing the listen port, each its own router; 'auto': one per CPU",
     "server": "gRPC server: 'aio' (grpc.aio, one event loop) or 'sync' (thread pool, sync channels)",
     "threads": "serving threads of --server sync",
     "reuse_port": "share the listen port with other processes (SO_REUSEPORT)",
@@ -160,7 +174,9 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
             continue
         default = getattr(defaults, f.name)
         try:
-            if isinstance(default, bool):
+            if f.name == "workers" and raw.strip().lower() == "auto":
+                values[f.name] = available_cpus()
+            elif isinstance(default, bool):
                 values[f.name] = raw if isinstance(raw, bool) else raw.strip().lower() in ("1", "true", "yes", "on")
             elif isinstance(default, int):
                 values[f.name] = int(raw)

@@ -1,20 +1,22 @@
 """What differs between the router's two gRPC servers (--server aio / sync), on both: a call
 with no deadline, counts under many concurrent calls, shadow copies from serving threads,
-and the settings."""
+and the settings (with --workers auto)."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import os
 
 import grpc
 import pytest
 
 from dataplane.server import SERVER_KINDS, parse_settings
 
-pytestmark = pytest.mark.parametrize("server", SERVER_KINDS)
+both_servers = pytest.mark.parametrize("server", SERVER_KINDS)
 
 
+@both_servers
 async def test_a_call_without_a_deadline_gets_the_default_one(backends, router_factory, dp, server):
     await backends.demo_model("mod_a")
     await backends.deployment("dep_nodl", "mod_a")
@@ -28,6 +30,7 @@ async def test_a_call_without_a_deadline_gets_the_default_one(backends, router_f
     assert answer and metadata["tsplit-variant"] == "champion"
 
 
+@both_servers
 async def test_concurrent_calls_are_each_counted_once(backends, router_factory, client_factory, dp, server):
     await backends.demo_model("mod_a")
     await backends.demo_model("mod_b")
@@ -41,6 +44,7 @@ async def test_concurrent_calls_are_each_counted_once(backends, router_factory, 
     assert sum(sum(row["latency_buckets"]) for row in stats.values()) == 1200
 
 
+@both_servers
 async def test_shadow_copies_are_sent_and_compared(backends, router_factory, client_factory, dp, server):
     await backends.demo_model("mod_a")
     await backends.demo_model("mod_b")
@@ -54,8 +58,15 @@ async def test_shadow_copies_are_sent_and_compared(backends, router_factory, cli
     assert row["mirrored"] == 40 and row["mirror_errors"] == 0 and row["requests"] == 0
 
 
+@both_servers
 def test_the_server_flag_is_checked(capsys, server):
     assert parse_settings(["--server", server, "--threads", "4"]).server == server
     with pytest.raises(SystemExit):
         parse_settings(["--server", server + "x"])
     assert "--server" in capsys.readouterr().err
+
+
+def test_workers_auto_is_one_per_usable_cpu():
+    assert parse_settings(["--workers", "auto"]).workers == len(os.sched_getaffinity(0))
+    assert parse_settings([], {"TSPLIT_ROUTER_WORKERS": "AUTO"}).workers == len(os.sched_getaffinity(0))
+    assert parse_settings(["--workers", "3"]).workers == 3 and parse_settings([]).workers == 1

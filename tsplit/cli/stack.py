@@ -193,7 +193,7 @@ def up(options: UpOptions, log: Callable[[str], None]) -> tuple[dict[str, Any], 
             address, metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
             routers.append(Child(
                 f"router-{i}", [_bin("tsplit-router"), "--listen", address, "--metrics-listen", metrics,
-                                "--router-id", f"r-{i}", *prefix_flags],
+                                "--router-id", f"r-{i}", "--workers", "1", *prefix_flags],
                 lambda a=address: grpc_serving(a),
                 info={"router_id": f"r-{i}", "address": address, "metrics_url": f"http://{metrics}/metrics"}))
         models = []
