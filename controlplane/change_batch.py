@@ -99,6 +99,7 @@ class BatchPlan:
     written_keys: list[tuple[str, int]] = field(default_factory=list)  # (record key, compared revision)
     deferred: int = 0  # changes at the end left for the next batch (the transaction was full)
     model_misses: bool = False  # a model id was looked up and not found
+    txn_bytes: int = 0  # bytes of history and record values the plan writes
 
     @property
     def writes(self) -> bool:
@@ -189,7 +190,7 @@ def history_value(config: Deployment, change: PendingChange, at: str) -> bytes:
 async def plan_batch(
     layout: Layout, changes: list[PendingChange], state: Deployment | None, state_revision: int,
     records: Mapping[str, Record], models: Mapping[str, Model], *, now: str, write_id: str,
-    compare_all_records: bool, max_txn_bytes: int,
+    compare_all_records: bool, max_txn_bytes: int, always_take_first: bool = True,
 ) -> BatchPlan:
     """Decide every change in order against the evolving deployment.
 
@@ -198,7 +199,8 @@ async def plan_batch(
     left out is taken as absent). With compare_all_records, the transaction also compares
     the records of changes that write nothing (their answers assumed the records absent).
     A change whose writes would push the transaction past max_txn_bytes is deferred, with
-    every change after it, to the next batch (the first writer is always taken).
+    every change after it, to the next batch (the first writer is always taken, unless
+    always_take_first is False: the transaction already carries other deployments).
     """
     outcomes: list[Outcome] = []
     evolving = state
@@ -239,7 +241,7 @@ async def plan_batch(
             history = history_value(new, change, now)
             record_bytes = dumps(record)
             size = len(history) + len(record_bytes) + 2 * len(history_key)
-            if written and txn_bytes + size > max_txn_bytes:
+            if (written or not always_take_first) and txn_bytes + size > max_txn_bytes:
                 plan.deferred = len(changes) - index
                 views.pop()
                 break
@@ -258,6 +260,7 @@ async def plan_batch(
         evolving = new
         outcomes.append(result)
     plan.final = evolving
+    plan.txn_bytes = txn_bytes
     plan.model_misses = any(view.misses for view in views)
     if state is not None:
         plan.compares.append(mod_revision_is(layout.deployment(state.deployment_id), state_revision))

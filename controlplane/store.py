@@ -6,14 +6,10 @@ the idempotency record together; a lost race is re-read, re-validated and retrie
 several control-plane replicas can write at once. Another org's resources answer "not
 found" exactly as missing ones do.
 
-Changes of one deployment queue up in this process and are group-committed (see
-controlplane.change_batch): one worker per deployment takes every change waiting, validates
-them in order and writes all their versions in one transaction. An attempt reads the
-deployment key (one get: etcd down or frozen answers "unavailable" before anything is
-sent) and, the first time, assumes the batch's idempotency records absent; the transaction
-compares them, so a request_id used before only costs a failed compare, then a read of the
-records and a retry. The queue saves round trips; correctness rests on the compares alone,
-so several replicas may write the same deployment at once.
+Changes of deployments are group-committed (controlplane.group_commit): queued changes,
+of one deployment or several, are validated in order and written in one transaction, each
+with its own version, history entry, idempotency record and answer. Registrations,
+creations and deletions are written one by one.
 
 Idempotency records live at layout.request(scope, request_id). A committed one holds the
 result the request produced; an "aborted" one is a fence (see _resolve_lost_write) and
@@ -23,13 +19,11 @@ counts as absent.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import random
 import re
 import uuid
-from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
@@ -37,9 +31,9 @@ from urllib.parse import quote
 
 from controlplane.actions import check_champion_registered
 from controlplane.change_batch import (
-    ABSENT, BatchPlan, ChangeResult, Mutate, Mutation, Outcome, PendingChange, Record, check_precondition,
-    deployment_not_found, plan_batch,
+    ABSENT, ChangeResult, Mutate, Mutation, PendingChange, Record, check_precondition, deployment_not_found,
 )
+from controlplane.group_commit import GroupCommit, LostRace, record_of
 from controlplane.models_cache import ModelsCache
 from tsplit.errors import ApiError
 from tsplit.etcd import Etcd, EtcdUnavailable, KeyValue, delete_op, get_op, key_missing, mod_revision_is, put_op
@@ -62,8 +56,9 @@ class StoreSettings:
     write_timeout_s: float = 3.0
     backoff_s: float = 0.004  # first retry waits up to this (jittered), doubling
     max_backoff_s: float = 0.1
-    max_batch: int = 32  # changes of one deployment group-committed in one transaction (etcd allows 128 ops)
+    max_batch: int = 32  # changes group-committed in one transaction (etcd allows 128 compares and 128 puts)
     max_txn_bytes: int = 1_000_000  # etcd refuses requests over 1.5 MiB by default
+    max_concurrent_batches: int = 4  # batches in flight at once (each of other deployments)
 
 
 @dataclass(frozen=True)
@@ -106,50 +101,8 @@ def _org_scope(org_id: str, kind: str) -> str:
     return f"org:{quote(org_id, safe='')}:{kind}"
 
 
-class _LostRace(Exception):
-    """A compare of the write failed: someone wrote first."""
-
-
-class _AnswerLost(Exception):
-    """etcd's answer to a batch's write was lost: it may or may not have committed."""
-
-    def __init__(self, plan: BatchPlan, deadline: float):
-        super().__init__("etcd's answer to a write was lost")
-        self.plan, self.deadline = plan, deadline
-
-
-class _OutcomeUnknown(Exception):
-    """A batch's write lost its answer and whether it committed could not be found in time."""
-
-    def __init__(self, error: ApiError, plan: BatchPlan):
-        super().__init__(error.message)
-        self.error, self.plan = error, plan
-
-    def answer_for(self, index: int) -> ApiError:
-        """commit_unknown for a change the lost write carried; unavailable for the others
-        (nothing was written for them, and their verdicts assumed the batch committed)."""
-        if self.plan.writes_for(index):
-            return self.error
-        return ApiError("unavailable", "etcd did not answer in time; nothing was written for this request, retry later")
-
-
 def _record_of(kv: KeyValue | None) -> Record:
-    return Record.of(kv.mod_revision, loads(kv.value)) if kv is not None else ABSENT
-
-
-def _settle(answer: asyncio.Future, outcome: Outcome) -> None:
-    if answer.done():
-        return
-    if isinstance(outcome, BaseException):
-        answer.set_exception(outcome)
-    else:
-        answer.set_result(outcome)
-
-
-Waiter = tuple[PendingChange, "asyncio.Future[ChangeResult]"]
-
-_STOPPED = ApiError("commit_unknown", "the control plane stopped while writing; retry with the same "
-                                      "request_id (Idempotency-Key) to learn the outcome")
+    return record_of(kv.mod_revision, kv.value) if kv is not None else ABSENT
 
 
 class ControlPlaneStore:
@@ -162,8 +115,7 @@ class ControlPlaneStore:
         self.settings = settings
         self.clock = clock
         self._models = ModelsCache(etcd, layout)
-        self._queues: dict[str, deque[Waiter]] = {}  # slug -> changes waiting for its worker
-        self._workers: set[asyncio.Task] = set()
+        self._group = GroupCommit(etcd, layout, settings, clock, self._models, self._read, self._resolve_lost_write)
 
     # Reads.
 
@@ -328,200 +280,16 @@ class ControlPlaneStore:
         deployment is the org's (404), authorize() (403), expected_cache_version (409),
         mutate, which validates against the state the change is applied to (422). A
         mutation that changes nothing writes nothing and answers the current version.
-        The change joins this deployment's queue and may be written together with others
-        (solo: in a transaction of its own, for a mutate that reads committed history).
+        The change is group-committed (controlplane.group_commit): it may share its
+        transaction with other changes (solo: first of its deployment's changes in the
+        transaction, for a mutate that reads committed history).
         """
         loop = asyncio.get_running_loop()
         change = PendingChange(
             org_id, slug, mutate, action, request_body, actor, request_id, _request_key(self.layout, slug, request_id),
             expected_cache_version, authorize, self._deadline(deadline_s), solo,
             read_by=loop.time() + self.settings.read_timeout_s)
-        answer: asyncio.Future[ChangeResult] = loop.create_future()
-        self._enqueue(slug, [(change, answer)])
-        return await answer
-
-    # The group commit of one deployment's changes.
-
-    def _enqueue(self, slug: str, waiters: list[Waiter], front: bool = False) -> None:
-        """Queue changes for the deployment's worker, starting one when there is none."""
-        queue = self._queues.get(slug)
-        if queue is None:
-            queue = self._queues[slug] = deque()
-            self._track(self._drain(slug, queue), f"tsplit-changes-{slug}")
-        if front:
-            queue.extendleft(reversed(waiters))
-        else:
-            queue.extend(waiters)
-
-    def _track(self, work: Awaitable[None], name: str) -> None:
-        task = asyncio.get_running_loop().create_task(work, name=name)
-        self._workers.add(task)
-        task.add_done_callback(self._workers.discard)
-
-    async def _drain(self, slug: str, queue: deque[Waiter]) -> None:
-        """The one worker of a deployment: batch after batch until its queue is empty."""
-        try:
-            while queue:
-                batch = self._take(queue)
-                if batch:
-                    await self._run_batch(slug, batch)
-        finally:
-            if self._queues.get(slug) is queue:
-                del self._queues[slug]
-            for _, answer in queue:  # only when the worker itself was cancelled (shutdown)
-                if not answer.done():
-                    answer.set_exception(ApiError("unavailable", "the control plane is stopping; nothing was written"))
-
-    def _take(self, queue: deque[Waiter]) -> list[Waiter]:
-        batch: list[Waiter] = []
-        while queue and len(batch) < self.settings.max_batch:
-            change, answer = queue[0]
-            if answer.done():  # the caller went away before its change was tried
-                queue.popleft()
-                continue
-            if change.solo and batch:
-                break
-            batch.append(queue.popleft())
-            if change.solo:
-                break
-        return batch
-
-    async def _run_batch(self, slug: str, batch: list[Waiter]) -> None:
-        """Attempt the batch until it commits, each change answered; a lost race re-reads."""
-        loop = asyncio.get_running_loop()
-        read_records = False  # the first attempt assumes the records absent
-        backoff = self.settings.backoff_s
-        try:
-            while True:
-                now = loop.time()
-                for change, answer in batch:
-                    if change.deadline <= now and not answer.done():
-                        answer.set_exception(ApiError(
-                            "unavailable", "the change could not be made in time (etcd slow or too many concurrent "
-                            "changes); nothing was written, retry later"))
-                batch = [(change, answer) for change, answer in batch if not answer.done()]
-                if not batch:
-                    return
-                deadline = min(change.deadline for change, _ in batch)
-                read_deadline = deadline if read_records else min(deadline, *(c.read_by for c, _ in batch))
-                try:
-                    plan = await self._attempt(
-                        slug, [change for change, _ in batch], read_records, deadline, read_deadline)
-                except _AnswerLost as lost:
-                    # Found out aside, so that the changes queued behind do not wait for it.
-                    self._track(self._settle_lost_batch(slug, batch, lost), f"tsplit-resolve-{slug}")
-                    return
-                except _LostRace:
-                    read_records = True
-                    await asyncio.sleep(min(random.uniform(0, backoff), max(0.0, deadline - loop.time())))
-                    backoff = min(backoff * 2, self.settings.max_backoff_s)
-                    continue
-                except ApiError as err:  # etcd unreachable before anything was sent
-                    for _, answer in batch:
-                        _settle(answer, err)
-                    return
-                self._answer(slug, batch, plan)
-                return
-        except Exception as err:  # a bug: its changes answer "internal", the worker goes on
-            log.exception("changes of %s failed", slug)
-            for _, answer in batch:
-                _settle(answer, err)
-        except BaseException:  # the worker was cancelled (shutdown) while writing
-            for _, answer in batch:
-                _settle(answer, _STOPPED)
-            raise
-
-    def _answer(self, slug: str, batch: list[Waiter], plan: BatchPlan) -> None:
-        """Answer a committed (or write-free) batch; deferred changes go first in the queue."""
-        if plan.deferred:
-            self._enqueue(slug, batch[-plan.deferred:], front=True)
-        for (_, answer), outcome in zip(batch, plan.outcomes):
-            _settle(answer, outcome)
-
-    async def _settle_lost_batch(self, slug: str, batch: list[Waiter], lost: _AnswerLost) -> None:
-        """Learn whether a batch whose answer was lost committed, then answer its changes,
-        or queue them again when it surely did not."""
-        key, revision = lost.plan.written_keys[0]
-        try:
-            await self._resolve_lost_write(key, revision, lost.deadline, write_id=lost.plan.write_id)
-        except _LostRace:
-            retry = [(dataclasses.replace(change, read_by=float("inf")), answer) for change, answer in batch]
-            self._enqueue(slug, retry, front=True)
-            return
-        except ApiError as err:
-            unknown = _OutcomeUnknown(err, lost.plan)
-            for index, (_, answer) in enumerate(batch):
-                _settle(answer, unknown.answer_for(index))
-            return
-        except Exception as err:
-            log.exception("resolving a lost write of %s failed", slug)
-            for _, answer in batch:
-                _settle(answer, err)
-            return
-        except BaseException:
-            for index, (_, answer) in enumerate(batch):
-                _settle(answer, _OutcomeUnknown(_STOPPED, lost.plan).answer_for(index))
-            raise
-        self._answer(slug, batch, lost.plan)
-
-    async def _attempt(
-        self, slug: str, changes: list[PendingChange], read_records: bool, deadline: float, read_deadline: float,
-    ) -> BatchPlan:
-        """One try: read the deployment (and the records, when asked), plan, write."""
-        state, revision, records = await self._read_batch_state(slug, changes, read_records, read_deadline)
-        models_fresh = read_records
-        while True:
-            plan = await plan_batch(
-                self.layout, changes, state, revision, records, self._models.by_id, now=self.clock(),
-                write_id=uuid.uuid4().hex, compare_all_records=not read_records,
-                max_txn_bytes=self.settings.max_txn_bytes)
-            if not plan.model_misses or models_fresh:
-                break
-            await self._read(self._models.refresh(), deadline)  # "not registered" only on a fresh table
-            models_fresh = True
-        if plan.writes:
-            await self._commit_batch(plan, deadline)
-        elif not read_records and not await self._holds(plan.compares, deadline):
-            # Answers given without writing rest on records assumed absent: confirmed first.
-            raise _LostRace()
-        return plan
-
-    async def _read_batch_state(
-        self, slug: str, changes: list[PendingChange], read_records: bool, deadline: float,
-    ) -> tuple[Deployment | None, int, dict[str, Record]]:
-        """The deployment and its key's mod_revision; with read_records also every change's
-        idempotency record and the latest models, all read at once."""
-        keys = list(dict.fromkeys(change.request_key for change in changes)) if read_records else []
-        extra = (self._read(self._models.refresh(), deadline),) if read_records else ()
-        found, *rest = await asyncio.gather(
-            self._get(self.layout.deployment(slug), deadline), *(self._get(key, deadline) for key in keys), *extra)
-        records = {key: _record_of(kv) for key, kv in zip(keys, rest)}
-        if found is None:
-            return None, 0, records
-        return Deployment.from_json(loads(found.value)), found.mod_revision, records
-
-    async def _holds(self, compares: list, deadline: float) -> bool:
-        """Whether every compare holds now (a transaction that writes nothing)."""
-        try:
-            result = await asyncio.wait_for(
-                self.etcd.txn(compares, []), self._timeout(self.settings.write_timeout_s, deadline))
-        except (EtcdUnavailable, asyncio.TimeoutError):
-            raise ApiError("unavailable", "etcd is unreachable; nothing was written, retry later") from None
-        return result.succeeded
-
-    async def _commit_batch(self, plan: BatchPlan, deadline: float) -> None:
-        """Write the batch. Raises _LostRace when it did not commit, _AnswerLost when its
-        answer was lost."""
-        timeout = self._timeout(self.settings.write_timeout_s, deadline)
-        if timeout <= 0:
-            raise ApiError("unavailable", "the change could not be made in time; nothing was written, retry later")
-        try:
-            result = await asyncio.wait_for(self.etcd.txn(plan.compares, plan.ops), timeout)
-        except (EtcdUnavailable, asyncio.TimeoutError):
-            log.warning("etcd's answer to a write was lost; finding out whether it committed")
-            raise _AnswerLost(plan, deadline) from None
-        if not result.succeeded:
-            raise _LostRace()
+        return await self._group.submit(change)
 
     async def delete_deployment(
         self, org_id: str, slug: str, *, actor: str, request_id: str,
@@ -604,7 +372,7 @@ class ControlPlaneStore:
         while True:
             try:
                 return await attempt(deadline)
-            except _LostRace:
+            except LostRace:
                 if explain_conflict is not None:
                     await explain_conflict(deadline)
             if loop.time() + backoff >= deadline:
@@ -618,7 +386,7 @@ class ControlPlaneStore:
         self, compares, ops, request_key: str, request_revision: int, deadline: float,
     ) -> dict[str, Any] | None:
         """Run the write transaction. None: it committed. A record: a request with the same
-        request_id committed first; answer its result. Raises _LostRace when a compare
+        request_id committed first; answer its result. Raises LostRace when a compare
         failed or the write surely did not commit (then retrying is safe)."""
         timeout = self._timeout(self.settings.write_timeout_s, deadline)
         if timeout <= 0:
@@ -629,7 +397,7 @@ class ControlPlaneStore:
             log.warning("etcd's answer to a write was lost; finding out whether it committed")
             return await self._resolve_lost_write(request_key, request_revision, deadline)
         if not result.succeeded:
-            raise _LostRace()
+            raise LostRace()
         return None
 
     async def _resolve_lost_write(
@@ -667,12 +435,12 @@ class ControlPlaneStore:
                 continue
             if result.succeeded:
                 log.info("the lost write did not commit (fenced); retrying it")
-                raise _LostRace()
+                raise LostRace()
             kvs = result.responses[0].response_range.kvs
             value = json.loads(kvs[0].value) if kvs else {}
             if "result" in value and (write_id is None or value.get("write_id") == write_id):
                 return value
-            raise _LostRace()
+            raise LostRace()
 
 
 def _history_entry(kv: KeyValue) -> HistoryEntry:

@@ -48,28 +48,32 @@ def traffic(body: dict):
     return lambda deployment, models: apply_traffic_action(deployment, parse_traffic_action(body), models)
 
 
-async def setup_deployment(store: ControlPlaneStore, challengers: int = 4) -> list[str]:
-    """dep_g with `challengers` challengers at 1 %; their ids."""
+async def setup_deployment(store: ControlPlaneStore, challengers: int = 4, slug: str = "dep_g") -> list[str]:
+    """slug with `challengers` challengers at 1 %; their ids."""
     for i in range(challengers + 1):
-        await store.register_model("org_1", Model(f"mod_g{i:05d}", "127.0.0.1:9001", f"m{i}", "", "org_1"),
+        model_id = f"mod_g{i:05d}"
+        if await store.org_models("org_1") and model_id in await store.org_models("org_1"):
+            continue
+        await store.register_model("org_1", Model(model_id, "127.0.0.1:9001", f"m{i}", "", "org_1"),
                                    actor="u", request_id=f"reg-{i}", request_body={"i": i})
-    await store.create_deployment("org_1", "dep_g", "mod_g00000", actor="u", request_id="create", request_body={})
+    await store.create_deployment("org_1", slug, "mod_g00000", actor="u", request_id=f"create-{slug}",
+                                  request_body={"deployment_id": slug})
     ids = []
     for i in range(1, challengers + 1):
         body = {"action": "add_challenger", "model_id": f"mod_g{i:05d}", "traffic_pct": 1}
-        result = await change(store, body, f"add-{i}")
+        result = await change(store, body, f"add-{i}", slug=slug)
         ids.append(result.challenger.id)
     return ids
 
 
-async def change(store, body, request_id, **kw):
+async def change(store, body, request_id, slug: str = "dep_g", **kw):
     return await store.change_deployment(
-        "org_1", "dep_g", traffic(body), action=body["action"], request_body=body, actor="writer",
+        "org_1", slug, traffic(body), action=body["action"], request_body=body, actor="writer",
         request_id=request_id, **kw)
 
 
-async def versions(store) -> list[tuple[int, str]]:
-    return [(e.cache_version, e.request_id) for e in await store.history("org_1", "dep_g")]
+async def versions(store, slug: str = "dep_g") -> list[tuple[int, str]]:
+    return [(e.cache_version, e.request_id) for e in await store.history("org_1", slug)]
 
 
 async def test_concurrent_changes_share_transactions_each_with_its_own_version(etcd, layout):
@@ -240,3 +244,68 @@ async def test_queueing_never_delays_unavailable_past_the_read_timeout(etcd, lay
     assert all(0.3 < waited < 1.4 for _, waited in answers), answers
     frozen.frozen = False
     assert await versions(store) == before
+
+
+async def test_changes_of_several_deployments_share_transactions(etcd, layout):
+    counting = CountingEtcd(etcd)
+    store = ControlPlaneStore(counting, layout, FAST)
+    slugs = [f"dep_m{i}" for i in range(8)]
+    ids = {slug: (await setup_deployment(store, challengers=1, slug=slug))[0] for slug in slugs}
+    counting.writes = 0
+    results = await asyncio.gather(*(
+        change(store, {"action": "update_traffic", "challenger_id": ids[slug], "traffic_pct": 2 + n}, f"{slug}-{n}",
+               slug=slug)
+        for n in range(3) for slug in slugs))
+    assert all(r.changed for r in results)
+    assert counting.writes < len(slugs)  # fewer transactions than deployments, let alone changes
+    for slug in slugs:
+        history = await versions(store, slug)
+        assert [v for v, _ in history] == list(range(1, len(history) + 1))
+        assert [r for _, r in history[-3:]] == [f"{slug}-{n}" for n in range(3)]  # in arrival order
+        assert (await store.get_deployment("org_1", slug)).challenger(ids[slug]).traffic_pct == 4
+
+
+async def test_two_replicas_on_several_deployments_lose_nothing(etcd, layout):
+    first, second = ControlPlaneStore(etcd, layout, FAST), ControlPlaneStore(etcd, layout, FAST)
+    slugs = [f"dep_r{i}" for i in range(3)]
+    ids = {slug: await setup_deployment(first, challengers=2, slug=slug) for slug in slugs}
+    last: dict[tuple[str, str], float] = {}
+
+    async def writer(store, slug, challenger, n):
+        for round_ in range(4):
+            pct = 2 + (n + round_) % 5
+            result = await change(store, {"action": "update_traffic", "challenger_id": challenger, "traffic_pct": pct},
+                                  f"{slug}-{challenger}-{round_}", slug=slug)
+            assert result.deployment.challenger(challenger).traffic_pct == pct
+            last[(slug, challenger)] = pct
+
+    await asyncio.gather(*(writer(first if n % 2 else second, slug, c, n)
+                           for slug in slugs for n, c in enumerate(ids[slug])))
+    for slug in slugs:
+        history = await versions(first, slug)
+        assert [v for v, _ in history] == list(range(1, len(history) + 1))
+        final = await first.get_deployment("org_1", slug)
+        assert final.cache_version == len(history)
+        assert {c: final.challenger(c).traffic_pct for c in ids[slug]} == {c: last[(slug, c)] for c in ids[slug]}
+
+
+async def test_a_rollback_is_first_of_its_deployment_in_a_transaction(etcd, layout):
+    """A rollback reads committed history: queued behind an uncommitted version of its own
+    deployment it waits for the next transaction, so "roll back to the version just made"
+    works even when both were sent at once."""
+    from controlplane.actions import rollback_to
+    store = ControlPlaneStore(etcd, layout, FAST)
+    ids = await setup_deployment(store, challengers=1)
+    version = (await store.get_deployment("org_1", "dep_g")).cache_version
+
+    async def rollback_mutate(deployment, models):
+        target = await store.history_config("org_1", "dep_g", version + 1)
+        assert target is not None, "version to roll back to not committed yet"
+        return rollback_to(deployment, target), None
+
+    bump = change(store, {"action": "update_traffic", "challenger_id": ids[0], "traffic_pct": 7}, "bump")
+    back = store.change_deployment("org_1", "dep_g", rollback_mutate, action="rollback",
+                                   request_body={"to_version": version + 1}, actor="u", request_id="back", solo=True)
+    bumped, rolled = await asyncio.gather(bump, back)
+    assert bumped.deployment.cache_version == version + 1
+    assert not rolled.changed and rolled.deployment.cache_version == version + 1  # already that config
