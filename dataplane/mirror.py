@@ -216,3 +216,31 @@ class MirrorDispatcher:
 
 if __name__ == "__main__":
     serve_comparisons()
+
+
+class ShadowFromThread:
+    """A request's mirrors for a caller on another thread (the sync router's handler threads,
+    the proxyless sync channel): started, then given the champion's answer, on the loop.
+
+    `call` schedules fn(*args) on the loop thread-safely; callbacks run in the order they
+    were made, so the copies are started before the answer reaches them."""
+
+    __slots__ = ("_call", "_mirrors", "_champion")
+
+    def __init__(self, call: Callable[..., None], mirrors: "MirrorDispatcher", slug: str,
+                 variants: Iterable[Variant], request: bytes) -> None:
+        self._call, self._mirrors, self._champion = call, mirrors, None
+        call(self._start, slug, tuple(variants), request)
+
+    def _start(self, slug: str, variants: tuple[Variant, ...], request: bytes) -> None:
+        self._champion = self._mirrors.start(slug, variants, request)
+
+    def _set(self, raw: bytes | None) -> None:
+        if self._champion is not None:
+            self._champion.set(raw)
+
+    def set(self, raw: bytes | None) -> None:
+        try:
+            self._call(self._set, raw)
+        except RuntimeError:  # the loop closed meanwhile (shutdown): no pair to score
+            pass

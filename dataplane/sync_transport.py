@@ -23,7 +23,7 @@ from grpc_health.v1 import health
 
 from dataplane.backends import SERVICE, SyncBackendPool
 from dataplane.dispatch import Dispatcher, DispatchError, StartMirrors, call_sync
-from dataplane.mirror import MirrorDispatcher
+from dataplane.mirror import MirrorDispatcher, ShadowFromThread
 from dataplane.routing import Variant
 
 log = logging.getLogger(__name__)
@@ -35,34 +35,9 @@ _NO_DEADLINE_S = 10 * 365 * 86400.0
 METHODS = ("ModelInfer", "ServerLive", "ServerReady", "ServerMetadata", "ModelReady", "ModelMetadata")
 
 
-class _ShadowOnLoop:
-    """A request's mirrors, started and given the champion's answer on the loop, in order
-    (call_soon_threadsafe runs callbacks in the order they were made)."""
-
-    __slots__ = ("_loop", "_mirrors", "_champion")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, mirrors: MirrorDispatcher, slug: str,
-                 variants: Sequence[Variant], request: bytes) -> None:
-        self._loop, self._mirrors, self._champion = loop, mirrors, None
-        loop.call_soon_threadsafe(self._start, slug, tuple(variants), request)
-
-    def _start(self, slug: str, variants: tuple[Variant, ...], request: bytes) -> None:
-        self._champion = self._mirrors.start(slug, variants, request)
-
-    def _set(self, raw: bytes | None) -> None:
-        if self._champion is not None:
-            self._champion.set(raw)
-
-    def set(self, raw: bytes | None) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self._set, raw)
-        except RuntimeError:  # the loop closed meanwhile (shutdown): no pair to score
-            pass
-
-
 def mirrors_on_loop(loop: asyncio.AbstractEventLoop, mirrors: MirrorDispatcher) -> StartMirrors:
-    def start(slug: str, variants: Sequence[Variant], request: bytes) -> _ShadowOnLoop:
-        return _ShadowOnLoop(loop, mirrors, slug, variants, request)
+    def start(slug: str, variants: Sequence[Variant], request: bytes) -> ShadowFromThread:
+        return ShadowFromThread(loop.call_soon_threadsafe, mirrors, slug, variants, request)
     return start
 
 

@@ -37,7 +37,7 @@ from dataplane.backends import BackendPool, SyncBackendPool
 from dataplane.config_sync import ConfigSync
 from dataplane.dispatch import Dispatcher, DispatchError, Metadata, apply_deferred, call_async, call_sync, rewrite
 from dataplane.endpoint_refs import EndpointRefs
-from dataplane.mirror import MirrorDispatcher
+from dataplane.mirror import MirrorDispatcher, ShadowFromThread
 from dataplane.proxyless.loop_thread import LoopThread, RunningLoop
 from dataplane.proxyless.settings import ProxylessSettings, settings_from
 from dataplane.registration import Registration
@@ -59,33 +59,6 @@ def _version() -> str:
         return metadata.version("tsplit")
     except metadata.PackageNotFoundError:
         return "0"
-
-
-class _ShadowOnLoop:
-    """The champion's side of a request's shadow pairs, handed to the client's loop.
-
-    Both start() and set() go through call_soon_threadsafe from the caller's thread, which
-    runs callbacks in order: the copies are started before the answer is given to them."""
-
-    __slots__ = ("_loop", "_mirrors", "_champion")
-
-    def __init__(self, loop: LoopThread | RunningLoop, mirrors: MirrorDispatcher, slug: str, variants: Sequence[Variant],
-                 request: bytes) -> None:
-        self._loop, self._mirrors, self._champion = loop, mirrors, None
-        loop.call(self._start, slug, tuple(variants), request)
-
-    def _start(self, slug: str, variants: tuple[Variant, ...], request: bytes) -> None:
-        self._champion = self._mirrors.start(slug, variants, request)
-
-    def _set(self, raw: bytes | None) -> None:
-        if self._champion is not None:
-            self._champion.set(raw)
-
-    def set(self, raw: bytes | None) -> None:
-        try:
-            self._loop.call(self._set, raw)
-        except RuntimeError:  # the client closed meanwhile: no pair to score
-            pass
 
 
 class ProxylessClient:
@@ -323,7 +296,7 @@ class ProxylessClient:
     def _start_mirrors(self, slug: str, variants: Sequence[Variant], request: bytes):
         if self._home.in_thread:   # on the mirrors' own loop: the router's way
             return self._mirrors.start(slug, variants, request)
-        return _ShadowOnLoop(self._home, self._mirrors, slug, variants, request)
+        return ShadowFromThread(self._home.call, self._mirrors, slug, variants, request)
 
     def call_sync(self, path: str, request: bytes, metadata, timeout: float | None) -> tuple[bytes, Metadata]:
         """One unary call, raw bytes in and out, in the caller's thread; raises DispatchError."""
