@@ -21,11 +21,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from importlib import metadata as importlib_metadata
 from typing import Callable
 
 import grpc
 
+from tsplit import package_version
 from dataplane.backends import BACKEND_CHANNEL_OPTIONS, SERVICE, Backend, BackendPool, table_endpoints
 from dataplane.dispatch import (
     CACHE_VERSION_HEADER, FORCED_VARIANT_HEADER, MODEL_ID_HEADER, ROUTING_KEY_HEADER, SERVER_LIVE, SERVER_METADATA,
@@ -45,13 +45,6 @@ log = logging.getLogger(__name__)
 
 SERVER_NAME = "tsplit-router"
 NOT_READY_MESSAGE = "the router has not loaded its routing configuration yet; retry shortly"
-
-
-def package_version() -> str:
-    try:
-        return importlib_metadata.version("tsplit")
-    except importlib_metadata.PackageNotFoundError:
-        return "0"
 
 
 class InferenceRouter:

@@ -38,7 +38,8 @@ from dataplane.dispatch import Dispatcher, apply_deferred
 from dataplane.endpoint_refs import EndpointRefs
 from dataplane.mirror import MirrorDispatcher
 from dataplane.registration import Registration
-from dataplane.router import NOT_READY_MESSAGE, SERVER_NAME, SERVICE, BackendPool, InferenceRouter, package_version, rewrite
+from dataplane.router import NOT_READY_MESSAGE, SERVER_NAME, SERVICE, BackendPool, InferenceRouter, rewrite
+from tsplit import package_version
 from dataplane.stats import MetricsServer, RouterStats, StatsCollector, settle_on_loop
 from dataplane.sync_transport import SyncInferenceRouter, SyncServer, mirrors_on_loop
 from tsplit.etcd import Etcd, parse_endpoints

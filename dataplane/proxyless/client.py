@@ -43,6 +43,7 @@ from dataplane.proxyless.settings import ProxylessSettings, settings_from
 from dataplane.registration import Registration
 from dataplane.routing import RoutingTable, Variant
 from dataplane.stats import RouterStats
+from tsplit import package_version
 from tsplit.etcd import Etcd
 from tsplit.layout import Layout
 
@@ -51,14 +52,6 @@ log = logging.getLogger("tsplit.proxyless")
 SERVER_NAME = "tsplit-proxyless"
 KIND = "client"
 COUNT_INTERVAL_S = 0.1
-
-
-def _version() -> str:
-    from importlib import metadata
-    try:
-        return metadata.version("tsplit")
-    except metadata.PackageNotFoundError:
-        return "0"
 
 
 class ProxylessClient:
@@ -114,7 +107,7 @@ class ProxylessClient:
         self._sync_pool = SyncBackendPool()
         self._config: ConfigSync | None = None
         self._dispatcher = Dispatcher(
-            self._table, self.stats, server_name=SERVER_NAME, server_version=_version(),
+            self._table, self.stats, server_name=SERVER_NAME, server_version=package_version(),
             not_ready_message=f"proxyless client has no config yet (no snapshot from etcd {settings.etcd} "
                               f"within wait_ready_s={settings.wait_ready_s:g}); retry shortly",
             deferred=self._deferred)
