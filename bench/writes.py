@@ -11,12 +11,12 @@ client last wrote."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections import Counter
+import sys
+from pathlib import Path
 
 import httpx
 
-from bench import rest
+from bench import patch_writers, rest
 
 Slot = tuple[str, str]  # (deployment slug, challenger id) one client writes
 
@@ -34,52 +34,68 @@ async def setup(client: httpx.AsyncClient, endpoint: str, writers: int, shared: 
     return slots
 
 
-async def measure(base_url: str, headers: dict, slots: list[Slot], duration_s: float, warmup_s: float = 1.0) -> dict:
+async def _start_writer(plan: patch_writers.WriterPlan) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.patch_writers", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, cwd=str(Path(__file__).resolve().parent.parent))
+    proc.stdin.write(plan.to_json().encode() + b"\n")
+    await proc.stdin.drain()
+    return proc
+
+
+async def _read_line(proc: asyncio.subprocess.Process, what: str, timeout_s: float) -> str:
+    line = await asyncio.wait_for(proc.stdout.readline(), timeout_s)
+    if not line:
+        raise RuntimeError(f"writer process {proc.pid} exited (code {await proc.wait()}) before {what}")
+    return line.decode()
+
+
+async def run_writers(base_url: str, headers: dict, slots: list[Slot], duration_s: float, warmup_s: float,
+                      processes: int) -> patch_writers.Tally:
+    """The slots' clients spread over `processes` processes, started together once every
+    client has its connection."""
+    plans = [patch_writers.WriterPlan(base_url, headers, group, warmup_s, duration_s)
+             for group in patch_writers.split_slots(slots, processes)]
+    procs = [await _start_writer(plan) for plan in plans]
+    try:
+        for proc in procs:
+            if (await _read_line(proc, "ready", 30)).strip() != "ready":
+                raise RuntimeError(f"writer process {proc.pid} did not get ready")
+        for proc in procs:
+            proc.stdin.write(b"go\n")
+        await asyncio.gather(*(proc.stdin.drain() for proc in procs))
+        wait_s = warmup_s + duration_s + 30
+        tallies = [patch_writers.Tally.from_json(await _read_line(proc, "its tally", wait_s)) for proc in procs]
+        await asyncio.gather(*(proc.wait() for proc in procs))
+        return patch_writers.merge(tallies)
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+async def measure(base_url: str, headers: dict, slots: list[Slot], duration_s: float, warmup_s: float = 1.0,
+                  processes: int = 4) -> dict:
     """Every client writes for warmup_s + duration_s; the rate counts the 200s that arrive
-    after the warm-up (new connections, first token checks), lost updates count them all."""
+    after the warm-up (new connections, first token checks), lost updates count them all.
+    The clients run in `processes` processes of bench.patch_writers with lean keep-alive
+    connections, so the figure is the server's, not the harness's CPU."""
     slugs = sorted({slug for slug, _ in slots})
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=15) as client:
         start_versions = {s: (await rest.get_deployment(client, s))["cache_version"] for s in slugs}
-    last_written = {slot: 1 for slot in slots}
-    ok_by_slug: Counter = Counter()
-    failures: Counter = Counter()
-    latencies: list[float] = []
-    timed_ok = 0
-    start = time.perf_counter()
-    timed_from = start + warmup_s
-    deadline = timed_from + duration_s
-
-    async def writer(slot: Slot) -> None:
-        nonlocal timed_ok
-        slug, challenger_id = slot
-        async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=15) as client:
-            while time.perf_counter() < deadline:
-                pct = 2 if last_written[slot] == 1 else 1
-                sent = time.perf_counter()
-                resp = await client.patch(f"/v1/deployments/{slug}/traffic", json={
-                    "action": "update_traffic", "challenger_id": challenger_id, "traffic_pct": pct})
-                done = time.perf_counter()
-                if sent >= timed_from:
-                    latencies.append((done - sent) * 1000)
-                if resp.status_code == 200:
-                    ok_by_slug[slug] += 1
-                    if done >= timed_from:
-                        timed_ok += 1
-                    last_written[slot] = pct
-                else:
-                    code = resp.json().get("error", "") if resp.content else ""
-                    failures[f"{resp.status_code} {code}"] += 1
-
-    await asyncio.gather(*(writer(slot) for slot in slots))
-    elapsed = time.perf_counter() - timed_from
+    tally = await run_writers(base_url, headers, slots, duration_s, warmup_s, processes)
+    last_written = {slot: tally.last_written.get(slot[1], 1) for slot in slots}
     lost = wrong = 0
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=15) as client:
         for slug in slugs:
             final = await rest.get_deployment(client, slug)
-            lost += start_versions[slug] + ok_by_slug[slug] - final["cache_version"]
+            lost += start_versions[slug] + tally.ok_by_slug[slug] - final["cache_version"]
             final_pct = {c["id"]: c["traffic_pct"] for c in final["challengers"]}
             wrong += sum(1 for (s, ch), pct in last_written.items() if s == slug and final_pct.get(ch) != pct)
-    ok = sum(ok_by_slug.values())
-    return {"writers": len(slots), "deployments": len(slugs), "seconds": round(elapsed, 3), "ok": ok,
-            "ok_timed": timed_ok, "failed": sum(failures.values()), "failures": dict(failures), "patch_per_s": timed_ok / elapsed,
-            "lost_updates": lost, "challengers_not_last_written": wrong, "latencies_ms": latencies}
+    ok = sum(tally.ok_by_slug.values())
+    elapsed = tally.elapsed_s
+    return {"writers": len(slots), "deployments": len(slugs), "processes": min(processes, len(slots)),
+            "seconds": round(elapsed, 3), "ok": ok, "ok_timed": tally.ok_timed, "failed": sum(tally.failures.values()),
+            "failures": dict(tally.failures), "patch_per_s": tally.ok_timed / elapsed if elapsed > 0 else 0.0,
+            "lost_updates": lost, "challengers_not_last_written": wrong, "latencies_ms": tally.latencies_ms}
