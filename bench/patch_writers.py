@@ -47,16 +47,17 @@ class Tally:
     last_written: dict[str, int] = field(default_factory=dict)  # challenger id -> last pct with a 200
     ok_timed: int = 0
     elapsed_s: float = 0.0
+    cpu_s: float = 0.0  # the writer processes' own CPU while writing (summed by merge)
 
     def to_json(self) -> str:
         return json.dumps({"ok_by_slug": self.ok_by_slug, "failures": self.failures, "latencies_ms": self.latencies_ms,
-                           "last_written": self.last_written, "ok_timed": self.ok_timed, "elapsed_s": self.elapsed_s})
+                           "last_written": self.last_written, "ok_timed": self.ok_timed, "elapsed_s": self.elapsed_s, "cpu_s": self.cpu_s})
 
     @classmethod
     def from_json(cls, text: str) -> "Tally":
         d = json.loads(text)
         return cls(Counter(d["ok_by_slug"]), Counter(d["failures"]), d["latencies_ms"], d["last_written"],
-                   d["ok_timed"], d["elapsed_s"])
+                   d["ok_timed"], d["elapsed_s"], d.get("cpu_s", 0.0))
 
 
 def merge(tallies: list[Tally]) -> Tally:
@@ -68,6 +69,7 @@ def merge(tallies: list[Tally]) -> Tally:
         total.last_written.update(t.last_written)
         total.ok_timed += t.ok_timed
         total.elapsed_s = max(total.elapsed_s, t.elapsed_s)
+        total.cpu_s += t.cpu_s
     return total
 
 
@@ -148,6 +150,7 @@ def run(plan: WriterPlan, wait_for_go) -> Tally:
     try:
         wait_for_go()
         tally, lock = Tally(), threading.Lock()
+        cpu_from = time.process_time()
         timed_from = time.perf_counter() + plan.warmup_s
         deadline = timed_from + plan.duration_s
         threads = [threading.Thread(target=write_until, args=(c, tally, lock, timed_from, deadline)) for c in clients]
@@ -156,6 +159,7 @@ def run(plan: WriterPlan, wait_for_go) -> Tally:
         for t in threads:
             t.join()
         tally.elapsed_s = time.perf_counter() - timed_from
+        tally.cpu_s = time.process_time() - cpu_from
         return tally
     finally:
         for c in clients:

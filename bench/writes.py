@@ -94,8 +94,10 @@ async def measure(base_url: str, headers: dict, slots: list[Slot], duration_s: f
             final_pct = {c["id"]: c["traffic_pct"] for c in final["challengers"]}
             wrong += sum(1 for (s, ch), pct in last_written.items() if s == slug and final_pct.get(ch) != pct)
     ok = sum(tally.ok_by_slug.values())
+    attempts = ok + sum(tally.failures.values())
     elapsed = tally.elapsed_s
     return {"writers": len(slots), "deployments": len(slugs), "processes": min(processes, len(slots)),
             "seconds": round(elapsed, 3), "ok": ok, "ok_timed": tally.ok_timed, "failed": sum(tally.failures.values()),
             "failures": dict(tally.failures), "patch_per_s": tally.ok_timed / elapsed if elapsed > 0 else 0.0,
+            "client_cpu_us_per_patch": round(tally.cpu_s / attempts * 1e6, 1) if attempts else None,
             "lost_updates": lost, "challengers_not_last_written": wrong, "latencies_ms": tally.latencies_ms}

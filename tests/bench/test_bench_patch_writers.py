@@ -37,14 +37,14 @@ def test_failure_key_names_the_gateway_error_code_or_just_the_status():
 
 
 def test_tallies_survive_json_and_merge_adds_them_up():
-    a = patch_writers.Tally(Counter({"d1": 3}), Counter({"409 CONFLICT": 1}), [1.0, 2.0], {"c1": 2}, 2, 6.1)
-    b = patch_writers.Tally(Counter({"d1": 4, "d2": 1}), Counter(), [3.0], {"c2": 1}, 5, 6.3)
+    a = patch_writers.Tally(Counter({"d1": 3}), Counter({"409 CONFLICT": 1}), [1.0, 2.0], {"c1": 2}, 2, 6.1, 0.5)
+    b = patch_writers.Tally(Counter({"d1": 4, "d2": 1}), Counter(), [3.0], {"c2": 1}, 5, 6.3, 0.25)
     a2 = patch_writers.Tally.from_json(a.to_json())
     assert a2 == a
     total = patch_writers.merge([a2, b])
     assert total.ok_by_slug == {"d1": 7, "d2": 1} and total.failures == {"409 CONFLICT": 1}
     assert sorted(total.latencies_ms) == [1.0, 2.0, 3.0] and total.last_written == {"c1": 2, "c2": 1}
-    assert total.ok_timed == 7 and total.elapsed_s == 6.3
+    assert total.ok_timed == 7 and total.elapsed_s == 6.3 and total.cpu_s == 0.75
 
 
 class ShareServer(ThreadingHTTPServer):
@@ -107,4 +107,4 @@ async def test_processes_tally_exactly_what_the_server_applied(share_server):
     assert tally.failures["409 CONFLICT"] > 0 and set(tally.failures) == {"409 CONFLICT"}
     assert len(share_server.peers) == len(slots)  # one keep-alive connection per client
     assert 0 < tally.ok_timed <= sum(tally.ok_by_slug.values()) and tally.elapsed_s >= 0.4
-    assert len(tally.latencies_ms) > 0
+    assert len(tally.latencies_ms) > 0 and tally.cpu_s > 0
