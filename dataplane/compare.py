@@ -28,13 +28,8 @@ if TYPE_CHECKING:  # messages of any pool work; see dataplane/oip.py for why not
     from tsplit.inference import grpc_predict_v2_pb2 as pb
 
 
-@dataclass(frozen=True)
-class Comparison:
-    exact_match: bool
-    label_agree: int
-    label_total: int
-    abs_diff_sum: float
-    abs_diff_count: int
+class _Ratios:
+    """The figures derived from summed counts (label_agree/total, abs_diff_sum/count)."""
 
     @property
     def label_agreement(self) -> float | None:
@@ -46,7 +41,16 @@ class Comparison:
 
 
 @dataclass(frozen=True)
-class ComparisonTotals:
+class Comparison(_Ratios):
+    exact_match: bool
+    label_agree: int
+    label_total: int
+    abs_diff_sum: float
+    abs_diff_count: int
+
+
+@dataclass(frozen=True)
+class ComparisonTotals(_Ratios):
     """Comparisons summed over many pairs (and, by adding totals, over routers)."""
 
     pairs: int = 0
@@ -57,10 +61,8 @@ class ComparisonTotals:
     abs_diff_count: int = 0
 
     def plus(self, c: Comparison) -> "ComparisonTotals":
-        return ComparisonTotals(
-            self.pairs + 1, self.exact_matches + int(c.exact_match), self.label_agree + c.label_agree,
-            self.label_total + c.label_total, self.abs_diff_sum + c.abs_diff_sum,
-            self.abs_diff_count + c.abs_diff_count)
+        return self + ComparisonTotals(1, int(c.exact_match), c.label_agree, c.label_total,
+                                       c.abs_diff_sum, c.abs_diff_count)
 
     def __add__(self, other: "ComparisonTotals") -> "ComparisonTotals":
         return ComparisonTotals(
@@ -72,13 +74,6 @@ class ComparisonTotals:
     def exact_match_rate(self) -> float | None:
         return self.exact_matches / self.pairs if self.pairs else None
 
-    @property
-    def label_agreement(self) -> float | None:
-        return self.label_agree / self.label_total if self.label_total else None
-
-    @property
-    def mean_abs_diff(self) -> float | None:
-        return self.abs_diff_sum / self.abs_diff_count if self.abs_diff_count else None
 
 
 def compare_responses(champion: pb.ModelInferResponse, challenger: pb.ModelInferResponse) -> Comparison:

@@ -14,7 +14,25 @@ log = logging.getLogger("tsplit.proxyless")
 INTERNAL_MESSAGE = "internal error in the proxyless client"
 
 
-class ProxylessRpcError(grpc.RpcError, grpc.Call, grpc.Future):
+class FinishedCall:
+    """grpc.Call's liveness methods for a call that has already ended."""
+
+    __slots__ = ()
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def cancel(self) -> bool:
+        return False
+
+    def add_callback(self, callback) -> bool:
+        return False
+
+
+class ProxylessRpcError(FinishedCall, grpc.RpcError, grpc.Call, grpc.Future):
     """A finished call that ended with an error status (the sync channel raises it, as
     grpc's sync channel raises its own inactive-call error)."""
 
@@ -40,18 +58,6 @@ class ProxylessRpcError(grpc.RpcError, grpc.Call, grpc.Future):
 
     def debug_error_string(self) -> str:
         return f"proxyless: {self._code.name}: {self._details}"
-
-    def is_active(self) -> bool:
-        return False
-
-    def time_remaining(self) -> float | None:
-        return None
-
-    def cancel(self) -> bool:
-        return False
-
-    def add_callback(self, callback) -> bool:
-        return False
 
     # grpc.Future (a finished, failed one)
     def cancelled(self) -> bool:

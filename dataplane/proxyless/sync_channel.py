@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import grpc
 
 from dataplane.dispatch import DispatchError, Metadata
-from dataplane.proxyless.errors import ProxylessRpcError, internal, serialization, sync_error
+from dataplane.proxyless.errors import FinishedCall, ProxylessRpcError, internal, serialization, sync_error
 
 if TYPE_CHECKING:
     from dataplane.proxyless.client import ProxylessClient
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 UNARY_ONLY = "the proxyless channel routes unary methods only"
 
 
-class _Done(grpc.Call):
+class _Done(FinishedCall, grpc.Call):
     """A call that finished OK (with_call's second value)."""
 
     __slots__ = ("_initial",)
@@ -43,17 +43,6 @@ class _Done(grpc.Call):
     def details(self) -> str:
         return ""
 
-    def is_active(self) -> bool:
-        return False
-
-    def time_remaining(self) -> float | None:
-        return None
-
-    def cancel(self) -> bool:
-        return False
-
-    def add_callback(self, callback) -> bool:
-        return False
 
 
 class _Future(grpc.Future, grpc.Call):
