@@ -45,7 +45,7 @@ class Backend:
     """One reused grpc.aio channel to a v2 server; raw-bytes callables by method path.
 
     call_infer is ModelInfer on grpc.aio's Cython call directly: grpc.aio's own callable
-    wraps every call in a UnaryUnaryCall object and an asyncio Task, which was ~10 % of
+    wraps every call in a UnaryUnaryCall object and an asyncio Task, which was 5-15 % of
     the router's CPU per request (BENCHMARKS.md, "Tries"). It behaves as the wrapped call
     does: AioRpcError on a non-OK status, CancelledError cancels the backend call."""
 
@@ -57,34 +57,21 @@ class Backend:
         self._methods = {INFER_METHOD: self.infer}
         self._cython_channel = self.channel._channel
         self._infer_handle = getattr(self.infer, "_registered_call_handle", 0)
-        self.inflight = 0   # call_infer calls not finished: close() waits for them (grace)
 
     async def call_infer(self, request: bytes, timeout: float | None, metadata: tuple = ()) -> bytes:
         call = self._cython_channel.call(_INFER_METHOD_BYTES, None if timeout is None else time.time() + timeout,
                                          None, None, self._infer_handle)
-        self.inflight += 1
         try:
             answer = await call.unary_unary(request, metadata, None)
         except asyncio.CancelledError:
             if not call.done():
                 call.cancel(_CANCELLED_DETAILS)
             raise
-        finally:
-            self.inflight -= 1
         if call.is_ok():
             return answer
         if call.is_locally_cancelled():
             raise asyncio.CancelledError()
         raise _create_rpc_error(call._initial_metadata, call._status)
-
-    async def close(self, grace_s: float | None) -> None:
-        """Close the channel once its calls are done, or after grace_s (then they are
-        cancelled). grpc.aio waits only for the calls of its own wrapper objects."""
-        if grace_s:
-            deadline = time.monotonic() + grace_s
-            while self.inflight and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-        await self.channel.close(grace_s)
 
     def method(self, path: str):
         callable_ = self._methods.get(path)
@@ -129,7 +116,8 @@ class BackendPool:
         longer in use."""
         for endpoint in [e for e in self._backends if e not in endpoints]:
             backend = self._backends.pop(endpoint)
-            task = asyncio.get_running_loop().create_task(backend.close(self._close_grace_s))
+            # Calls of call_infer in flight finish: a closed channel does not cancel them.
+            task = asyncio.get_running_loop().create_task(backend.channel.close(self._close_grace_s))
             self._retiring[task] = backend
             task.add_done_callback(lambda t: self._retiring.pop(t, None))
 
