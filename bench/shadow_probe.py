@@ -1,0 +1,167 @@
+"""The shadow rows alone, longer and repeated, with each process's CPU per request: for
+finding where the champion's tail comes from with mirrors on (issue 5, target 2).
+
+    flock /tmp/tsplit-bench.lock .venv/bin/python -m bench.shadow_probe --seconds 10 --reps 4 \
+        [--router-arg=--flag --router-arg=value ...] [--switch-interval 0.001]
+
+One etcd, the champion and the two 50 ms slower backends, one router; then `reps` rounds of
+`router shadow off @rate` and `router shadow on` at 600 req/s, interleaved (the order
+alternates per round). Per run: p50/p99/p99.9, and the CPU (utime + stime from /proc) each
+process used per answered request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from bench import loadrows, probe, profile, seed
+from bench.h2load import LoadSettings
+from bench.loadrows import LoadTarget
+from bench.procs import Child, descendants, start_backend, wait_for_listen
+from bench.stats import median, percentile
+from tsplit.etcd import Etcd
+from tsplit.etcd_server import EtcdMember, free_port
+from tsplit.layout import Layout
+
+PREFIX = "/bench"
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int, own: bool = False) -> float:
+    """utime + stime of pid and its descendants (own: of pid alone), seconds."""
+    total = 0.0
+    for p in [pid] if own else [pid, *descendants(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / _TICKS
+    return total
+
+
+def start_router(work: Path, etcd: str, switch_interval: float | None, extra: list[str]) -> tuple[Child, str]:
+    port, metrics = free_port(), free_port()
+    args = ["--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{metrics}", "--etcd", etcd,
+            "--etcd-prefix", PREFIX, "--router-id", "probe", *extra]
+    # The switch interval is set before the router starts, in a wrapper: the tries need no
+    # change to the router itself.
+    code = ("import sys\n"
+            + (f"sys.setswitchinterval({switch_interval!r})\n" if switch_interval else "")
+            + f"from dataplane.server import main\nsys.exit(main({args!r}))\n")
+    child = Child("router probe", [sys.executable, "-c", code], work / "router-probe.log").start()
+    wait_for_listen(child, port, 30)
+    return child, f"127.0.0.1:{port}"
+
+
+async def one_run(target: LoadTarget, work: Path, pids: dict[str, int], spy_out: Path | None = None,
+                  gil_only: bool = False) -> dict:
+    def cpu_now() -> dict[str, float]:
+        found = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        # The router's own process apart from its children (the shadow sender, if any).
+        found["router_own"] = cpu_seconds(pids["router"], own=True)
+        return found
+    before = cpu_now()
+    started = time.monotonic()
+    spy = None
+    if spy_out is not None:
+        spy = profile.start_record(profile.py_spy_binary(), pids["router"], target.load.duration_s, spy_out,
+                                   gil_only=gil_only)
+    result = await loadrows.run_once(target, work)
+    if spy is not None:
+        spy.wait(30)
+    wall = time.monotonic() - started
+    answered = max(1, result["backend_answered"])
+    cpu = {name: s - before[name] for name, s in cpu_now().items()}
+    return {**{k: result[k] for k in ("req_per_s", "p50_ms", "p99_ms", "max_ms", "errors", "mirrored",
+                                      "load_avg_1m")},
+            "p999_ms": result.get("p999_ms"),
+            "cpu_us_per_req": {name: round(1e6 * s / answered, 1) for name, s in cpu.items()},
+            "cpu_share": {name: round(s / wall, 3) for name, s in cpu.items()}}
+
+
+async def main_async(args: argparse.Namespace) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="tsplit-shadow-probe-"))
+    stoppers: list = []
+    try:
+        member = EtcdMember(data_dir=work / "etcd", log_path=work / "etcd.log").start()
+        stoppers.append(member)
+        addresses, pids = [], {}
+        for name, delay in (("champion", 0), ("challenger", 0), ("slow1", 50), ("slow2", 50)):
+            child, address = start_backend(work, name, delay)
+            stoppers.append(child)
+            addresses.append(address)
+            pids[name] = child.pid
+        del pids["challenger"]
+        backends = seed.BenchBackends(*addresses)
+        async with Etcd(member.endpoint) as etcd:
+            layout = Layout(PREFIX)
+            await seed.write_models(etcd, layout, seed.bench_models(backends))
+            await seed.write_deployments(etcd, layout, seed.bench_deployments())
+        router, address = start_router(work, member.endpoint, args.switch_interval, args.router_arg)
+        stoppers.append(router)
+        pids["router"] = router.pid
+        await probe.wait_serving(address, 30)
+        rate = LoadSettings(clients=4, streams=4, rps=150, duration_s=args.seconds, warmup_s=0)
+        off = LoadTarget("off", address, "dep_solo", (backends.champion,), load=rate)
+        on = LoadTarget("on", address, "dep_shadow", (backends.champion,), (backends.slow1, backends.slow2), load=rate)
+        for t in (off, on):
+            await loadrows.warm_up(t, work, 2000)
+        runs: dict[str, list[dict]] = {"off": [], "on": []}
+        for rep in range(args.reps):
+            for t in ((off, on) if rep % 2 == 0 else (on, off)):
+                spy_out = None
+                if args.py_spy and rep == 0:
+                    spy_out = args.py_spy.with_name(f"{args.py_spy.stem}-{t.row}{args.py_spy.suffix}")
+                r = await one_run(t, work, pids, spy_out, args.gil)
+                if spy_out is not None and spy_out.exists():
+                    top = profile.summarize(spy_out.read_text(), 25)
+                    print(json.dumps(top, indent=0), flush=True)
+                runs[t.row].append(r)
+                print(f"rep {rep + 1} {t.row:>3}: p50 {r['p50_ms']:6.2f} p99 {r['p99_ms']:6.2f} ms  "
+                      f"errors {r['errors']}  mirrored {r['mirrored']}  cpu us/req {r['cpu_us_per_req']}  "
+                      f"load {r['load_avg_1m']:.2f}", flush=True)
+        summary = {}
+        for row, rs in runs.items():
+            summary[row] = {"p50_ms": median([r["p50_ms"] for r in rs]), "p99_ms": median([r["p99_ms"] for r in rs]),
+                            "router_cpu_us_per_req": median([r["cpu_us_per_req"]["router"] for r in rs]),
+                            "router_own_cpu_us_per_req": median([r["cpu_us_per_req"]["router_own"] for r in rs]),
+                            "errors": sum(r["errors"] for r in rs)}
+        summary["p99_on_over_off"] = summary["on"]["p99_ms"] / summary["off"]["p99_ms"]
+        ratios = [b["p99_ms"] / a["p99_ms"] for a, b in zip(runs["off"], runs["on"])]
+        summary["p99_ratio_per_round"] = [round(x, 2) for x in ratios]
+        summary["median_round_ratio"] = median(ratios)
+        return {"settings": {"seconds": args.seconds, "reps": args.reps, "switch_interval": args.switch_interval,
+                             "router_args": args.router_arg}, "summary": summary, "runs": runs}
+    finally:
+        for s in reversed(stoppers):
+            s.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--switch-interval", type=float, default=None)
+    parser.add_argument("--router-arg", action="append", default=[])
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--py-spy", type=Path, default=None, help="record the router in round 1 (raw stacks)")
+    parser.add_argument("--gil", action="store_true", help="py-spy: only the thread holding the GIL")
+    args = parser.parse_args()
+    result = asyncio.run(main_async(args))
+    print(json.dumps(result["summary"], indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
