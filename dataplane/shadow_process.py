@@ -30,6 +30,7 @@ import select
 import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from typing import Iterable, Sequence
@@ -44,7 +45,8 @@ log = logging.getLogger(__name__)
 # model_version], ...]].
 FRAME_HEADER = struct.Struct("<IIi")
 NO_ANSWER = -1
-_F_SETPIPE_SZ = 1031   # Linux fcntl
+_F_SETPIPE_SZ, _F_GETPIPE_SZ = 1031, 1032   # Linux fcntl
+_COUNT = struct.Struct("i")
 PIPE_BYTES = 1 << 20   # room for ~1,000 small requests before copies are dropped
 SENDER_NICE = 10       # the sender's CPU priority below the router's
 RESPAWN_EVERY_S = 1.0
@@ -95,10 +97,17 @@ class MirrorProcess:
         self.compared_in_process = 0
         self._lock = threading.Lock()
         self._child: subprocess.Popen | None = None
+        self._pipe_bytes = 0
         self._spawned_at = float("-inf")
         self._report_buffer = b""
         self._child_gone: asyncio.Event | None = None
         self._stopped = False
+
+    @property
+    def sender_pid(self) -> int | None:
+        """The shadow sender's pid while it runs (tests, diagnostics)."""
+        child = self._child
+        return child.pid if child is not None and child.poll() is None else None
 
     # ---- the champion's path ----------------------------------------------------------
 
@@ -128,10 +137,12 @@ class MirrorProcess:
             if child is None:
                 return False
         fd = child.stdin.fileno()
+        if len(frame) <= self._pipe_bytes and len(frame) > self._pipe_bytes - self._queued(fd):
+            return False      # no room: the sender is behind, the copies are dropped
         try:
             written = os.write(fd, frame)
         except BlockingIOError:
-            return False      # the pipe is full: the sender is behind, this copy is dropped
+            return False
         except (BrokenPipeError, OSError):
             self._forget_child()
             return False
@@ -142,8 +153,14 @@ class MirrorProcess:
         return True
 
     @staticmethod
+    def _queued(fd: int) -> int:
+        """Bytes in the pipe not read yet."""
+        return _COUNT.unpack(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+    @staticmethod
     def _write_rest(fd: int, rest: memoryview) -> bool:
-        """The rest of a frame larger than the pipe's free room (a large request)."""
+        """The rest of a frame larger than the whole pipe (a large request): the serving
+        thread waits for the sender to read it."""
         deadline = time.monotonic() + _WRITE_REST_S
         while rest:
             left = deadline - time.monotonic()
@@ -174,6 +191,7 @@ class MirrorProcess:
             fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_BYTES)
         except OSError:  # above /proc/sys/fs/pipe-max-size: the default room
             pass
+        self._pipe_bytes = fcntl.fcntl(fd, _F_GETPIPE_SZ)
         os.set_blocking(fd, False)
         self._child = child
         self._child_gone = asyncio.Event()
