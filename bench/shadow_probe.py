@@ -48,16 +48,46 @@ def cpu_seconds(pid: int, own: bool = False) -> float:
     return total
 
 
-def start_router(work: Path, etcd: str, switch_interval: float | None, extra: list[str]) -> tuple[Child, str]:
+# The mirrors as they were before the shadow sender process: grpc.aio calls on the router's
+# own event loop (what the proxyless client still does), for an A/B in one run.
+_IN_PROCESS_MIRRORS = """
+import dataplane.server
+from dataplane.backends import BackendPool
+from dataplane.dispatch import rewrite
+from dataplane.mirror import MirrorDispatcher
+from dataplane.sync_transport import mirrors_on_loop
+
+class InProcessMirrors:
+    def __init__(self, loop, stats, max_inflight, timeout_s):
+        self._pool = BackendPool()
+        self._mirrors = MirrorDispatcher(self._pool.infer, rewrite, stats, max_inflight, timeout_s)
+        self.start = mirrors_on_loop(loop, self._mirrors)
+
+    @property
+    def inflight(self):
+        return self._mirrors.inflight
+
+    async def stop(self, grace_s):
+        await self._mirrors.stop(grace_s)
+        await self._pool.close()
+
+dataplane.server.MirrorProcess = InProcessMirrors
+"""
+
+
+def start_router(work: Path, etcd: str, router_id: str, switch_interval: float | None, extra: list[str],
+                 in_process_mirrors: bool = False, sender_nice: int | None = None) -> tuple[Child, str]:
     port, metrics = free_port(), free_port()
     args = ["--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{metrics}", "--etcd", etcd,
-            "--etcd-prefix", PREFIX, "--router-id", "probe", *extra]
-    # The switch interval is set before the router starts, in a wrapper: the tries need no
-    # change to the router itself.
+            "--etcd-prefix", PREFIX, "--router-id", router_id, *extra]
+    # Tries are set up in a wrapper before the router starts: no change to the router.
     code = ("import sys\n"
             + (f"sys.setswitchinterval({switch_interval!r})\n" if switch_interval else "")
+            + (_IN_PROCESS_MIRRORS if in_process_mirrors else "")
+            + (f"import dataplane.shadow_process\ndataplane.shadow_process.SENDER_NICE = {sender_nice!r}\n"
+               if sender_nice is not None else "")
             + f"from dataplane.server import main\nsys.exit(main({args!r}))\n")
-    child = Child("router probe", [sys.executable, "-c", code], work / "router-probe.log").start()
+    child = Child(f"router {router_id}", [sys.executable, "-c", code], work / f"router-{router_id}.log").start()
     wait_for_listen(child, port, 30)
     return child, f"127.0.0.1:{port}"
 
@@ -106,41 +136,59 @@ async def main_async(args: argparse.Namespace) -> dict:
             layout = Layout(PREFIX)
             await seed.write_models(etcd, layout, seed.bench_models(backends))
             await seed.write_deployments(etcd, layout, seed.bench_deployments())
-        router, address = start_router(work, member.endpoint, args.switch_interval, args.router_arg)
+        router, address = start_router(work, member.endpoint, "probe", args.switch_interval, args.router_arg)
         stoppers.append(router)
-        pids["router"] = router.pid
         await probe.wait_serving(address, 30)
         rate = LoadSettings(clients=4, streams=4, rps=150, duration_s=args.seconds, warmup_s=0)
-        off = LoadTarget("off", address, "dep_solo", (backends.champion,), load=rate)
-        on = LoadTarget("on", address, "dep_shadow", (backends.champion,), (backends.slow1, backends.slow2), load=rate)
-        for t in (off, on):
+        slow = (backends.slow1, backends.slow2)
+        targets = [(LoadTarget("off", address, "dep_solo", (backends.champion,), load=rate), router.pid),
+                   (LoadTarget("on", address, "dep_shadow", (backends.champion,), slow, load=rate), router.pid)]
+        if args.compare_in_process:
+            old, old_address = start_router(work, member.endpoint, "probe-inproc", args.switch_interval,
+                                            args.router_arg, in_process_mirrors=True)
+            stoppers.append(old)
+            await probe.wait_serving(old_address, 30)
+            targets.append((LoadTarget("on in-process", old_address, "dep_shadow", (backends.champion,), slow,
+                                       load=rate), old.pid))
+        for nice in args.compare_sender_nice:
+            other, other_address = start_router(work, member.endpoint, f"probe-nice{nice}", args.switch_interval,
+                                                args.router_arg, sender_nice=nice)
+            stoppers.append(other)
+            await probe.wait_serving(other_address, 30)
+            targets.append((LoadTarget(f"on nice {nice}", other_address, "dep_shadow", (backends.champion,), slow,
+                                       load=rate), other.pid))
+        for t, _ in targets:
             await loadrows.warm_up(t, work, 2000)
-        runs: dict[str, list[dict]] = {"off": [], "on": []}
+        runs: dict[str, list[dict]] = {t.row: [] for t, _ in targets}
         for rep in range(args.reps):
-            for t in ((off, on) if rep % 2 == 0 else (on, off)):
+            shift = rep % len(targets)   # each row goes first in turn
+            for t, router_pid in targets[shift:] + targets[:shift]:
                 spy_out = None
                 if args.py_spy and rep == 0:
-                    spy_out = args.py_spy.with_name(f"{args.py_spy.stem}-{t.row}{args.py_spy.suffix}")
-                r = await one_run(t, work, pids, spy_out, args.gil)
+                    spy_out = args.py_spy.with_name(f"{args.py_spy.stem}-{t.row.replace(' ', '-')}{args.py_spy.suffix}")
+                r = await one_run(t, work, {**pids, "router": router_pid}, spy_out, args.gil)
                 if spy_out is not None and spy_out.exists():
                     top = profile.summarize(spy_out.read_text(), 25)
-                    print(json.dumps(top, indent=0), flush=True)
+                    print(json.dumps(top["self"][:15], indent=0), flush=True)
                 runs[t.row].append(r)
-                print(f"rep {rep + 1} {t.row:>3}: p50 {r['p50_ms']:6.2f} p99 {r['p99_ms']:6.2f} ms  "
+                print(f"rep {rep + 1} {t.row:>13}: p50 {r['p50_ms']:6.2f} p99 {r['p99_ms']:6.2f} ms  "
                       f"errors {r['errors']}  mirrored {r['mirrored']}  cpu us/req {r['cpu_us_per_req']}  "
                       f"load {r['load_avg_1m']:.2f}", flush=True)
-        summary = {}
+        summary: dict = {}
         for row, rs in runs.items():
             summary[row] = {"p50_ms": median([r["p50_ms"] for r in rs]), "p99_ms": median([r["p99_ms"] for r in rs]),
                             "router_cpu_us_per_req": median([r["cpu_us_per_req"]["router"] for r in rs]),
                             "router_own_cpu_us_per_req": median([r["cpu_us_per_req"]["router_own"] for r in rs]),
                             "errors": sum(r["errors"] for r in rs)}
-        summary["p99_on_over_off"] = summary["on"]["p99_ms"] / summary["off"]["p99_ms"]
-        ratios = [b["p99_ms"] / a["p99_ms"] for a, b in zip(runs["off"], runs["on"])]
-        summary["p99_ratio_per_round"] = [round(x, 2) for x in ratios]
-        summary["median_round_ratio"] = median(ratios)
+        for row in runs:
+            if row == "off":
+                continue
+            ratios = [b["p99_ms"] / a["p99_ms"] for a, b in zip(runs["off"], runs[row])]
+            summary[row].update(p99_over_off=summary[row]["p99_ms"] / summary["off"]["p99_ms"],
+                                p99_ratio_per_round=[round(x, 2) for x in ratios],
+                                median_round_ratio=median(ratios))
         return {"settings": {"seconds": args.seconds, "reps": args.reps, "switch_interval": args.switch_interval,
-                             "router_args": args.router_arg}, "summary": summary, "runs": runs}
+                             "router_args": args.router_arg, "compare_in_process": args.compare_in_process}, "summary": summary, "runs": runs}
     finally:
         for s in reversed(stoppers):
             s.stop()
@@ -156,6 +204,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--py-spy", type=Path, default=None, help="record the router in round 1 (raw stacks)")
     parser.add_argument("--gil", action="store_true", help="py-spy: only the thread holding the GIL")
+    parser.add_argument("--compare-sender-nice", type=int, action="append", default=[],
+                        help="also a router whose shadow sender runs at this nice level")
+    parser.add_argument("--compare-in-process", action="store_true",
+                        help="also a router with the mirrors on its own event loop (the design before)")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
     print(json.dumps(result["summary"], indent=1))

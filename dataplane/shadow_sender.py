@@ -35,7 +35,7 @@ MAX_CHANNELS = 256    # channels kept open, least recently used closed past it
 @dataclass(frozen=True)
 class SenderSettings:
     timeout_s: float = 10.0
-    nice: int = 10
+    nice: int = 19
 
 
 class Totals:
