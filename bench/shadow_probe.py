@@ -1,13 +1,18 @@
 """The shadow rows alone, longer and repeated, with each process's CPU per request: for
 finding where the champion's tail comes from with mirrors on (issue 5, target 2).
 
-    flock /tmp/tsplit-bench.lock .venv/bin/python -m bench.shadow_probe --seconds 10 --reps 4 \
-        [--router-arg=--flag --router-arg=value ...] [--switch-interval 0.001]
+    flock /tmp/tsplit-bench.lock .venv/bin/python -m bench.shadow_probe --seconds 8 --reps 5 \
+        [--compare-in-process] [--compare-sender-nice N] [--side-load] [--switch-interval S] \
+        [--py-spy OUT --gil] [--router-arg=--flag ...] [--out result.json]
 
 One etcd, the champion and the two 50 ms slower backends, one router; then `reps` rounds of
-`router shadow off @rate` and `router shadow on` at 600 req/s, interleaved (the order
-alternates per round). Per run: p50/p99/p99.9, and the CPU (utime + stime from /proc) each
-process used per answered request.
+`router shadow off @rate` and `router shadow on` at 600 req/s (h2load -c 4 -m 4 --rps 150),
+interleaved (each row goes first in turn), plus the optional rows: a router with the
+mirrors on its own event loop (the design before the shadow sender process), routers whose
+sender runs at another nice level, and shadow off while h2load sends the slow backends
+their share of copies straight (the floor: what the challengers' own work costs the
+champion on shared cores). Per run: p50/p99 and each process's CPU (utime + stime from
+/proc) per answered request; per row the medians and the per-round p99 ratio to shadow off.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from bench import loadrows, probe, profile, seed
+from bench import h2load, loadrows, probe, profile, seed
+from bench.frames import infer_request_body
 from bench.h2load import LoadSettings
 from bench.loadrows import LoadTarget
 from bench.procs import Child, descendants, start_backend, wait_for_listen
@@ -92,8 +98,18 @@ def start_router(work: Path, etcd: str, router_id: str, switch_interval: float |
     return child, f"127.0.0.1:{port}"
 
 
+def _side_load(address: str, model_name: str, work: Path, seconds: float) -> None:
+    """What the mirrors cost the slow backends, without mirrors: h2load sends them their
+    share (150 req/s each) straight, alongside a shadow-off row."""
+    body = work / f"body-{model_name}.bin"
+    if not body.exists():
+        body.write_bytes(infer_request_body(model_name))
+    h2load.run(f"http://{address}", body, LoadSettings(clients=1, streams=16, rps=150, duration_s=seconds,
+                                                       warmup_s=0), work)
+
+
 async def one_run(target: LoadTarget, work: Path, pids: dict[str, int], spy_out: Path | None = None,
-                  gil_only: bool = False) -> dict:
+                  gil_only: bool = False, side: tuple[str, ...] = ()) -> dict:
     def cpu_now() -> dict[str, float]:
         found = {name: cpu_seconds(pid) for name, pid in pids.items()}
         # The router's own process apart from its children (the shadow sender, if any).
@@ -105,7 +121,8 @@ async def one_run(target: LoadTarget, work: Path, pids: dict[str, int], spy_out:
     if spy_out is not None:
         spy = profile.start_record(profile.py_spy_binary(), pids["router"], target.load.duration_s, spy_out,
                                    gil_only=gil_only)
-    result = await loadrows.run_once(target, work)
+    sides = [asyncio.to_thread(_side_load, address, "side", work, target.load.duration_s) for address in side]
+    result, *_ = await asyncio.gather(loadrows.run_once(target, work), *sides)
     if spy is not None:
         spy.wait(30)
     wall = time.monotonic() - started
@@ -141,7 +158,8 @@ async def main_async(args: argparse.Namespace) -> dict:
         await probe.wait_serving(address, 30)
         rate = LoadSettings(clients=4, streams=4, rps=150, duration_s=args.seconds, warmup_s=0)
         slow = (backends.slow1, backends.slow2)
-        targets = [(LoadTarget("off", address, "dep_solo", (backends.champion,), load=rate), router.pid),
+        off = LoadTarget("off", address, "dep_solo", (backends.champion,), load=rate)
+        targets = [(off, router.pid),
                    (LoadTarget("on", address, "dep_shadow", (backends.champion,), slow, load=rate), router.pid)]
         if args.compare_in_process:
             old, old_address = start_router(work, member.endpoint, "probe-inproc", args.switch_interval,
@@ -157,6 +175,9 @@ async def main_async(args: argparse.Namespace) -> dict:
             await probe.wait_serving(other_address, 30)
             targets.append((LoadTarget(f"on nice {nice}", other_address, "dep_shadow", (backends.champion,), slow,
                                        load=rate), other.pid))
+        if args.side_load:
+            # The same shadow-off row, but the slow backends busy with their share of copies.
+            targets.append((replace(off, row="off + slow backends loaded"), router.pid))
         for t, _ in targets:
             await loadrows.warm_up(t, work, 2000)
         runs: dict[str, list[dict]] = {t.row: [] for t, _ in targets}
@@ -166,7 +187,8 @@ async def main_async(args: argparse.Namespace) -> dict:
                 spy_out = None
                 if args.py_spy and rep == 0:
                     spy_out = args.py_spy.with_name(f"{args.py_spy.stem}-{t.row.replace(' ', '-')}{args.py_spy.suffix}")
-                r = await one_run(t, work, {**pids, "router": router_pid}, spy_out, args.gil)
+                side = slow if t.row == "off + slow backends loaded" else ()
+                r = await one_run(t, work, {**pids, "router": router_pid}, spy_out, args.gil, side)
                 if spy_out is not None and spy_out.exists():
                     top = profile.summarize(spy_out.read_text(), 25)
                     print(json.dumps(top["self"][:15], indent=0), flush=True)
@@ -206,6 +228,8 @@ def main() -> None:
     parser.add_argument("--gil", action="store_true", help="py-spy: only the thread holding the GIL")
     parser.add_argument("--compare-sender-nice", type=int, action="append", default=[],
                         help="also a router whose shadow sender runs at this nice level")
+    parser.add_argument("--side-load", action="store_true",
+                        help="also shadow off with h2load sending the slow backends their share of copies")
     parser.add_argument("--compare-in-process", action="store_true",
                         help="also a router with the mirrors on its own event loop (the design before)")
     args = parser.parse_args()

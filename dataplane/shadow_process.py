@@ -227,11 +227,9 @@ class MirrorProcess:
         if not data:
             self._loop.remove_reader(child.stdout.fileno())
             child.stdout.close()
-            if child.poll() is None:
-                try:
-                    child.wait(1.0)
-                except subprocess.TimeoutExpired:
-                    child.kill()
+            if child.poll() is None:   # it closed its output: done, or broken
+                child.kill()
+                child.wait()
             with self._lock:
                 if self._child is child:
                     if not self._stopped:
