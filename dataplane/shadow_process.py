@@ -102,9 +102,10 @@ class MirrorProcess:
         self._lock = threading.Lock()
         self._child: subprocess.Popen | None = None
         self._pipe_bytes = 0
+        # (slug, variant, model_id) -> [its counters, its copies in flight]
+        self._rows: dict[tuple[str, str, str], list] = {}
         self._spawned_at = float("-inf")
         self._report_buffer = b""
-        self._child_gone: asyncio.Event | None = None
         self._stopped = False
 
     @property
@@ -129,7 +130,12 @@ class MirrorProcess:
                 sent, dropped = (), variants
             self.inflight += len(sent)
             for v in sent:
-                stats.variant(slug, v.name, v.model_id).mirrored += 1
+                key = (slug, v.name, v.model_id)
+                entry = self._rows.get(key)
+                if entry is None:
+                    entry = self._rows[key] = [stats.variant(slug, v.name, v.model_id), 0]
+                entry[0].mirrored += 1
+                entry[1] += 1
             for v in dropped:
                 stats.variant(slug, v.name, v.model_id).mirror_dropped += 1
 
@@ -198,7 +204,7 @@ class MirrorProcess:
         self._pipe_bytes = fcntl.fcntl(fd, _F_GETPIPE_SZ)
         os.set_blocking(fd, False)
         self._child = child
-        self._child_gone = asyncio.Event()
+        child.gone = asyncio.Event()   # set when its output ends (stop() waits for it)
         self._loop.call_soon_threadsafe(self._loop.add_reader, child.stdout.fileno(), self._on_reports, child)
         return child
 
@@ -209,6 +215,7 @@ class MirrorProcess:
         if child is None:
             return
         self.inflight = 0
+        self._rows.clear()
         try:
             child.stdin.close()
         except OSError:
@@ -237,33 +244,39 @@ class MirrorProcess:
                                     child.returncode)
                     self._child = None
                     self.inflight = 0
-            if self._child_gone is not None:
-                self._child_gone.set()
+                    self._rows.clear()
+            child.gone.set()
             return
         lines = (self._report_buffer + data).split(b"\n")
         self._report_buffer = lines.pop()
         for line in lines:
             if line:
-                self._apply(json.loads(line), child)
+                self._apply(json.loads(line))
 
-    def _apply(self, report: dict, child: subprocess.Popen) -> None:
-        done = 0
-        for slug, name, model_id, finished, errors, latency_ms, compared, exact, agree, total, diff_sum, \
-                diff_count in report["rows"]:
-            row = self._stats.variant(slug, name, model_id)
-            row.mirror_errors += errors
-            row.mirror_latency_ms_sum += latency_ms
-            row.compared += compared
-            row.exact_matches += exact
-            row.label_agree += agree
-            row.label_total += total
-            row.abs_diff_sum += diff_sum
-            row.abs_diff_count += diff_count
-            self.compared_in_process += compared
-            done += finished
+    def _apply(self, report: dict) -> None:
+        """A report's counts, into the rows the copies were counted in when handed off (a
+        deployment deleted meanwhile is not brought back by its last copies)."""
         with self._lock:
-            if self._child is child:
-                self.inflight = max(0, self.inflight - done)
+            for slug, name, model_id, finished, errors, latency_ms, compared, exact, agree, total, diff_sum, \
+                    diff_count in report["rows"]:
+                key = (slug, name, model_id)
+                entry = self._rows.get(key)
+                if entry is None:   # copies of a sender that was replaced: not counted in
+                    continue
+                row = entry[0]
+                entry[1] -= finished
+                if entry[1] <= 0:
+                    del self._rows[key]
+                row.mirror_errors += errors
+                row.mirror_latency_ms_sum += latency_ms
+                row.compared += compared
+                row.exact_matches += exact
+                row.label_agree += agree
+                row.label_total += total
+                row.abs_diff_sum += diff_sum
+                row.abs_diff_count += diff_count
+                self.compared_in_process += compared
+                self.inflight = max(0, self.inflight - finished)
 
     async def stop(self, grace_s: float) -> None:
         """Let the sender finish its copies for up to grace_s (it applies their reports),
@@ -278,14 +291,13 @@ class MirrorProcess:
                     pass
         if child is None:
             return
-        gone = self._child_gone
-        if gone is not None:
-            try:
-                await asyncio.wait_for(gone.wait(), grace_s + 1.0)
-            except asyncio.TimeoutError:
-                pass
+        try:
+            await asyncio.wait_for(child.gone.wait(), grace_s + 1.0)
+        except asyncio.TimeoutError:
+            pass
         if child.poll() is None:
             child.kill()
             await asyncio.get_running_loop().run_in_executor(None, child.wait)
         with self._lock:
             self.inflight = 0
+            self._rows.clear()

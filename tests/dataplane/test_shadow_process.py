@@ -169,3 +169,31 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+async def test_a_request_larger_than_the_pipe_is_still_copied_whole(backends, router, client_factory, dp):
+    await backends.demo_model("mod_a", weights=dp.WEIGHTS_A)
+    await backends.demo_model("mod_twin", weights=dp.WEIGHTS_A)
+    await backends.deployment("dep_big", "mod_a", [("ch_twin", "mod_twin", 100)], shadow_mode=True)
+    await dp.wait_for_version(router, "dep_big", 1)
+    rows = [(i / 150_000, 0.5) for i in range(150_000)]   # 1.2 MB of FP32: more than the pipe holds
+    request = dp.infer_request("dep_big", rows=rows)
+    assert request.ByteSize() > 1 << 20
+    _, metadata = await client_factory(router.address).infer(request, timeout=30)
+    assert metadata["tsplit-variant"] == "champion"
+    await dp.wait_until(_settled(router, "dep_big", "ch_twin"), timeout=30)
+    row = router.stats.snapshot()["dep_big"]["ch_twin"]
+    assert (row["mirrored"], row["compared"], row["exact_matches"], row["mirror_dropped"]) == (1, 1, 1, 0)
+
+
+async def test_copies_of_a_deleted_deployment_do_not_bring_its_counters_back(backends, router, client_factory, dp):
+    await backends.demo_model("mod_a")
+    await backends.demo_model("mod_slow", latency_ms=300)
+    await backends.deployment("dep_gone", "mod_a", [("ch_slow", "mod_slow", 100)], shadow_mode=True)
+    await dp.wait_for_version(router, "dep_gone", 1)
+    await client_factory(router.address).variants(dp.infer_request("dep_gone"), 5)
+    assert router.mirrors.inflight == 5
+    await backends.etcd.delete(backends.layout.deployment("dep_gone"))
+    await dp.wait_until(lambda: "dep_gone" not in router.sync.applied)
+    await dp.wait_until(lambda: router.mirrors.inflight == 0, timeout=10)   # the copies came back
+    assert "dep_gone" not in router.stats.snapshot()
