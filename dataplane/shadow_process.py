@@ -142,7 +142,7 @@ class MirrorProcess:
     def _write(self, frame: bytes) -> bool:
         """One frame to the sender (under the lock); False when it has no room or is gone."""
         child = self._child
-        if child is None or child.poll() is not None:
+        if child is None:   # (one that died is found by its closed pipe: EPIPE below)
             child = self._spawn()
             if child is None:
                 return False
@@ -169,8 +169,10 @@ class MirrorProcess:
 
     @staticmethod
     def _write_rest(fd: int, rest: memoryview) -> bool:
-        """The rest of a frame larger than the whole pipe (a large request): the serving
-        thread waits for the sender to read it."""
+        """The rest of a frame larger than the whole pipe (a request and answer of more
+        than PIPE_BYTES): the serving thread waits for the sender to read it, and other
+        serving threads' hand-offs wait for the lock meanwhile (a known cost of very large
+        shadowed requests)."""
         deadline = time.monotonic() + _WRITE_REST_S
         while rest:
             left = deadline - time.monotonic()
