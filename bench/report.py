@@ -108,7 +108,8 @@ def detail_lines(results: dict) -> list[str]:
         elif kind == "writes":
             lines.append(
                 f"- {row['name']}: {fmt(row['patch_per_s'], 0)} PATCH/s ({fmt(row['ratio_vs_etcd_txn'], 3)}x etcd's "
-                f"{fmt(row['etcd_txn_per_s'], 0)} txn/s), p50 {fmt(row['p50_ms'], 1)} ms, p99 {fmt(row['p99_ms'], 1)} ms, "
+                f"{fmt(row['etcd_txn_per_s'], 0)} txn/s; medians of {len(row.get('repeats', [1]))} repetitions, each "
+                f"against etcd's rate measured just before it), p50 {fmt(row['p50_ms'], 1)} ms, p99 {fmt(row['p99_ms'], 1)} ms, "
                 f"{row['ok']} x 200, {row['failed']} other, lost updates {row['lost_updates']}, "
                 f"challengers not at their last write {row['challengers_not_last_written']}")
         elif kind == "scale":
