@@ -363,12 +363,12 @@ class Run:
         return stack.built(stack.CONTROLPLANE_MODULE) and stack.built(stack.GATEWAY_MODULE)
 
     async def _propagation(self, control: stack.ControlStack, prefix: str, label: str, changes: int) -> dict:
-        routers = [await self.router(f"{label}-p{i}", prefix) for i in range(4)]
+        routers = [await self.router(f"{label}-p{i}", prefix, extra=propagation.ROUTER_FLAGS) for i in range(4)]
         async with httpx.AsyncClient(base_url=control.gateway_url, headers=control.headers, timeout=15) as client:
             slug, challenger = await propagation.setup_deployment(client, self.backends.champion, self.backends.challenger)
             addresses = [r.address for r in routers]
-            samples = await propagation.measure(client, addresses, slug, challenger, changes)
-            raw = await propagation.measure_etcd_put(self.etcd, Layout(prefix), addresses, slug, challenger, changes)
+            patches = await propagation.measure(client, addresses, slug, challenger, changes)
+            puts = await propagation.measure_etcd_put(self.etcd, Layout(prefix), addresses, slug, challenger, changes)
             gets = []
             for _ in range(self.s.get_samples):
                 sent = time.perf_counter()
@@ -377,9 +377,17 @@ class Run:
                 gets.append((time.perf_counter() - sent) * 1000)
         for r in routers:
             r.child.stop()
-        return {"changes": len(samples), "p50_ms": _p(samples, 50), "p99_ms": _p(samples, 99), "max_ms": max(samples),
-                "get_p50_ms": _p(gets, 50), "get_p99_ms": _p(gets, 99), "routers": 4,
-                "etcd_put_to_routers": {k: {"p50_ms": _p(v, 50), "p99_ms": _p(v, 99)} for k, v in raw.items()}}
+        logs = propagation.read_logs([r.child.log_path for r in routers])
+        patch, put = propagation.timings(patches, logs), propagation.timings(puts, logs)
+        # The target's figure: the routers' logged swaps (see bench/propagation.py); a client's
+        # first answer with the new version beside it.
+        samples = patch.swapped_ms or patch.answered_ms
+        return {"changes": len(patches), "p50_ms": _p(samples, 50), "p99_ms": _p(samples, 99), "max_ms": max(samples),
+                "clock": "router swap" if patch.swapped_ms else "client answer",
+                "patch": patch.to_json(_p), "get_p50_ms": _p(gets, 50), "get_p99_ms": _p(gets, 99), "routers": 4,
+                "etcd_put_to_routers": {"from_put_sent_ms": put.to_json(_p)["router_swapped"],
+                                        "client_answered_from_put_sent_ms": put.to_json(_p)["client_answered"],
+                                        "contradictions": put.contradictions}}
 
     async def phase_propagation(self) -> None:
         bound = f"<= etcd put-to-watch p99 + 10 ms"
