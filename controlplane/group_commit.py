@@ -60,6 +60,29 @@ class _AnswerLost(Exception):
         self.plans, self.deadline = plans, deadline
 
 
+class BatchStats:
+    """How full the batches are: counted per committed (or write-free) batch and logged as
+    one line every log_every_s while writes flow, so that a deployment can see whether
+    group commit is paying off (with 16 busy clients a batch should carry many changes)."""
+
+    def __init__(self, log_every_s: float = 10.0):
+        self.log_every_s = log_every_s
+        self.batches = self.changes = self.lost_races = self.largest = 0  # since the last line
+        self._since: float | None = None
+
+    def batch(self, changes: int, now: float) -> None:
+        self.batches += 1
+        self.changes += changes
+        self.largest = max(self.largest, changes)
+        if self._since is None:
+            self._since = now
+        elif now - self._since >= self.log_every_s:
+            log.info("group commit: %d batches in %.0f s, %.1f changes per batch (largest %d), %d lost races",
+                     self.batches, now - self._since, self.changes / self.batches, self.largest, self.lost_races)
+            self.batches = self.changes = self.lost_races = self.largest = 0
+            self._since = now
+
+
 def record_of(mod_revision: int, value: bytes) -> Record:
     return Record.of(mod_revision, loads(value))
 
@@ -90,6 +113,7 @@ class GroupCommit:
         self._writing: set[str] = set()  # deployments some batch is writing now
         self._workers = 0
         self._tasks: set[asyncio.Task] = set()
+        self.stats = BatchStats()
 
     def submit(self, change: PendingChange) -> "asyncio.Future[ChangeResult]":
         answer: asyncio.Future[ChangeResult] = asyncio.get_running_loop().create_future()
@@ -179,6 +203,7 @@ class GroupCommit:
                     self._track(self._settle_lost(groups, lost), "tsplit-resolve")
                     return
                 except LostRace:
+                    self.stats.lost_races += 1
                     read_records = True
                     await asyncio.sleep(min(random.uniform(0, backoff), max(0.0, deadline - loop.time())))
                     backoff = min(backoff * 2, self.settings.max_backoff_s)
@@ -187,6 +212,7 @@ class GroupCommit:
                     for _, answer in batch:
                         settle(answer, err)
                     return
+                self.stats.batch(len(batch), loop.time())
                 self._answer(groups, plans)
                 return
         except Exception as err:  # a bug: its changes answer "internal", the worker goes on

@@ -14,11 +14,14 @@ import time
 from typing import Sequence
 
 import grpc
+from grpc.aio._call import _create_rpc_error
 
 from dataplane.routing import RoutingTable
 
 SERVICE = "inference.GRPCInferenceService"
 INFER_METHOD = f"/{SERVICE}/ModelInfer"
+_INFER_METHOD_BYTES = INFER_METHOD.encode()
+_CANCELLED_DETAILS = "the caller went away"
 
 BACKEND_CHANNEL_OPTIONS: tuple[tuple[str, object], ...] = (
     # Tensors can be large; the client already chose what it sends.
@@ -39,13 +42,36 @@ def table_endpoints(table: RoutingTable) -> set[str]:
 
 
 class Backend:
-    """One reused grpc.aio channel to a v2 server; raw-bytes callables by method path."""
+    """One reused grpc.aio channel to a v2 server; raw-bytes callables by method path.
+
+    call_infer is ModelInfer on grpc.aio's Cython call directly: grpc.aio's own callable
+    wraps every call in a UnaryUnaryCall object and an asyncio Task, which was 5-15 % of
+    the router's CPU per request (BENCHMARKS.md, "Tries"). It behaves as the wrapped call
+    does: AioRpcError on a non-OK status, CancelledError cancels the backend call."""
 
     def __init__(self, endpoint: str, options: Sequence[tuple[str, object]]) -> None:
         self.endpoint = endpoint
         self.channel = grpc.aio.insecure_channel(endpoint, options=list(options))
-        self.infer = self.channel.unary_unary(INFER_METHOD)
+        # A registered method: grpc core skips interning the path on every call.
+        self.infer = self.channel.unary_unary(INFER_METHOD, _registered_method=True)
         self._methods = {INFER_METHOD: self.infer}
+        self._cython_channel = self.channel._channel
+        self._infer_handle = getattr(self.infer, "_registered_call_handle", 0)
+
+    async def call_infer(self, request: bytes, timeout: float | None, metadata: tuple = ()) -> bytes:
+        call = self._cython_channel.call(_INFER_METHOD_BYTES, None if timeout is None else time.time() + timeout,
+                                         None, None, self._infer_handle)
+        try:
+            answer = await call.unary_unary(request, metadata, None)
+        except asyncio.CancelledError:
+            if not call.done():
+                call.cancel(_CANCELLED_DETAILS)
+            raise
+        if call.is_ok():
+            return answer
+        if call.is_locally_cancelled():
+            raise asyncio.CancelledError()
+        raise _create_rpc_error(call._initial_metadata, call._status)
 
     def method(self, path: str):
         callable_ = self._methods.get(path)
@@ -79,7 +105,7 @@ class BackendPool:
         return backend
 
     async def infer(self, endpoint: str, request: bytes, timeout: float | None) -> bytes:
-        return await self.get(endpoint).infer(request, timeout=timeout)
+        return await self.get(endpoint).call_infer(request, timeout)
 
     @property
     def endpoints(self) -> frozenset[str]:
@@ -90,6 +116,7 @@ class BackendPool:
         longer in use."""
         for endpoint in [e for e in self._backends if e not in endpoints]:
             backend = self._backends.pop(endpoint)
+            # Calls of call_infer in flight finish: a closed channel does not cancel them.
             task = asyncio.get_running_loop().create_task(backend.channel.close(self._close_grace_s))
             self._retiring[task] = backend
             task.add_done_callback(lambda t: self._retiring.pop(t, None))

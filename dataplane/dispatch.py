@@ -296,21 +296,20 @@ async def infer_async(dispatcher: Dispatcher, backends: BackendPool, start_mirro
     """ModelInfer over grpc.aio: (the answer, response metadata); raises DispatchError."""
     deadline = _deadline(timeout)
     attempt = dispatcher.begin_infer(request, metadata)
-    call = backends.get(attempt.variant.endpoint).infer(attempt.request, timeout=timeout, metadata=attempt.forward)
-    # Mirrors start once the champion's call is on its way; they never hold it up.
+    # Mirrors start before the champion's call is awaited; they never hold it up.
     mirrors = attempt.mirrors()
     shadow = start_mirrors(attempt.route.slug, mirrors, request) if mirrors else None
     answer = None
     try:
         try:
-            answer = await call
+            answer = await backends.get(attempt.variant.endpoint).call_infer(attempt.request, timeout, attempt.forward)
         except grpc.aio.AioRpcError as err:
             retry = attempt.failover(err.code())
             if retry is None:
                 raise
             attempt = retry
-            answer = await backends.get(attempt.variant.endpoint).infer(
-                attempt.request, timeout=_remaining(deadline), metadata=attempt.forward)
+            answer = await backends.get(attempt.variant.endpoint).call_infer(
+                attempt.request, _remaining(deadline), attempt.forward)
     except grpc.aio.AioRpcError as err:
         raise attempt.failed(err.code(), err.details(), err.trailing_metadata()) from None
     except asyncio.CancelledError:

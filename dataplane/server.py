@@ -1,8 +1,8 @@
 """`tsplit-router`: the data-plane router process (SPEC section 5, issue 3).
 
 One router = one gRPC server with the v2 inference service, gRPC health and reflection
-(--server sync, the default: a sync grpc server with a thread pool, see
-dataplane.sync_transport; --server aio: a grpc.aio server); a ConfigSync that follows
+(--server aio, the default: a grpc.aio server on uvloop; --server sync: a sync grpc server
+with a thread pool, see dataplane.sync_transport); a ConfigSync that follows
 etcd; a Registration that keeps its lease-bound record; and, with --metrics-listen, a
 Prometheus endpoint, all on one event loop. start_router() runs one in the current event
 loop (tests); main() is the console script. With --workers N (or auto: one per CPU),
@@ -51,6 +51,7 @@ log = logging.getLogger("tsplit.router")
 ENV_PREFIX = "TSPLIT_ROUTER_"
 SHARED_FLAGS = ("etcd", "etcd_prefix", "log_level")
 SERVER_KINDS = ("aio", "sync")   # TSPLIT_<FLAG>; the rest TSPLIT_ROUTER_<FLAG>
+EVENT_LOOPS = ("uvloop", "asyncio")
 
 
 def split_host_port(text: str, what: str) -> tuple[str, int]:
@@ -78,7 +79,10 @@ class RouterSettings:
     # worker per CPU served 1.2-1.35x the requests but doubled memory and cold start with
     # 10,000 deployments and slowed propagation (BENCHMARKS.md, "Tries").
     workers: int = 1
-    server: str = "sync"              # "aio": grpc.aio server; "sync": sync grpc server, a thread pool
+    # grpc.aio with uvloop and direct Cython backend calls: the least CPU per request of the
+    # tries (the sync server spent 20-30 % more); BENCHMARKS.md, "Tries".
+    server: str = "aio"               # "aio": grpc.aio server; "sync": sync grpc server, a thread pool
+    event_loop: str = "uvloop"        # "uvloop" (when installed) or "asyncio"
     threads: int = 16                 # serving threads of --server sync
     reuse_port: bool = False          # share the listen port (set for --workers' children)
     max_inflight_mirrors: int = 256
@@ -98,6 +102,8 @@ class RouterSettings:
             raise ValueError(f"--router-id {self.router_id!r} must be printable and without '/'")
         if self.server not in SERVER_KINDS:
             raise ValueError(f"--server must be one of {', '.join(SERVER_KINDS)}, not {self.server!r}")
+        if self.event_loop not in EVENT_LOOPS:
+            raise ValueError(f"--event-loop must be one of {', '.join(EVENT_LOOPS)}, not {self.event_loop!r}")
         for name in ("workers", "threads", "max_inflight_mirrors", "max_message_mb"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
@@ -140,6 +146,7 @@ _HELP = {
     "advertise": "address other processes reach this router at (default: the bound address)",
     "workers": "worker processes sharing the listen port, each its own router; 'auto': one per CPU",
     "server": "gRPC server: 'aio' (grpc.aio, one event loop) or 'sync' (thread pool, sync channels)",
+    "event_loop": "the process's event loop: 'uvloop' (falls back to asyncio's when not installed) or 'asyncio'",
     "threads": "serving threads of --server sync",
     "reuse_port": "share the listen port with other processes (SO_REUSEPORT)",
     "max_inflight_mirrors": "shadow copies in flight per router; past it copies are dropped and counted",
@@ -300,9 +307,12 @@ async def start_router(settings: RouterSettings) -> RunningRouter:
         count_applier = asyncio.create_task(_apply_counts_regularly(stats), name="router-counts")
     else:
         server = AioServer(_server_options(settings))
-        handler = InferenceRouter(lambda: sync.table, backends, stats, mirrors,
-                                  default_timeout_s=settings.request_timeout_s).handler()
-    server.grpc.add_generic_rpc_handlers((handler,))
+        handler = None
+        server.grpc.add_registered_method_handlers(SERVICE, InferenceRouter(
+            lambda: sync.table, backends, stats, mirrors,
+            default_timeout_s=settings.request_timeout_s).method_handlers())
+    if handler is not None:
+        server.grpc.add_generic_rpc_handlers((handler,))
     health_pb2_grpc.add_HealthServicer_to_server(server.health, server.grpc)
     reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server.grpc)
     for name in ("", SERVICE):
@@ -445,6 +455,19 @@ def supervise_workers(settings: RouterSettings) -> int:
     return 0
 
 
+def run_event_loop(main_coroutine, event_loop: str):
+    """Run main_coroutine to its end on uvloop (when asked for and installed) or asyncio's loop."""
+    if event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            log.warning("uvloop is not installed; running on asyncio's event loop")
+        else:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                return runner.run(main_coroutine)
+    return asyncio.run(main_coroutine)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_settings(argv)
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
@@ -452,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.workers > 1:
         return supervise_workers(settings)
     try:
-        asyncio.run(serve(settings))
+        run_event_loop(serve(settings), settings.event_loop)
     except OSError as err:
         log.error("router could not start: %s", err)
         return 1
