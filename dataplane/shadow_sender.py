@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from dataplane.backends import BACKEND_CHANNEL_OPTIONS, INFER_METHOD
+from dataplane.backends import BACKEND_CHANNEL_OPTIONS, Backend
 from dataplane.mirror import compare_raw
 from dataplane.shadow_process import FRAME_HEADER, NO_ANSWER, decode_meta
 from dataplane.wire import model_ref_suffix
@@ -56,22 +56,21 @@ class Sender:
     def __init__(self, settings: SenderSettings, out) -> None:
         self._settings = settings
         self._out = out
-        self._channels: collections.OrderedDict[str, tuple[grpc.aio.Channel, object]] = collections.OrderedDict()
+        self._channels: collections.OrderedDict[str, Backend] = collections.OrderedDict()
         self._totals: dict[tuple[str, str, str], Totals] = {}
         self._tasks: set[asyncio.Task] = set()
         self._failure_logged = False
 
-    def _infer(self, endpoint: str):
-        entry = self._channels.get(endpoint)
-        if entry is None:
-            channel = grpc.aio.insecure_channel(endpoint, options=list(BACKEND_CHANNEL_OPTIONS))
-            entry = self._channels[endpoint] = (channel, channel.unary_unary(INFER_METHOD))
+    def _backend(self, endpoint: str) -> Backend:
+        backend = self._channels.get(endpoint)
+        if backend is None:
+            backend = self._channels[endpoint] = Backend(endpoint, BACKEND_CHANNEL_OPTIONS)
             if len(self._channels) > MAX_CHANNELS:
-                _, (old, _) = self._channels.popitem(last=False)
-                self._spawn(old.close(self._settings.timeout_s))
+                _, old = self._channels.popitem(last=False)
+                self._spawn(old.channel.close(self._settings.timeout_s))
         else:
             self._channels.move_to_end(endpoint)
-        return entry[1]
+        return backend
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -88,7 +87,7 @@ class Sender:
                       answer: bytes | None) -> None:
         started = time.perf_counter()
         try:
-            raw = await self._infer(endpoint)(request, timeout=self._settings.timeout_s)
+            raw = await self._backend(endpoint).call_infer(request, self._settings.timeout_s)
         except grpc.aio.AioRpcError:
             raw = None
         # Looked up after the call: a report in between took the counts so far.
@@ -132,7 +131,7 @@ class Sender:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self._settings.timeout_s + 1.0)
         self.report()
-        await asyncio.gather(*(channel.close(None) for channel, _ in self._channels.values()),
+        await asyncio.gather(*(backend.channel.close(None) for backend in self._channels.values()),
                              return_exceptions=True)
 
 
@@ -173,7 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if args.nice:
         os.nice(args.nice)
-    asyncio.run(serve(SenderSettings(args.timeout, args.nice)))
+    settings = SenderSettings(args.timeout, args.nice)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(settings))
+    else:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve(settings))
     return 0
 
 

@@ -116,10 +116,10 @@ async def test_a_sender_that_falls_behind_costs_copies_not_answers(backends, rou
         row = router.stats.snapshot()["dep_behind"]["ch_b"]
         assert row["mirror_dropped"] >= 1
         assert row["mirrored"] + row["mirror_dropped"] == n + 1
-        assert elapsed < 5  # no answer waited for the stopped sender
+        assert elapsed < 10  # no answer waited for the stopped sender (it never reads)
     finally:
         os.kill(pid, signal.SIGCONT)
-    await dp.wait_until(_settled(router, "dep_behind", "ch_b"), timeout=15)
+    await dp.wait_until(_settled(router, "dep_behind", "ch_b"), timeout=30)
     assert router.mirrors.sender_pid == pid
 
 
