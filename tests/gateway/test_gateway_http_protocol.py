@@ -49,3 +49,39 @@ async def test_keep_alive_serves_pipelined_requests_in_order(gateway):
     answers = await _exchange(gateway.url, one + missing + one, answers=3)
     assert [status for status, _, _ in answers] == [200, 404, 200]
     assert answers[1][2]["error"] == "model_not_found" and "models" in answers[0][2]
+
+
+class _RecordingTransport:
+    def __init__(self):
+        self.sent: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str):
+        return ("127.0.0.1", 1) if name == "peername" else None
+
+
+async def test_writes_of_one_callback_go_out_in_one_send_and_close_sends_first():
+    from controlplane.gateway.http_protocol import CoalescingTransport
+
+    inner = _RecordingTransport()
+    transport = CoalescingTransport(inner, asyncio.get_running_loop())
+    transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    transport.write(b"{}")
+    assert inner.sent == []
+    await asyncio.sleep(0)
+    assert inner.sent == [b"HTTP/1.1 200 OK\r\n\r\n{}"]
+    transport.write(b"last")
+    transport.close()
+    assert inner.sent[-1] == b"last" and inner.closed
+    assert transport.get_extra_info("peername") == ("127.0.0.1", 1)  # the rest is the inner transport's
+    await asyncio.sleep(0)
+    assert len(inner.sent) == 2  # nothing sent twice
