@@ -104,11 +104,13 @@ def detail_lines(results: dict) -> list[str]:
                 f"max {fmt(row['max_ms'], 2)} ms; a raw etcd put to all 4 routers: p50 "
                 f"{fmt(raw.get('from_put_sent_ms', {}).get('p50_ms'), 2)} ms, p99 "
                 f"{fmt(raw.get('from_put_sent_ms', {}).get('p99_ms'), 2)} ms from the put sent; "
-                f"gateway GET p50 {fmt(row['get_p50_ms'], 2)} ms, p99 {fmt(row['get_p99_ms'], 2)} ms")
+                f"gateway GET p50 {fmt(row['get_p50_ms'], 2)} ms, p99 {fmt(row['get_p99_ms'], 2)} ms"
+                + _propagation_clocks(row))
         elif kind == "writes":
             lines.append(
                 f"- {row['name']}: {fmt(row['patch_per_s'], 0)} PATCH/s ({fmt(row['ratio_vs_etcd_txn'], 3)}x etcd's "
-                f"{fmt(row['etcd_txn_per_s'], 0)} txn/s), p50 {fmt(row['p50_ms'], 1)} ms, p99 {fmt(row['p99_ms'], 1)} ms, "
+                f"{fmt(row['etcd_txn_per_s'], 0)} txn/s; medians of {len(row.get('repeats', [1]))} repetitions, each "
+                f"against etcd's rate measured just before it), p50 {fmt(row['p50_ms'], 1)} ms, p99 {fmt(row['p99_ms'], 1)} ms, "
                 f"{row['ok']} x 200, {row['failed']} other, lost updates {row['lost_updates']}, "
                 f"challengers not at their last write {row['challengers_not_last_written']}")
         elif kind == "scale":
@@ -134,3 +136,15 @@ def detail_lines(results: dict) -> list[str]:
                 lines.append(f"- {row['name']} ({key}, {prof['samples']} samples, "
                              f"{fmt(prof.get('req_per_s_while_sampling'), 0)} req/s): {top}")
     return lines
+
+
+def _propagation_clocks(row: dict) -> str:
+    """Which clock the figure is on, and the other one (bench/propagation.py)."""
+    patch = row.get("patch")
+    if not patch:
+        return ""
+    client = patch["client_answered"]
+    return (f"; clock: {row.get('clock', '?')}; a client's first new-version answer p50 "
+            f"{fmt(client['p50_ms'], 2)} ms, p99 {fmt(client['p99_ms'], 2)} ms (probe round trip p50 "
+            f"{fmt(patch['probe_round_trip']['p50_ms'], 2)} ms); contradictions {patch['contradictions']}, "
+            f"unlogged swaps {patch['unlogged_swaps']}")

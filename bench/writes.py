@@ -101,3 +101,94 @@ async def measure(base_url: str, headers: dict, slots: list[Slot], duration_s: f
             "failures": dict(tally.failures), "patch_per_s": tally.ok_timed / elapsed if elapsed > 0 else 0.0,
             "client_cpu_us_per_patch": round(tally.cpu_s / attempts * 1e6, 1) if attempts else None,
             "lost_updates": lost, "challengers_not_last_written": wrong, "latencies_ms": tally.latencies_ms}
+
+
+# --- python -m bench.writes: the row alone, with each process's CPU per PATCH -------------
+
+def process_cpu_s(pid: int) -> float:
+    """utime + stime of one process (all its threads), from /proc/<pid>/stat."""
+    import os
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_us_per_patch(before: dict[str, float], after: dict[str, float], patches: int) -> dict[str, float | None]:
+    """Each process's CPU between the two snapshots, divided by the PATCHes served."""
+    return {name: round((after[name] - before[name]) / patches * 1e6, 1) if patches else None for name in before}
+
+
+async def _profiled_run(args) -> dict:
+    import contextlib
+    import subprocess
+    import tempfile
+
+    from bench import etcd_rows, stack
+    from tsplit.etcd import Etcd
+    from tsplit.etcd_server import EtcdMember
+
+    results: dict = {}
+    with tempfile.TemporaryDirectory(prefix="tsplit-writes-") as tmp, contextlib.ExitStack() as stops:
+        work = Path(tmp)
+        member = EtcdMember(data_dir=work / "etcd", log_path=work / "etcd.log").start()
+        stops.callback(member.stop)
+        etcd = Etcd([member.endpoint])
+        try:
+            etcd_cpu = process_cpu_s(member.process.pid)
+            txn = await etcd_rows.txn_rate(etcd, "/writes-etcd/txn/", args.writers, args.txn_seconds)
+            etcd_cpu = process_cpu_s(member.process.pid) - etcd_cpu
+        finally:
+            await etcd.close()
+        results["etcd_txn_per_s"] = round(txn["txn_per_s"], 1)
+        results["etcd_cpu_us_per_txn"] = round(etcd_cpu / max(1, txn["committed"]) * 1e6, 1)
+        control = stack.start_control_stack(work, member.endpoint, "/writes", "org_bench")
+        stops.callback(control.stop)
+        pids = {"gateway": control.gateway.pid, "controlplane": control.controlplane.pid,
+                "etcd": member.process.pid}
+        for shared in (True, False):
+            name = "one deployment" if shared else "own deployments"
+            async with httpx.AsyncClient(base_url=control.gateway_url, headers=control.headers, timeout=15) as client:
+                slots = await setup(client, "127.0.0.1:1", args.writers, shared)
+            spies = []
+            if args.py_spy and shared == (args.py_spy_shape == "one"):
+                for who in ("gateway", "controlplane"):
+                    out = Path(args.py_spy) / f"{who}.txt"
+                    spies.append(subprocess.Popen(
+                        [str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "--format", "raw",
+                         "-r", "200", "-d", str(int(args.seconds + 1)), "-p", str(pids[who]), "-o", str(out)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            before = {who: process_cpu_s(pid) for who, pid in pids.items()}
+            result = await measure(control.gateway_url, control.headers, slots, args.seconds)
+            after = {who: process_cpu_s(pid) for who, pid in pids.items()}
+            for spy in spies:
+                spy.wait(timeout=60)
+            latencies = sorted(result.pop("latencies_ms"))
+            served = result["ok"] + result["failed"]
+            result["server_cpu_us_per_patch"] = cpu_us_per_patch(before, after, served)
+            result["p50_ms"] = round(latencies[len(latencies) // 2], 2) if latencies else None
+            result["ratio_vs_etcd_txn"] = round(result["patch_per_s"] / txn["txn_per_s"], 3)
+            results[name] = result
+        log_text = control.controlplane.log_tail(20000)
+        results["group_commit_log"] = [line.split(": ", 1)[-1] for line in log_text.splitlines() if "group commit" in line]
+        return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m bench.writes",
+                                description="target 4 alone: etcd txn rate, PATCH rate, CPU per PATCH of each process")
+    p.add_argument("--writers", type=int, default=16)
+    p.add_argument("--seconds", type=float, default=6.0)
+    p.add_argument("--txn-seconds", type=float, default=3.0)
+    p.add_argument("--py-spy", metavar="DIR", help="record raw py-spy profiles of gateway and control plane here")
+    p.add_argument("--py-spy-shape", choices=("one", "own"), default="one",
+                   help="profile the row with one deployment or with one per client")
+    args = p.parse_args(argv)
+    print(json.dumps(asyncio.run(_profiled_run(args)), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

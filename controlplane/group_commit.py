@@ -60,6 +60,29 @@ class _AnswerLost(Exception):
         self.plans, self.deadline = plans, deadline
 
 
+class BatchStats:
+    """How full the batches are: counted per committed (or write-free) batch and logged as
+    one line every log_every_s while writes flow, so that a deployment can see whether
+    group commit is paying off (with 16 busy clients a batch should carry many changes)."""
+
+    def __init__(self, log_every_s: float = 10.0):
+        self.log_every_s = log_every_s
+        self.batches = self.changes = self.lost_races = self.largest = 0  # since the last line
+        self._since: float | None = None
+
+    def batch(self, changes: int, now: float) -> None:
+        self.batches += 1
+        self.changes += changes
+        self.largest = max(self.largest, changes)
+        if self._since is None:
+            self._since = now
+        elif now - self._since >= self.log_every_s:
+            log.info("group commit: %d batches in %.0f s, %.1f changes per batch (largest %d), %d lost races",
+                     self.batches, now - self._since, self.changes / self.batches, self.largest, self.lost_races)
+            self.batches = self.changes = self.lost_races = self.largest = 0
+            self._since = now
+
+
 def record_of(mod_revision: int, value: bytes) -> Record:
     return Record.of(mod_revision, loads(value))
 
@@ -90,6 +113,9 @@ class GroupCommit:
         self._writing: set[str] = set()  # deployments some batch is writing now
         self._workers = 0
         self._tasks: set[asyncio.Task] = set()
+        self.stats = BatchStats()
+        self._filled = asyncio.Event()  # set once _want changes are queued (see _linger)
+        self._want = 0
 
     def submit(self, change: PendingChange) -> "asyncio.Future[ChangeResult]":
         answer: asyncio.Future[ChangeResult] = asyncio.get_running_loop().create_future()
@@ -101,6 +127,8 @@ class GroupCommit:
             self._queue.extendleft(reversed(waiters))
         else:
             self._queue.extend(waiters)
+        if self._want and len(self._queue) >= self._want:
+            self._filled.set()
         if self._workers < self.settings.max_concurrent_batches:
             self._workers += 1
             self._track(self._work(), "tsplit-group-commit")
@@ -114,10 +142,13 @@ class GroupCommit:
         """Batch after batch, until nothing waiting can be taken (what is left belongs to
         deployments other workers are writing: they take it when they are done)."""
         try:
+            previous = 0
             while True:
+                await self._linger(previous)
                 batch = self._take()
                 if not batch:
                     return
+                previous = len(batch)
                 slugs = {change.slug for change, _ in batch}
                 self._writing |= slugs
                 try:
@@ -126,6 +157,24 @@ class GroupCommit:
                     self._writing -= slugs
         finally:
             self._workers -= 1
+
+    async def _linger(self, previous: int) -> None:
+        """After a batch of several changes, wait up to settings.linger_s for as many to
+        queue again: their clients are busy reading the answers and sending the next
+        changes, and one transaction for all of them costs etcd and this process far less
+        than several small ones (16 clients: ~25 % less CPU per change in both). A lone
+        client (batches of one) never waits."""
+        want = min(previous, self.settings.max_batch)
+        if want < 2 or self.settings.linger_s <= 0 or len(self._queue) >= want:
+            return
+        self._filled.clear()
+        self._want = want
+        try:
+            await asyncio.wait_for(self._filled.wait(), self.settings.linger_s)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self._want = 0
 
     def _take(self) -> list[Waiter]:
         """Waiting changes of deployments no batch is writing, in order; a deployment's
@@ -179,6 +228,7 @@ class GroupCommit:
                     self._track(self._settle_lost(groups, lost), "tsplit-resolve")
                     return
                 except LostRace:
+                    self.stats.lost_races += 1
                     read_records = True
                     await asyncio.sleep(min(random.uniform(0, backoff), max(0.0, deadline - loop.time())))
                     backoff = min(backoff * 2, self.settings.max_backoff_s)
@@ -187,6 +237,7 @@ class GroupCommit:
                     for _, answer in batch:
                         settle(answer, err)
                     return
+                self.stats.batch(len(batch), loop.time())
                 self._answer(groups, plans)
                 return
         except Exception as err:  # a bug: its changes answer "internal", the worker goes on

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, NamedTuple
 
@@ -197,6 +198,7 @@ class ConfigSync:
         self.snapshots = 0
         self.watch_failures = 0
         self.tables_built = 0
+        self.swapped_at = 0.0   # perf_counter time of the last swap
         lo, hi = sorted([layout.models, layout.deployments])
         self._watch_key, self._watch_end = lo, prefix_range_end(hi)
 
@@ -228,8 +230,13 @@ class ConfigSync:
                     need_snapshot = False
                     backoff.reset()
                 async for batch in self._etcd.watch_range(self._watch_key, self._watch_end, self.revision + 1):
+                    received = time.perf_counter()
                     self._apply_batch(batch)
                     backoff.reset()
+                    if self.swapped_at >= received and log.isEnabledFor(logging.DEBUG):
+                        # perf_counter is CLOCK_MONOTONIC: the bench compares it across processes
+                        log.debug("config revision %d: batch read at %.6f, swapped at %.6f",
+                                  batch.seen_revision, received, self.swapped_at)
             except WatchCompacted as err:
                 log.warning("config watch: revision %d compacted (up to %d); reloading the snapshot",
                             self.revision + 1, err.compact_revision)
@@ -318,6 +325,7 @@ class ConfigSync:
             else:
                 self.applied.set(change.slug, change.new.cache_version)
         self.table = table
+        self.swapped_at = time.perf_counter()
         self.revision = revision
         self.tables_built += 1
         self.ready.set()

@@ -36,12 +36,12 @@ from dataplane.backends import SyncBackendPool
 from dataplane.config_sync import ConfigSync
 from dataplane.dispatch import Dispatcher, apply_deferred
 from dataplane.endpoint_refs import EndpointRefs
-from dataplane.mirror import MirrorDispatcher
+from dataplane.shadow_process import MirrorProcess
 from dataplane.registration import Registration
-from dataplane.router import NOT_READY_MESSAGE, SERVER_NAME, SERVICE, BackendPool, InferenceRouter, rewrite
+from dataplane.router import NOT_READY_MESSAGE, SERVER_NAME, SERVICE, BackendPool, InferenceRouter
 from tsplit import package_version
 from dataplane.stats import MetricsServer, RouterStats, StatsCollector, settle_on_loop
-from dataplane.sync_transport import SyncInferenceRouter, SyncServer, mirrors_on_loop
+from dataplane.sync_transport import SyncInferenceRouter, SyncServer
 from tsplit.etcd import Etcd, parse_endpoints
 from tsplit.etcd_server import free_port
 from tsplit.layout import DEFAULT_PREFIX, Layout
@@ -212,7 +212,7 @@ class RunningRouter:
     settings: RouterSettings
     stats: RouterStats
     sync: ConfigSync
-    mirrors: MirrorDispatcher
+    mirrors: MirrorProcess
     registration: Registration
     _stop: Callable[[float | None], "asyncio.Future"] = field(repr=False)
 
@@ -270,8 +270,10 @@ async def start_router(settings: RouterSettings) -> RunningRouter:
     etcd = Etcd(settings.etcd)
     stats = RouterStats()
     backends = BackendPool()
-    mirrors = MirrorDispatcher(backends.infer, rewrite, stats, settings.max_inflight_mirrors,
-                               settings.mirror_timeout_s)
+    # Shadow copies are sent and compared by a separate, lower-priority process: in this
+    # one they took GIL time and a core from the champion's answers (BENCHMARKS.md, "Tries").
+    mirrors = MirrorProcess(asyncio.get_running_loop(), stats, settings.max_inflight_mirrors,
+                            settings.mirror_timeout_s)
     registration: Registration | None = None
     endpoints = EndpointRefs()
 
@@ -300,7 +302,7 @@ async def start_router(settings: RouterSettings) -> RunningRouter:
         stats.settle = functools.partial(apply_deferred, pending)
         sync_backends = SyncBackendPool()
         server = SyncServer(settings.threads, _server_options(settings))
-        handler = SyncInferenceRouter(dispatcher, sync_backends, mirrors_on_loop(asyncio.get_running_loop(), mirrors),
+        handler = SyncInferenceRouter(dispatcher, sync_backends, mirrors.start,
                                       settings.request_timeout_s).handler()
         count_applier = asyncio.create_task(_apply_counts_regularly(stats), name="router-counts")
     else:

@@ -1,0 +1,243 @@
+"""The shadow rows alone, longer and repeated, with each process's CPU per request: for
+finding where the champion's tail comes from with mirrors on (issue 5, target 2).
+
+    flock /tmp/tsplit-bench.lock .venv/bin/python -m bench.shadow_probe --seconds 8 --reps 5 \
+        [--compare-in-process] [--compare-sender-nice N] [--side-load] [--switch-interval S] \
+        [--py-spy OUT --gil] [--router-arg=--flag ...] [--out result.json]
+
+One etcd, the champion and the two 50 ms slower backends, one router; then `reps` rounds of
+`router shadow off @rate` and `router shadow on` at 600 req/s (h2load -c 4 -m 4 --rps 150),
+interleaved (each row goes first in turn), plus the optional rows: a router with the
+mirrors on its own event loop (the design before the shadow sender process), routers whose
+sender runs at another nice level, and shadow off while h2load sends the slow backends
+their share of copies straight (the floor: what the challengers' own work costs the
+champion on shared cores). Per run: p50/p99 and each process's CPU (utime + stime from
+/proc) per answered request; per row the medians and the per-round p99 ratio to shadow off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from bench import h2load, loadrows, probe, profile, seed
+from bench.frames import infer_request_body
+from bench.h2load import LoadSettings
+from bench.loadrows import LoadTarget
+from bench.procs import Child, descendants, start_backend, wait_for_listen
+from bench.stats import median, percentile
+from tsplit.etcd import Etcd
+from tsplit.etcd_server import EtcdMember, free_port
+from tsplit.layout import Layout
+
+PREFIX = "/bench"
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int, own: bool = False) -> float:
+    """utime + stime of pid and its descendants (own: of pid alone), seconds."""
+    total = 0.0
+    for p in [pid] if own else [pid, *descendants(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / _TICKS
+    return total
+
+
+# The mirrors as they were before the shadow sender process: grpc.aio calls on the router's
+# own event loop (what the proxyless client still does), for an A/B in one run.
+_IN_PROCESS_MIRRORS = """
+import dataplane.server
+from dataplane.backends import BackendPool
+from dataplane.dispatch import rewrite
+from dataplane.mirror import MirrorDispatcher
+from dataplane.sync_transport import mirrors_on_loop
+
+class InProcessMirrors:
+    def __init__(self, loop, stats, max_inflight, timeout_s):
+        self._pool = BackendPool()
+        self._mirrors = MirrorDispatcher(self._pool.infer, rewrite, stats, max_inflight, timeout_s)
+        self.start = mirrors_on_loop(loop, self._mirrors)
+
+    @property
+    def inflight(self):
+        return self._mirrors.inflight
+
+    async def stop(self, grace_s):
+        await self._mirrors.stop(grace_s)
+        await self._pool.close()
+
+dataplane.server.MirrorProcess = InProcessMirrors
+"""
+
+
+def start_router(work: Path, etcd: str, router_id: str, switch_interval: float | None, extra: list[str],
+                 in_process_mirrors: bool = False, sender_nice: int | None = None) -> tuple[Child, str]:
+    port, metrics = free_port(), free_port()
+    args = ["--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{metrics}", "--etcd", etcd,
+            "--etcd-prefix", PREFIX, "--router-id", router_id, *extra]
+    # Tries are set up in a wrapper before the router starts: no change to the router.
+    code = ("import sys\n"
+            + (f"sys.setswitchinterval({switch_interval!r})\n" if switch_interval else "")
+            + (_IN_PROCESS_MIRRORS if in_process_mirrors else "")
+            + (f"import dataplane.shadow_process\ndataplane.shadow_process.SENDER_NICE = {sender_nice!r}\n"
+               if sender_nice is not None else "")
+            + f"from dataplane.server import main\nsys.exit(main({args!r}))\n")
+    child = Child(f"router {router_id}", [sys.executable, "-c", code], work / f"router-{router_id}.log").start()
+    wait_for_listen(child, port, 30)
+    return child, f"127.0.0.1:{port}"
+
+
+def _side_load(address: str, model_name: str, work: Path, seconds: float) -> None:
+    """What the mirrors cost the slow backends, without mirrors: h2load sends them their
+    share (150 req/s each) straight, alongside a shadow-off row."""
+    body = work / f"body-{model_name}.bin"
+    if not body.exists():
+        body.write_bytes(infer_request_body(model_name))
+    h2load.run(f"http://{address}", body, LoadSettings(clients=1, streams=16, rps=150, duration_s=seconds,
+                                                       warmup_s=0), work)
+
+
+async def one_run(target: LoadTarget, work: Path, pids: dict[str, int], spy_out: Path | None = None,
+                  gil_only: bool = False, side: tuple[str, ...] = ()) -> dict:
+    def cpu_now() -> dict[str, float]:
+        found = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        # The router's own process apart from its children (the shadow sender, if any).
+        found["router_own"] = cpu_seconds(pids["router"], own=True)
+        return found
+    before = cpu_now()
+    started = time.monotonic()
+    spy = None
+    if spy_out is not None:
+        spy = profile.start_record(profile.py_spy_binary(), pids["router"], target.load.duration_s, spy_out,
+                                   gil_only=gil_only)
+    sides = [asyncio.to_thread(_side_load, address, "side", work, target.load.duration_s) for address in side]
+    result, *_ = await asyncio.gather(loadrows.run_once(target, work), *sides)
+    if spy is not None:
+        spy.wait(30)
+    wall = time.monotonic() - started
+    answered = max(1, result["backend_answered"])
+    cpu = {name: s - before[name] for name, s in cpu_now().items()}
+    return {**{k: result[k] for k in ("req_per_s", "p50_ms", "p99_ms", "max_ms", "errors", "mirrored",
+                                      "load_avg_1m")},
+            "p999_ms": result.get("p999_ms"),
+            "cpu_us_per_req": {name: round(1e6 * s / answered, 1) for name, s in cpu.items()},
+            "cpu_share": {name: round(s / wall, 3) for name, s in cpu.items()}}
+
+
+async def main_async(args: argparse.Namespace) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="tsplit-shadow-probe-"))
+    stoppers: list = []
+    try:
+        member = EtcdMember(data_dir=work / "etcd", log_path=work / "etcd.log").start()
+        stoppers.append(member)
+        addresses, pids = [], {}
+        for name, delay in (("champion", 0), ("challenger", 0), ("slow1", 50), ("slow2", 50)):
+            child, address = start_backend(work, name, delay)
+            stoppers.append(child)
+            addresses.append(address)
+            pids[name] = child.pid
+        del pids["challenger"]
+        backends = seed.BenchBackends(*addresses)
+        async with Etcd(member.endpoint) as etcd:
+            layout = Layout(PREFIX)
+            await seed.write_models(etcd, layout, seed.bench_models(backends))
+            await seed.write_deployments(etcd, layout, seed.bench_deployments())
+        router, address = start_router(work, member.endpoint, "probe", args.switch_interval, args.router_arg)
+        stoppers.append(router)
+        await probe.wait_serving(address, 30)
+        rate = LoadSettings(clients=4, streams=4, rps=150, duration_s=args.seconds, warmup_s=0)
+        slow = (backends.slow1, backends.slow2)
+        off = LoadTarget("off", address, "dep_solo", (backends.champion,), load=rate)
+        targets = [(off, router.pid),
+                   (LoadTarget("on", address, "dep_shadow", (backends.champion,), slow, load=rate), router.pid)]
+        if args.compare_in_process:
+            old, old_address = start_router(work, member.endpoint, "probe-inproc", args.switch_interval,
+                                            args.router_arg, in_process_mirrors=True)
+            stoppers.append(old)
+            await probe.wait_serving(old_address, 30)
+            targets.append((LoadTarget("on in-process", old_address, "dep_shadow", (backends.champion,), slow,
+                                       load=rate), old.pid))
+        for nice in args.compare_sender_nice:
+            other, other_address = start_router(work, member.endpoint, f"probe-nice{nice}", args.switch_interval,
+                                                args.router_arg, sender_nice=nice)
+            stoppers.append(other)
+            await probe.wait_serving(other_address, 30)
+            targets.append((LoadTarget(f"on nice {nice}", other_address, "dep_shadow", (backends.champion,), slow,
+                                       load=rate), other.pid))
+        if args.side_load:
+            # The same shadow-off row, but the slow backends busy with their share of copies.
+            targets.append((replace(off, row="off + slow backends loaded"), router.pid))
+        for t, _ in targets:
+            await loadrows.warm_up(t, work, 2000)
+        runs: dict[str, list[dict]] = {t.row: [] for t, _ in targets}
+        for rep in range(args.reps):
+            shift = rep % len(targets)   # each row goes first in turn
+            for t, router_pid in targets[shift:] + targets[:shift]:
+                spy_out = None
+                if args.py_spy and rep == 0:
+                    spy_out = args.py_spy.with_name(f"{args.py_spy.stem}-{t.row.replace(' ', '-')}{args.py_spy.suffix}")
+                side = slow if t.row == "off + slow backends loaded" else ()
+                r = await one_run(t, work, {**pids, "router": router_pid}, spy_out, args.gil, side)
+                if spy_out is not None and spy_out.exists():
+                    top = profile.summarize(spy_out.read_text(), 25)
+                    print(json.dumps(top["self"][:15], indent=0), flush=True)
+                runs[t.row].append(r)
+                print(f"rep {rep + 1} {t.row:>13}: p50 {r['p50_ms']:6.2f} p99 {r['p99_ms']:6.2f} ms  "
+                      f"errors {r['errors']}  mirrored {r['mirrored']}  cpu us/req {r['cpu_us_per_req']}  "
+                      f"load {r['load_avg_1m']:.2f}", flush=True)
+        summary: dict = {}
+        for row, rs in runs.items():
+            summary[row] = {"p50_ms": median([r["p50_ms"] for r in rs]), "p99_ms": median([r["p99_ms"] for r in rs]),
+                            "router_cpu_us_per_req": median([r["cpu_us_per_req"]["router"] for r in rs]),
+                            "router_own_cpu_us_per_req": median([r["cpu_us_per_req"]["router_own"] for r in rs]),
+                            "errors": sum(r["errors"] for r in rs)}
+        for row in runs:
+            if row == "off":
+                continue
+            ratios = [b["p99_ms"] / a["p99_ms"] for a, b in zip(runs["off"], runs[row])]
+            summary[row].update(p99_over_off=summary[row]["p99_ms"] / summary["off"]["p99_ms"],
+                                p99_ratio_per_round=[round(x, 2) for x in ratios],
+                                median_round_ratio=median(ratios))
+        return {"settings": {"seconds": args.seconds, "reps": args.reps, "switch_interval": args.switch_interval,
+                             "router_args": args.router_arg, "compare_in_process": args.compare_in_process}, "summary": summary, "runs": runs}
+    finally:
+        for s in reversed(stoppers):
+            s.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--switch-interval", type=float, default=None)
+    parser.add_argument("--router-arg", action="append", default=[])
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--py-spy", type=Path, default=None, help="record the router in round 1 (raw stacks)")
+    parser.add_argument("--gil", action="store_true", help="py-spy: only the thread holding the GIL")
+    parser.add_argument("--compare-sender-nice", type=int, action="append", default=[],
+                        help="also a router whose shadow sender runs at this nice level")
+    parser.add_argument("--side-load", action="store_true",
+                        help="also shadow off with h2load sending the slow backends their share of copies")
+    parser.add_argument("--compare-in-process", action="store_true",
+                        help="also a router with the mirrors on its own event loop (the design before)")
+    args = parser.parse_args()
+    result = asyncio.run(main_async(args))
+    print(json.dumps(result["summary"], indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
