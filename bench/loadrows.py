@@ -21,6 +21,7 @@ class LoadTarget:
     answer_backends: tuple[str, ...]  # backends whose answers reach the client
     mirror_backends: tuple[str, ...] = ()  # backends that get shadow copies only
     load: LoadSettings = LoadSettings()
+    isolated: bool = False  # the proxy on its own CPU, backends and h2load on the others (bench.pinning)
 
     def body_path(self, work_dir: Path) -> Path:
         path = work_dir / f"body-{self.model_name}.bin"
