@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, NamedTuple
 
 from dataplane.applied import AppliedVersions
-from dataplane.routing import DeploymentRoute, RoutingTable, build_route
+from dataplane.routing import DeploymentRoute, RouteMap, RoutingTable, build_route
 from tsplit.etcd import Etcd, EtcdError, EtcdUnavailable, Event, KeyValue, WatchBatch, WatchCompacted, prefix_range_end
 from tsplit.layout import Layout
 from tsplit.resources import Deployment, Model, loads
@@ -74,7 +74,7 @@ class RouteBook:
         self.models: dict[str, Model] = {}
         self.deployments: dict[str, Deployment] = {}
         self._rng = rng
-        self._routes: dict[str, DeploymentRoute] = {}
+        self._routes = RouteMap()   # immutable: each table() makes the next one
         self._problems: dict[str, list[str]] = {}
         self._users: dict[str, set[str]] = {}   # model_id -> slugs of deployments naming it
         self._dirty: set[str] = set()
@@ -128,22 +128,21 @@ class RouteBook:
 
     def table(self, revision: int) -> RoutingTable:
         """Rebuild the routes changed since the last call; the table of every route."""
+        changes: dict[str, DeploymentRoute | None] = {}
         for slug in self._dirty:
             deployment = self.deployments.get(slug)
             try:
                 route, problems = build_route(deployment, self.models, self._rng) if deployment else (None, [])
             except ValueError as err:  # a config the routing core refuses: keep the last good route
                 route, problems = self._routes.get(slug), [f"deployment {slug}: {err}; keeping its last good route"]
-            if route is None:
-                self._routes.pop(slug, None)
-            else:
-                self._routes[slug] = route
+            changes[slug] = route
             if problems:
                 self._problems[slug] = problems
                 for problem in problems:
                     log.warning("routing: %s", problem)
             else:
                 self._problems.pop(slug, None)
+        self._routes = self._routes.updated(changes)
         self.rebuilt, self._dirty = frozenset(self._dirty), set()
         problems = tuple(p for slug_problems in self._problems.values() for p in slug_problems)
         return RoutingTable(revision, self._routes, problems)
