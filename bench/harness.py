@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from bench import etcd_rows, loadrows, probe, profile, propagation, proxyless, report, seed, stack, writes
+from bench import etcd_rows, loadrows, pinning, probe, profile, propagation, proxyless, report, seed, stack, writes
 from bench.loadrows import LoadTarget
 from bench.nginx import NginxProcess, NginxSettings, NginxUpstream
 from bench.procs import rss_bytes, start_backend, start_refproxy
@@ -36,6 +37,9 @@ from tsplit.resources import BASIS_POINTS, Challenger, Deployment
 NOT_BUILT = "n/a (not built)"
 PREFIX = "/bench"
 SCALE_PREFIX = "/bench-scale"
+DIRECT_OWN_CORE = "direct, backends on 1 core"
+NGINX_OWN_CORE = "nginx split 90/10, own core"
+ROUTER_OWN_CORE = "router split 90/10, own core"
 LOAD_KINDS = ("saturating", "fixed rate", "one stream", "python client")
 PROXYLESS_MODULE = "dataplane.proxyless"
 
@@ -65,6 +69,8 @@ class Run:
         self.etcd: Etcd | None = None
         self.member: EtcdMember | None = None
         self.backends: seed.BenchBackends | None = None
+        self.backend_pids: list[int] = []
+        self.proxy_pids: dict[str, int] = {}  # address -> pid of the nginx or router serving it
 
     # -- setup ---------------------------------------------------------------------------------
     def start_etcd(self) -> None:
@@ -79,6 +85,7 @@ class Run:
         for name, delay in (("champion", 0), ("challenger", 0), ("slow1", 50), ("slow2", 50)):
             child, address = start_backend(self.work, name, delay)
             self.stoppers.append(child)
+            self.backend_pids.append(child.pid)
             addresses.append(address)
         self.backends = seed.BenchBackends(*addresses)
         log(f"backends: {self.backends}")
@@ -96,12 +103,14 @@ class Run:
         from tsplit.etcd_server import wait_for_port
         if not wait_for_port("127.0.0.1", port, 10):
             raise RuntimeError(f"nginx {name} did not listen")
+        self.proxy_pids[f"127.0.0.1:{port}"] = proc.process.pid
         return f"127.0.0.1:{port}"
 
     async def router(self, router_id: str, prefix: str = PREFIX, workers: int = 0,
                      extra: tuple[str, ...] = ()) -> stack.RouterProcess:
         router = stack.start_router(self.work, self.member.endpoint, prefix, router_id, workers, extra=extra)
         self.stoppers.append(router.child)
+        self.proxy_pids[router.address] = router.child.pid
         await probe.wait_serving(router.address, 30)
         return router
 
@@ -152,6 +161,17 @@ class Run:
                 r3 = await self.router("bench-aio", extra=("--server", "aio"))
                 targets.append(LoadTarget("router split 90/10 --server aio", r3.address, "dep_split",
                                           (b.champion, b.challenger), load=sat))
+            if pinning.available():
+                # The same backends, nginx and router again, each proxy alone on one CPU and its
+                # load and backends on the others (see bench/pinning.py).
+                nginx_split = targets[1].address
+                targets += [
+                    LoadTarget(DIRECT_OWN_CORE, b.champion, "linear-a", (b.champion,), load=sat, isolated=True),
+                    LoadTarget(NGINX_OWN_CORE, nginx_split, "dep_split", (b.champion, b.challenger), load=sat,
+                               isolated=True),
+                    LoadTarget(ROUTER_OWN_CORE, r1.address, "dep_split", (b.champion, b.challenger), load=sat,
+                               isolated=True),
+                ]
             rate_targets += [
                 LoadTarget("router shadow off @rate", r1.address, "dep_solo", (b.champion,), load=rate),
                 # Shadow off with the slow backends sent their share of copies by h2load: what
@@ -192,7 +212,9 @@ class Run:
                    "address": t.address, "model_name": t.model_name, "load": t.load.describe(), "runs": []}
             try:
                 row["sample"] = (await probe.sample_answers(t.address, t.model_name, 20)).to_json()
-                await loadrows.warm_up(t, self.work, self.s.warmup_requests)
+                row["isolated"] = t.isolated
+                with self._placement(t):
+                    await loadrows.warm_up(t, self.work, self.s.warmup_requests)
                 live.append((t, row))
             except Exception as err:  # noqa: BLE001 - a broken row is reported, the run goes on
                 log(f"{row['name']}: {err}")
@@ -201,7 +223,8 @@ class Run:
         for rep in range(self.s.repeats):
             for t, row in live:
                 try:
-                    result = await loadrows.run_once(t, self.work)
+                    with self._placement(t):
+                        result = await loadrows.run_once(t, self.work)
                     row["runs"].append(result)
                     log(f"{row['name']:<40} rep {rep + 1}: {result['req_per_s']:8.0f} req/s  "
                         f"p50 {result['p50_ms'] or 0:6.2f} ms  p99 {result['p99_ms'] or 0:6.2f} ms  "
@@ -216,22 +239,42 @@ class Run:
             row["mirrored"] = sum(r["mirrored"] for r in runs)
         return rows
 
+    def _router_target(self, target: str, router: dict | None, nginx: dict | None) -> None:
+        bound = ">= 0.6x req/s, latency <= 2x, no errors"
+        if not (router and nginx):
+            self.target(target, NOT_BUILT, bound, None)
+            return
+        r = router["ratios"]
+        errors = (router.get("errors") or 0) + (nginx.get("errors") or 0)
+        # Fast answers that are errors are no answers: any error fails the target.
+        ok = r["req_vs_nginx"] >= 0.6 and r["p50_vs_nginx"] <= 2 and r["p99_vs_nginx"] <= 2 and not errors
+        self.target(target, f"{r['req_vs_nginx']:.2f}x req/s, p50 {r['p50_vs_nginx']:.2f}x, p99 {r['p99_vs_nginx']:.2f}x"
+                    + (f", {errors} errors" if errors else ""), bound, ok)
+
+    def _placement(self, t: LoadTarget):
+        """Where a row's processes may run: anywhere, or its proxy on a CPU of its own."""
+        if not t.isolated:
+            return contextlib.nullcontext()
+        proxy = [self.proxy_pids[t.address]] if t.address in self.proxy_pids else []
+        return pinning.isolated(proxy, self.backend_pids)
+
     def _row(self, name: str) -> dict | None:
         return next((r for r in self.rows if r["name"] == name and r.get("median")), None)
 
     def _load_ratios(self) -> None:
-        nginx, direct = self._row("nginx split 90/10"), self._row("direct")
+        references = {False: (self._row("nginx split 90/10"), self._row("direct")),
+                      True: (self._row(NGINX_OWN_CORE), self._row(DIRECT_OWN_CORE))}
         for row in self.rows:
             m = row.get("median")
-            if not m:
+            if not m or row["kind"] != "saturating":
                 continue
-            if row["kind"] == "saturating":
-                row["ratios"] = {
-                    "req_vs_nginx": ratio(m["req_per_s"], nginx and nginx["median"]["req_per_s"]),
-                    "req_vs_direct": ratio(m["req_per_s"], direct and direct["median"]["req_per_s"]),
-                    "p50_vs_nginx": ratio(m["p50_ms"], nginx and nginx["median"]["p50_ms"]),
-                    "p99_vs_nginx": ratio(m["p99_ms"], nginx and nginx["median"]["p99_ms"]),
-                }
+            nginx, direct = references[bool(row.get("isolated"))]
+            row["ratios"] = {
+                "req_vs_nginx": ratio(m["req_per_s"], nginx and nginx["median"]["req_per_s"]),
+                "req_vs_direct": ratio(m["req_per_s"], direct and direct["median"]["req_per_s"]),
+                "p50_vs_nginx": ratio(m["p50_ms"], nginx and nginx["median"]["p50_ms"]),
+                "p99_vs_nginx": ratio(m["p99_ms"], nginx and nginx["median"]["p99_ms"]),
+            }
         one_direct = self._row("direct @1 stream")
         for row in self.rows:
             if row["kind"] == "one stream" and row.get("median") and one_direct and row is not one_direct:
@@ -243,18 +286,10 @@ class Run:
         for a, b in ((off, on), (ngx_off, ngx_on), (off, floor)):
             if a and b:
                 b["note"] = f"p99 {ratio(b['median']['p99_ms'], a['median']['p99_ms']):.2f}x of mirrors off"
-        router = self._row("router split 90/10")
-        if router and nginx:
-            r = router["ratios"]
-            errors = (router.get("errors") or 0) + (nginx.get("errors") or 0)
-            # Fast answers that are errors are no answers: any error fails the target.
-            ok = r["req_vs_nginx"] >= 0.6 and r["p50_vs_nginx"] <= 2 and r["p99_vs_nginx"] <= 2 and not errors
-            self.target("1 router vs nginx",
-                        f"{r['req_vs_nginx']:.2f}x req/s, p50 {r['p50_vs_nginx']:.2f}x, p99 {r['p99_vs_nginx']:.2f}x"
-                        + (f", {errors} errors" if errors else ""),
-                        ">= 0.6x req/s, latency <= 2x, no errors", ok)
-        else:
-            self.target("1 router vs nginx", NOT_BUILT, ">= 0.6x req/s, latency <= 2x, no errors", None)
+        self._router_target("1 router vs nginx", self._row("router split 90/10"), self._row("nginx split 90/10"))
+        if self._row(NGINX_OWN_CORE):
+            self._router_target("1 router vs nginx, each on its own core", self._row(ROUTER_OWN_CORE),
+                                self._row(NGINX_OWN_CORE))
         if off and on:
             q = ratio(on["median"]["p99_ms"], off["median"]["p99_ms"])
             errors = (on.get("errors") or 0) + (off.get("errors") or 0)

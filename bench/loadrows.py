@@ -21,6 +21,7 @@ class LoadTarget:
     answer_backends: tuple[str, ...]  # backends whose answers reach the client
     mirror_backends: tuple[str, ...] = ()  # backends that get shadow copies only
     load: LoadSettings = LoadSettings()
+    isolated: bool = False  # the proxy on its own CPU, backends and h2load on the others (bench.pinning)
     # Backends h2load keeps busy alongside the row, side_rps each: the shadow copies' work
     # without the mirroring (the floor of the shadow row on shared cores).
     side_backends: tuple[str, ...] = ()

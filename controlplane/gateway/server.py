@@ -19,6 +19,7 @@ from controlplane import event_loop
 from controlplane.auth import AuthSettings, TokenVerifier, bearer_token, require_mutation_role
 from controlplane.gateway.app import build_app
 from controlplane.gateway.client import CallTimeouts, ControlPlaneClient
+from controlplane.gateway.http_protocol import GatewayHttpProtocol
 from controlplane.gateway.routes import Handlers
 from controlplane.interceptors import VerifiedTokens
 
@@ -144,10 +145,8 @@ async def start_gateway(settings: GatewaySettings, startup_timeout_s: float = 10
                         require_mutation_role, settings.max_body_bytes)
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
-    # h11, also when httptools is installed: httptools answers a header with a control
-    # character by itself, in plain text (400), where the SPEC wants our 401 JSON.
     config = uvicorn.Config(build_app(handlers), lifespan="off", log_config=None, server_header=False,
-                            timeout_graceful_shutdown=5, access_log=False, http="h11")
+                            timeout_graceful_shutdown=5, access_log=False, http=GatewayHttpProtocol)
     server = _EmbeddedServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     loop = asyncio.get_running_loop()

@@ -160,3 +160,22 @@ def test_org_models_sees_one_org_and_remembers_misses():
     assert sorted(view) == ["mod_a", "mod_b", "mod_c", "mod_champ", "mod_d"] and len(view) == 5
     with pytest.raises(KeyError):
         view["mod_other"]
+
+
+def test_stored_values_are_the_json_modules_bytes_and_never_hold_nan():
+    from controlplane.change_batch import dumps as batch_dumps
+    from tsplit.resources import dumps as json_dumps
+
+    body = {"action": "update_traffic", "challenger_id": "ch_a", "traffic_pct": 12.5}
+    [written] = plan([pending(body, "fine")]).outcomes
+    value = {"result": written.to_json(), "request": body, "n": [1, 2.5, None, True, "é"]}
+    assert batch_dumps(value) == json_dumps(value)
+
+    def shadow_on(deployment, models):
+        return Deployment(**{**deployment.__dict__, "shadow_mode": True}), None
+
+    nan_body = {"action": "toggle_shadow", "shadow_mode": True, "extra": [float("nan")]}
+    change = PendingChange("org_1", "dep_u", shadow_on, "toggle_shadow", nan_body, "actor-1", "nan",
+                           LAYOUT.request("dep_u", "nan"), None, lambda: None, deadline=1e12)
+    result = plan([change])
+    assert isinstance(result.outcomes[0], ValueError) and not result.ops

@@ -327,3 +327,25 @@ async def test_batch_stats_count_the_changes_per_transaction(etcd, layout, caplo
         await change(store, {"action": "update_traffic", "challenger_id": ids[0], "traffic_pct": 9}, "s-last")
     assert any("changes per batch" in r.getMessage() for r in caplog.records)
     assert stats.batches == 0 and stats.changes == 0
+
+
+async def test_linger_waits_for_a_full_batch_only_after_batches_of_several(etcd, layout):
+    counting = CountingEtcd(etcd)
+    store = ControlPlaneStore(counting, layout, StoreSettings(retry_deadline_s=5, resolve_deadline_s=1, linger_s=0.5))
+    ids = await setup_deployment(store)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for i in range(3):  # a lone client: batches of one never linger
+        await change(store, {"action": "update_traffic", "challenger_id": ids[0], "traffic_pct": 2 + i}, f"lone-{i}")
+    assert loop.time() - started < 0.4
+
+    def burst(tag: str):
+        return asyncio.gather(*(change(store, {"action": "update_traffic", "challenger_id": ids[i % 4],
+                                               "traffic_pct": 6 + i}, f"{tag}-{i}") for i in range(8)))
+
+    await burst("a")  # answered at once; the worker then lingers for as many changes
+    counting.writes = 0
+    started = loop.time()
+    results = await burst("b")
+    assert loop.time() - started < 0.4  # 8 queued again: taken without waiting out the linger
+    assert all(r.changed for r in results) and counting.writes == 1
