@@ -174,6 +174,10 @@ class Run:
                 ]
             rate_targets += [
                 LoadTarget("router shadow off @rate", r1.address, "dep_solo", (b.champion,), load=rate),
+                # Shadow off with the slow backends sent their share of copies by h2load: what
+                # the challengers' own work costs the champion on the shared cores.
+                LoadTarget("router shadow off, slow backends loaded @rate", r1.address, "dep_solo", (b.champion,),
+                           load=rate, side_backends=(b.slow1, b.slow2)),
                 LoadTarget("router shadow on x2 (25%+25%) @rate", r1.address, "dep_shadow", (b.champion,),
                            (b.slow1, b.slow2), load=rate),
             ]
@@ -278,7 +282,8 @@ class Run:
                 row["note"] = f"p50 +{added:.2f} ms over direct"
         off, on = self._row("router shadow off @rate"), self._row("router shadow on x2 (25%+25%) @rate")
         ngx_off, ngx_on = self._row("nginx solo @rate"), self._row("nginx mirror x2 (100%) @rate")
-        for a, b in ((off, on), (ngx_off, ngx_on)):
+        floor = self._row("router shadow off, slow backends loaded @rate")
+        for a, b in ((off, on), (ngx_off, ngx_on), (off, floor)):
             if a and b:
                 b["note"] = f"p99 {ratio(b['median']['p99_ms'], a['median']['p99_ms']):.2f}x of mirrors off"
         self._router_target("1 router vs nginx", self._row("router split 90/10"), self._row("nginx split 90/10"))

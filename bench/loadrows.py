@@ -22,6 +22,10 @@ class LoadTarget:
     mirror_backends: tuple[str, ...] = ()  # backends that get shadow copies only
     load: LoadSettings = LoadSettings()
     isolated: bool = False  # the proxy on its own CPU, backends and h2load on the others (bench.pinning)
+    # Backends h2load keeps busy alongside the row, side_rps each: the shadow copies' work
+    # without the mirroring (the floor of the shadow row on shared cores).
+    side_backends: tuple[str, ...] = ()
+    side_rps: int = 150
 
     def body_path(self, work_dir: Path) -> Path:
         path = work_dir / f"body-{self.model_name}.bin"
@@ -45,8 +49,12 @@ async def run_once(target: LoadTarget, work_dir: Path) -> dict:
     everyone = target.answer_backends + target.mirror_backends
     for address in everyone:
         await probe.reset_backend(address)
-    result = await asyncio.to_thread(h2load.run, f"http://{target.address}", target.body_path(work_dir),
-                                     target.load, work_dir)
+    side = LoadSettings(clients=1, streams=16, rps=target.side_rps, duration_s=target.load.duration_s, warmup_s=0,
+                        timeout_s=target.load.timeout_s)
+    body = LoadTarget("side", "", "side", ()).body_path(work_dir)
+    result, *_ = await asyncio.gather(
+        asyncio.to_thread(h2load.run, f"http://{target.address}", target.body_path(work_dir), target.load, work_dir),
+        *(asyncio.to_thread(h2load.run, f"http://{address}", body, side, work_dir) for address in target.side_backends))
     answered, by_model = await _counts(target.answer_backends)
     mirrored, mirrored_by_model = await _counts(target.mirror_backends)
     s = result.summary

@@ -164,7 +164,10 @@ async def test_each_challenger_is_mirrored_its_share_and_split_mode_mirrors_noth
     assert set(await client.variants(dp.infer_request("dep_share"), n)) == {"champion"}
     stats = router.stats.snapshot()["dep_share"]
     for variant, share in (("ch_b", 0.30), ("ch_c", 0.10)):
-        assert abs(stats[variant]["mirrored"] - n * share) <= dp.binomial_bound(n, share), stats[variant]
+        # Chosen for a copy: sent, or dropped when the (low-priority) shadow sender was
+        # behind on a busy machine.
+        chosen = stats[variant]["mirrored"] + stats[variant]["mirror_dropped"]
+        assert abs(chosen - n * share) <= dp.binomial_bound(n, share), stats[variant]
     _, metadata = await client.infer(dp.infer_request("dep_share"), metadata=(("x-tsplit-variant", "ch_b"),))
     assert metadata["tsplit-variant"] == "ch_b"  # forced in shadow mode: the challenger answers itself
 
