@@ -47,7 +47,10 @@ class Backend:
     call_infer is ModelInfer on grpc.aio's Cython call directly: grpc.aio's own callable
     wraps every call in a UnaryUnaryCall object and an asyncio Task, which was 5-15 % of
     the router's CPU per request (BENCHMARKS.md, "Tries"). It behaves as the wrapped call
-    does: AioRpcError on a non-OK status, CancelledError cancels the backend call."""
+    does: AioRpcError on a non-OK status, CancelledError cancels the backend call.
+    These are grpcio's private parts (Channel._channel, _create_rpc_error), which is one
+    reason grpcio is pinned to one release in pyproject.toml; tests/dataplane/
+    test_backend_call.py pins down the behaviour to re-check on an upgrade."""
 
     def __init__(self, endpoint: str, options: Sequence[tuple[str, object]]) -> None:
         self.endpoint = endpoint
