@@ -157,9 +157,10 @@ class Run:
             else:
                 targets.append({"name": "router split 90/10 --workers 2", "status": "n/a (no --workers)"})
             if stack.router_supports("--server"):
-                # The router's other server, for the tries: grpc.aio against the sync default.
-                r3 = await self.router("bench-aio", extra=("--server", "aio"))
-                targets.append(LoadTarget("router split 90/10 --server aio", r3.address, "dep_split",
+                # The router's other server, for the tries: grpc's sync thread-pool server
+                # against the grpc.aio default.
+                r3 = await self.router("bench-sync", extra=("--server", "sync"))
+                targets.append(LoadTarget("router split 90/10 --server sync", r3.address, "dep_split",
                                           (b.champion, b.challenger), load=sat))
             if pinning.available():
                 # The same backends, nginx and router again, each proxy alone on one CPU and its
