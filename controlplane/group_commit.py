@@ -1,8 +1,9 @@
 """Group commit of deployment changes in one control-plane process.
 
-Every change joins one process-wide queue. A few workers (settings.max_concurrent_batches)
-each take a batch: every waiting change of deployments no other batch is writing, in
-arrival order, up to settings.max_batch. A batch costs two etcd round trips whatever its
+Every change joins one process-wide queue. Workers (settings.max_concurrent_batches, one by
+default) each take a batch: every waiting change of deployments no other batch is writing,
+in arrival order, up to settings.max_batch; after a batch of several changes a worker waits
+up to settings.linger_s for as many to queue again (see _linger). A batch costs two etcd round trips whatever its
 size: one read of its deployments (so that etcd down or frozen answers "unavailable"
 before anything is sent) and one transaction that writes every version of every
 deployment in it, or, when nothing changes, confirms the answers' assumptions. Changes are
