@@ -115,7 +115,7 @@ class GroupCommit:
         self._workers = 0
         self._tasks: set[asyncio.Task] = set()
         self.stats = BatchStats()
-        self._filled = asyncio.Event()  # set once _want changes are queued (see _linger)
+        self._filled: asyncio.Event | None = None  # set once _want changes are queued (see _linger)
         self._want = 0
 
     def submit(self, change: PendingChange) -> "asyncio.Future[ChangeResult]":
@@ -128,7 +128,7 @@ class GroupCommit:
             self._queue.extendleft(reversed(waiters))
         else:
             self._queue.extend(waiters)
-        if self._want and len(self._queue) >= self._want:
+        if self._want and self._filled is not None and len(self._queue) >= self._want:
             self._filled.set()
         if self._workers < self.settings.max_concurrent_batches:
             self._workers += 1
@@ -168,7 +168,7 @@ class GroupCommit:
         want = min(previous, self.settings.max_batch)
         if want < 2 or self.settings.linger_s <= 0 or len(self._queue) >= want:
             return
-        self._filled.clear()
+        self._filled = asyncio.Event()  # made here, in the running loop
         self._want = want
         try:
             await asyncio.wait_for(self._filled.wait(), self.settings.linger_s)
