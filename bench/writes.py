@@ -76,15 +76,19 @@ async def run_writers(base_url: str, headers: dict, slots: list[Slot], duration_
 
 
 async def measure(base_url: str, headers: dict, slots: list[Slot], duration_s: float, warmup_s: float = 1.0,
-                  processes: int = 4) -> dict:
+                  processes: int = 4, cpu_pids: dict[str, int] | None = None) -> dict:
     """Every client writes for warmup_s + duration_s; the rate counts the 200s that arrive
     after the warm-up (new connections, first token checks), lost updates count them all.
     The clients run in `processes` processes of bench.patch_writers with lean keep-alive
-    connections, so the figure is the server's, not the harness's CPU."""
+    connections, so the figure is the server's, not the harness's CPU. With cpu_pids
+    ({"gateway": pid, ...}) the row also gives each process's CPU per PATCH served, the
+    figure that load on a shared machine moves least."""
     slugs = sorted({slug for slug, _ in slots})
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=15) as client:
         start_versions = {s: (await rest.get_deployment(client, s))["cache_version"] for s in slugs}
+    cpu_before = {who: process_cpu_s(pid) for who, pid in (cpu_pids or {}).items()}
     tally = await run_writers(base_url, headers, slots, duration_s, warmup_s, processes)
+    cpu_after = {who: process_cpu_s(pid) for who, pid in (cpu_pids or {}).items()}
     last_written = {slot: tally.last_written.get(slot[1], 1) for slot in slots}
     lost = wrong = 0
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=15) as client:
@@ -96,7 +100,8 @@ async def measure(base_url: str, headers: dict, slots: list[Slot], duration_s: f
     ok = sum(tally.ok_by_slug.values())
     attempts = ok + sum(tally.failures.values())
     elapsed = tally.elapsed_s
-    return {"writers": len(slots), "deployments": len(slugs), "processes": min(processes, len(slots)),
+    cpu = {"server_cpu_us_per_patch": cpu_us_per_patch(cpu_before, cpu_after, attempts)} if cpu_pids else {}
+    return {**cpu, "writers": len(slots), "deployments": len(slugs), "processes": min(processes, len(slots)),
             "seconds": round(elapsed, 3), "ok": ok, "ok_timed": tally.ok_timed, "failed": sum(tally.failures.values()),
             "failures": dict(tally.failures), "patch_per_s": tally.ok_timed / elapsed if elapsed > 0 else 0.0,
             "client_cpu_us_per_patch": round(tally.cpu_s / attempts * 1e6, 1) if attempts else None,
@@ -157,14 +162,10 @@ async def _profiled_run(args) -> dict:
                         [str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "--format", "raw",
                          "-r", "200", "-d", str(int(args.seconds + 1)), "-p", str(pids[who]), "-o", str(out)],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            before = {who: process_cpu_s(pid) for who, pid in pids.items()}
-            result = await measure(control.gateway_url, control.headers, slots, args.seconds)
-            after = {who: process_cpu_s(pid) for who, pid in pids.items()}
+            result = await measure(control.gateway_url, control.headers, slots, args.seconds, cpu_pids=pids)
             for spy in spies:
                 spy.wait(timeout=60)
             latencies = sorted(result.pop("latencies_ms"))
-            served = result["ok"] + result["failed"]
-            result["server_cpu_us_per_patch"] = cpu_us_per_patch(before, after, served)
             result["p50_ms"] = round(latencies[len(latencies) // 2], 2) if latencies else None
             result["ratio_vs_etcd_txn"] = round(result["patch_per_s"] / txn["txn_per_s"], 3)
             results[name] = result

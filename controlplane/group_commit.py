@@ -1,8 +1,9 @@
 """Group commit of deployment changes in one control-plane process.
 
-Every change joins one process-wide queue. A few workers (settings.max_concurrent_batches)
-each take a batch: every waiting change of deployments no other batch is writing, in
-arrival order, up to settings.max_batch. A batch costs two etcd round trips whatever its
+Every change joins one process-wide queue. Workers (settings.max_concurrent_batches, one by
+default) each take a batch: every waiting change of deployments no other batch is writing,
+in arrival order, up to settings.max_batch; after a batch of several changes a worker waits
+up to settings.linger_s for as many to queue again (see _linger). A batch costs two etcd round trips whatever its
 size: one read of its deployments (so that etcd down or frozen answers "unavailable"
 before anything is sent) and one transaction that writes every version of every
 deployment in it, or, when nothing changes, confirms the answers' assumptions. Changes are
@@ -114,7 +115,7 @@ class GroupCommit:
         self._workers = 0
         self._tasks: set[asyncio.Task] = set()
         self.stats = BatchStats()
-        self._filled = asyncio.Event()  # set once _want changes are queued (see _linger)
+        self._filled: asyncio.Event | None = None  # set once _want changes are queued (see _linger)
         self._want = 0
 
     def submit(self, change: PendingChange) -> "asyncio.Future[ChangeResult]":
@@ -127,7 +128,7 @@ class GroupCommit:
             self._queue.extendleft(reversed(waiters))
         else:
             self._queue.extend(waiters)
-        if self._want and len(self._queue) >= self._want:
+        if self._want and self._filled is not None and len(self._queue) >= self._want:
             self._filled.set()
         if self._workers < self.settings.max_concurrent_batches:
             self._workers += 1
@@ -167,7 +168,7 @@ class GroupCommit:
         want = min(previous, self.settings.max_batch)
         if want < 2 or self.settings.linger_s <= 0 or len(self._queue) >= want:
             return
-        self._filled.clear()
+        self._filled = asyncio.Event()  # made here, in the running loop
         self._want = want
         try:
             await asyncio.wait_for(self._filled.wait(), self.settings.linger_s)
