@@ -40,6 +40,8 @@ SCALE_PREFIX = "/bench-scale"
 DIRECT_OWN_CORE = "direct, backends on 1 core"
 NGINX_OWN_CORE = "nginx split 90/10, own core"
 ROUTER_OWN_CORE = "router split 90/10, own core"
+SHADOW_OFF_OWN_CORE = "router shadow off, own core @rate"
+SHADOW_ON_OWN_CORE = "router shadow on x2 (25%+25%), own core @rate"
 LOAD_KINDS = ("saturating", "fixed rate", "one stream", "python client")
 PROXYLESS_MODULE = "dataplane.proxyless"
 
@@ -182,6 +184,14 @@ class Run:
                 LoadTarget("router shadow on x2 (25%+25%) @rate", r1.address, "dep_shadow", (b.champion,),
                            (b.slow1, b.slow2), load=rate),
             ]
+            if pinning.available():
+                # The router (its shadow sender included: a child of the router) alone on one
+                # CPU, the backends (the slow challengers too) and h2load on the other.
+                rate_targets += [
+                    LoadTarget(SHADOW_OFF_OWN_CORE, r1.address, "dep_solo", (b.champion,), load=rate, isolated=True),
+                    LoadTarget(SHADOW_ON_OWN_CORE, r1.address, "dep_shadow", (b.champion,), (b.slow1, b.slow2),
+                               load=rate, isolated=True),
+                ]
         else:
             targets += [{"name": "router split 90/10", "status": NOT_BUILT},
                         {"name": "router split 90/10 --workers 2", "status": NOT_BUILT}]
@@ -252,6 +262,16 @@ class Run:
         self.target(target, f"{r['req_vs_nginx']:.2f}x req/s, p50 {r['p50_vs_nginx']:.2f}x, p99 {r['p99_vs_nginx']:.2f}x"
                     + (f", {errors} errors" if errors else ""), bound, ok)
 
+    def _shadow_target(self, target: str, off: dict | None, on: dict | None) -> None:
+        bound = "<= 1.1x shadow off, no errors"
+        if not (off and on):
+            self.target(target, NOT_BUILT, bound, None)
+            return
+        q = ratio(on["median"]["p99_ms"], off["median"]["p99_ms"])
+        errors = (on.get("errors") or 0) + (off.get("errors") or 0)
+        self.target(target, f"{on['median']['p99_ms']:.2f} ms vs {off['median']['p99_ms']:.2f} ms = {q:.2f}x"
+                    + (f", {errors} errors" if errors else ""), bound, q <= 1.1 and not errors)
+
     def _placement(self, t: LoadTarget):
         """Where a row's processes may run: anywhere, or its proxy on a CPU of its own."""
         if not t.isolated:
@@ -284,21 +304,17 @@ class Run:
         off, on = self._row("router shadow off @rate"), self._row("router shadow on x2 (25%+25%) @rate")
         ngx_off, ngx_on = self._row("nginx solo @rate"), self._row("nginx mirror x2 (100%) @rate")
         floor = self._row("router shadow off, slow backends loaded @rate")
-        for a, b in ((off, on), (ngx_off, ngx_on), (off, floor)):
+        own_off, own_on = self._row(SHADOW_OFF_OWN_CORE), self._row(SHADOW_ON_OWN_CORE)
+        for a, b in ((off, on), (ngx_off, ngx_on), (off, floor), (own_off, own_on)):
             if a and b:
                 b["note"] = f"p99 {ratio(b['median']['p99_ms'], a['median']['p99_ms']):.2f}x of mirrors off"
         self._router_target("1 router vs nginx", self._row("router split 90/10"), self._row("nginx split 90/10"))
         if self._row(NGINX_OWN_CORE):
             self._router_target("1 router vs nginx, each on its own core", self._row(ROUTER_OWN_CORE),
                                 self._row(NGINX_OWN_CORE))
-        if off and on:
-            q = ratio(on["median"]["p99_ms"], off["median"]["p99_ms"])
-            errors = (on.get("errors") or 0) + (off.get("errors") or 0)
-            self.target("2 shadow p99", f"{on['median']['p99_ms']:.2f} ms vs {off['median']['p99_ms']:.2f} ms = {q:.2f}x"
-                        + (f", {errors} errors" if errors else ""),
-                        "<= 1.1x shadow off, no errors", q <= 1.1 and not errors)
-        else:
-            self.target("2 shadow p99", NOT_BUILT, "<= 1.1x shadow off, no errors", None)
+        self._shadow_target("2 shadow p99", off, on)
+        if own_off:
+            self._shadow_target("2 shadow p99, router on its own core", own_off, own_on)
 
     async def phase_client(self) -> None:
         """The proxyless client beside a direct call and a router, all from one Python load
@@ -462,6 +478,9 @@ class Run:
         # (no new version) would count as a lost update.
         reps: dict[bool, list[dict]] = {shared: [] for shared in names}
         for rep in range(self.s.repeats):
+            # Routers watching the deployments go on applying the last row's changes (and
+            # writing their records) for a moment: etcd is measured once they are done.
+            await asyncio.sleep(self.s.write_settle_s)
             txn = (await etcd_rows.txn_rate(self.etcd, f"{PREFIX}-etcd/txn{rep}/", self.s.writers,
                                             self.s.txn_seconds))["txn_per_s"]
             for shared, name in names.items():

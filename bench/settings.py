@@ -30,6 +30,7 @@ class BenchSettings:
     txn_seconds: float = 4.0
     propagation_changes: int = 200
     write_seconds: float = 6.0
+    write_settle_s: float = 3.0  # pause before each etcd txn measurement of the writes rows
     writers: int = 16
     scale_deployments: int = 10_000
     scale_propagation_changes: int = 50
