@@ -666,7 +666,7 @@ def print_results(results: dict) -> None:
     m = results["machine"]
     busy = m.get("load_avg_during_load_rows")
     busy_text = f"; 1-min load average during the load rows {busy['min']:.1f}..{busy['max']:.1f}" if busy else ""
-    print(f"machine: {m['nproc']} cores, {m['cpu']}, {m['memory_gib']} GiB; shared with other developers' runs"
+    print(f"machine: {m['nproc']} cores, {m['cpu']}, {m['memory_gib']} GiB; other processes on the machine are not stopped (see the load averages)"
           f"{busy_text}; medians of {results['settings']['repeats']} interleaved repetitions")
     print(f"versions: {results['versions']}")
     if e.get("put_p99_ms") is not None:

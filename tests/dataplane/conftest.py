@@ -170,6 +170,15 @@ async def wait_for_version(router: RunningRouter, slug: str, version: int, timeo
     await wait_until(lambda: router.sync.applied_versions().get(slug) == version, timeout)
 
 
+def mirrors_settled(router: RunningRouter, slug: str, variant: str):
+    """A predicate: every copy sent to variant has been answered and scored or failed."""
+    def check() -> bool:
+        row = router.stats.snapshot().get(slug, {}).get(variant, {})
+        return router.mirrors.inflight == 0 and row.get("mirrored", 0) == row.get("compared", 0) + row.get(
+            "mirror_errors", 0)
+    return check
+
+
 @pytest.fixture
 async def proxyless_factory(etcd_endpoint, layout):
     """make(wait=True, etcd=None, in_loop=False, **options) -> a ProxylessClient over the
@@ -235,6 +244,7 @@ class Helpers:
     infer_request = staticmethod(infer_request)
     wait_until = staticmethod(wait_until)
     wait_for_version = staticmethod(wait_for_version)
+    mirrors_settled = staticmethod(mirrors_settled)
     WEIGHTS_A, WEIGHTS_B = WEIGHTS_A, WEIGHTS_B
 
 

@@ -23,14 +23,6 @@ async def _latencies_ms(client, request, count: int) -> list[float]:
     return latencies
 
 
-def _settled(router, slug: str, variant: str):
-    """A predicate: every copy sent to variant has been answered and scored or failed."""
-    def check() -> bool:
-        row = router.stats.snapshot().get(slug, {}).get(variant, {})
-        return router.mirrors.inflight == 0 and row.get("mirrored", 0) == row.get("compared", 0) + row.get(
-            "mirror_errors", 0)
-    return check
-
 
 async def test_a_slow_challenger_does_not_slow_the_champion(backends, router, client_factory, dp):
     await backends.demo_model("mod_a", latency_ms=5)
@@ -52,7 +44,7 @@ async def test_a_slow_challenger_does_not_slow_the_champion(backends, router, cl
 
     assert statistics.median(shadowed) <= statistics.median(alone) * 1.5 + 3, (alone, shadowed)
     assert statistics.median(shadowed) < 100
-    await dp.wait_until(_settled(router, "dep_shadow", "ch_slow"), timeout=10)
+    await dp.wait_until(dp.mirrors_settled(router, "dep_shadow", "ch_slow"), timeout=10)
     row = router.stats.snapshot()["dep_shadow"]["ch_slow"]
     assert row["mirror_latency_ms_sum"] / row["mirrored"] >= 200
     assert (row["requests"], row["compared"], row["mirror_errors"]) == (0, n, 0)
@@ -84,7 +76,7 @@ async def test_mirrors_are_bounded_in_flight_and_drops_are_counted(backends, rou
     assert most <= 4
     assert row["mirrored"] + row["mirror_dropped"] == n
     assert row["mirrored"] >= 4 and row["mirror_dropped"] >= 1
-    await dp.wait_until(_settled(router, "dep_bound", "ch_slow"), timeout=10)
+    await dp.wait_until(dp.mirrors_settled(router, "dep_bound", "ch_slow"), timeout=10)
     assert router.stats.snapshot()["dep_bound"]["ch_slow"]["compared"] == row["mirrored"]
 
 
@@ -99,7 +91,7 @@ async def test_identical_models_agree_completely(backends, router, client_factor
     for _ in range(n):
         rows = [(rng.uniform(-1, 1), rng.uniform(-1, 1)) for _ in range(batch)]
         await client.infer(dp.infer_request("dep_twin", rows=rows))
-    await dp.wait_until(_settled(router, "dep_twin", "ch_twin"))
+    await dp.wait_until(dp.mirrors_settled(router, "dep_twin", "ch_twin"))
     row = router.stats.snapshot()["dep_twin"]["ch_twin"]
     assert (row["mirrored"], row["compared"], row["exact_matches"]) == (n, n, n)
     assert row["label_agree"] == row["label_total"] > 0
@@ -129,7 +121,7 @@ async def test_pair_figures_match_the_two_models_answers(backends, router, clien
         expected["label_total"] += c.label_total
         expected["abs_diff_count"] += c.abs_diff_count
         expected_diff += c.abs_diff_sum
-    await dp.wait_until(_settled(router, "dep_pairs", "ch_b"))
+    await dp.wait_until(dp.mirrors_settled(router, "dep_pairs", "ch_b"))
     row = router.stats.snapshot()["dep_pairs"]["ch_b"]
     assert {k: row[k] for k in expected} == expected
     assert 0 < expected["label_agree"] < expected["label_total"]
@@ -144,7 +136,7 @@ async def test_a_dead_shadow_challenger_costs_users_nothing(backends, router, cl
     n = 30
     names = await client_factory(router.address).variants(dp.infer_request("dep_dead"), n, concurrency=10)
     assert names == ["champion"] * n
-    await dp.wait_until(_settled(router, "dep_dead", "ch_dead"))
+    await dp.wait_until(dp.mirrors_settled(router, "dep_dead", "ch_dead"))
     stats = router.stats.snapshot()["dep_dead"]
     assert stats["champion"]["ok"] == n
     assert (stats["ch_dead"]["mirrored"], stats["ch_dead"]["mirror_errors"], stats["ch_dead"]["compared"],
@@ -174,7 +166,7 @@ async def test_each_challenger_is_mirrored_its_share_and_split_mode_mirrors_noth
     await backends.deployment("dep_share", "mod_a", [("ch_b", "mod_b", 30), ("ch_c", "mod_c", 10)],
                               cache_version=2)
     await dp.wait_for_version(router, "dep_share", 2)
-    await dp.wait_until(_settled(router, "dep_share", "ch_b"))
+    await dp.wait_until(dp.mirrors_settled(router, "dep_share", "ch_b"))
     before = router.stats.snapshot()["dep_share"]["ch_b"]["mirrored"]
     await client.variants(dp.infer_request("dep_share"), 50)
     assert router.stats.snapshot()["dep_share"]["ch_b"]["mirrored"] == before
@@ -191,7 +183,7 @@ async def test_large_answers_are_compared_off_the_event_loop(backends, router, c
     for _ in range(n):
         response, _ = await client.infer(dp.infer_request("dep_large", rows=rows))
         assert len(response.SerializeToString()) > 4 * 1024
-    await dp.wait_until(_settled(router, "dep_large", "ch_twin"), timeout=30)
+    await dp.wait_until(dp.mirrors_settled(router, "dep_large", "ch_twin"), timeout=30)
     row = router.stats.snapshot()["dep_large"]["ch_twin"]
     assert (row["compared"], row["exact_matches"]) == (n, n)
     assert row["label_agree"] == row["label_total"] == n * batch * 2  # "probabilities" and "label" rows

@@ -16,14 +16,6 @@ from dataplane.routing import Variant
 from dataplane.shadow_process import FRAME_HEADER, NO_ANSWER, decode_meta, encode_frame
 from tsplit.etcd_server import free_port
 
-def _settled(router, slug: str, variant: str):
-    """Every copy handed to the sender has been answered and scored or failed."""
-    def check() -> bool:
-        row = router.stats.snapshot().get(slug, {}).get(variant, {})
-        return router.mirrors.inflight == 0 and row.get("mirrored", 0) == row.get("compared", 0) + row.get(
-            "mirror_errors", 0)
-    return check
-
 
 _text = st.text(min_size=1, max_size=12)
 _variants = st.lists(st.builds(Variant, _text, _text, _text, _text, st.text(max_size=5), st.integers(0, 10_000)),
@@ -91,7 +83,7 @@ async def test_the_sender_runs_at_a_lower_cpu_priority(backends, router, client_
     ours = os.getpriority(os.PRIO_PROCESS, 0)
     # The sender lowers its own priority as it starts.
     await dp.wait_until(lambda: os.getpriority(os.PRIO_PROCESS, pid) > ours, timeout=10)
-    await dp.wait_until(_settled(router, "dep_nice", "ch_b"))
+    await dp.wait_until(dp.mirrors_settled(router, "dep_nice", "ch_b"))
 
 
 async def test_a_sender_that_falls_behind_costs_copies_not_answers(backends, router_factory, client_factory, dp):
@@ -119,7 +111,7 @@ async def test_a_sender_that_falls_behind_costs_copies_not_answers(backends, rou
         assert elapsed < 10  # no answer waited for the stopped sender (it never reads)
     finally:
         os.kill(pid, signal.SIGCONT)
-    await dp.wait_until(_settled(router, "dep_behind", "ch_b"), timeout=30)
+    await dp.wait_until(dp.mirrors_settled(router, "dep_behind", "ch_b"), timeout=30)
     assert router.mirrors.sender_pid == pid
 
 
@@ -130,7 +122,7 @@ async def test_a_sender_that_dies_is_replaced(backends, router, client_factory, 
     await dp.wait_for_version(router, "dep_respawn", 1)
     client = client_factory(router.address)
     await client.variants(dp.infer_request("dep_respawn"), 5)
-    await dp.wait_until(_settled(router, "dep_respawn", "ch_twin"))
+    await dp.wait_until(dp.mirrors_settled(router, "dep_respawn", "ch_twin"))
     first = router.mirrors.sender_pid
     os.kill(first, signal.SIGKILL)
     await dp.wait_until(lambda: router.mirrors.sender_pid is None, timeout=5)
@@ -155,7 +147,7 @@ async def test_stopping_the_router_ends_the_sender(backends, router_factory, cli
     await dp.wait_for_version(router, "dep_stop", 1)
     await client_factory(router.address).variants(dp.infer_request("dep_stop"), 10)
     pid = router.mirrors.sender_pid
-    await dp.wait_until(_settled(router, "dep_stop", "ch_b"))
+    await dp.wait_until(dp.mirrors_settled(router, "dep_stop", "ch_b"))
     await router.stop(1.0)
     deadline = time.monotonic() + 5
     while _alive(pid) and time.monotonic() < deadline:
@@ -181,7 +173,7 @@ async def test_a_request_larger_than_the_pipe_is_still_copied_whole(backends, ro
     assert request.ByteSize() > 1 << 20
     _, metadata = await client_factory(router.address).infer(request, timeout=30)
     assert metadata["tsplit-variant"] == "champion"
-    await dp.wait_until(_settled(router, "dep_big", "ch_twin"), timeout=30)
+    await dp.wait_until(dp.mirrors_settled(router, "dep_big", "ch_twin"), timeout=30)
     row = router.stats.snapshot()["dep_big"]["ch_twin"]
     assert (row["mirrored"], row["compared"], row["exact_matches"], row["mirror_dropped"]) == (1, 1, 1, 0)
 
