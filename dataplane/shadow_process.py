@@ -97,7 +97,6 @@ class MirrorProcess:
         self.max_inflight, self.timeout_s = max_inflight, timeout_s
         self._nice = SENDER_NICE if nice is None else nice
         self.inflight = 0
-        self.compared_inline = 0      # always 0: every pair is compared in the sender
         self.compared_in_process = 0
         self._lock = threading.Lock()
         self._child: subprocess.Popen | None = None
