@@ -87,6 +87,7 @@ class PendingChange:
     # Loop time by which its first read must have answered: "etcd unreachable" is answered
     # within read_timeout_s of arrival, however long the change queued (inf once retried).
     read_by: float = float("inf")
+    evidence: dict[str, Any] | None = None  # a guardrail decision's, kept in its history entry
 
 
 Outcome = ChangeResult | BaseException
@@ -206,8 +207,11 @@ def dumps(data: Any) -> bytes:
 
 
 def history_value(config: Deployment, change: PendingChange, at: str) -> bytes:
-    return dumps({"config": config.to_json(), "action": change.action, "actor": change.actor, "at": at,
-                  "request": change.request_body, "request_id": change.request_id})
+    value = {"config": config.to_json(), "action": change.action, "actor": change.actor, "at": at,
+             "request": change.request_body, "request_id": change.request_id}
+    if change.evidence is not None:
+        value["evidence"] = change.evidence
+    return dumps(value)
 
 
 async def plan_batch(

@@ -18,6 +18,7 @@ from controlplane.actions import (
     parse_traffic_action, rollback_to,
 )
 from controlplane.auth import require_mutation_role
+from controlplane.guardrails.policy import parse_guardrails, set_guardrails
 from controlplane.interceptors import current_principal
 from controlplane.store import ChangeResult, ControlPlaneStore, HistoryEntry, check_request_id
 from tsplit.errors import ApiError
@@ -55,6 +56,8 @@ def fill_deployment(message: pb.Deployment, deployment: Deployment) -> pb.Deploy
     add = message.challengers.add
     for c in deployment.challengers:
         add(id=c.id, model_id=c.model_id, traffic_pct=c.traffic_pct, is_active=c.is_active)
+    if deployment.guardrails is not None:
+        message.guardrails.update(deployment.guardrails.to_json())
     return message
 
 
@@ -74,6 +77,8 @@ def history_entry_to_proto(entry: HistoryEntry) -> pb.HistoryEntry:
         cache_version=entry.cache_version, action=entry.action, actor=entry.actor, at=entry.at,
         config=deployment_to_proto(entry.config), request_id=entry.request_id)
     message.request.update(entry.request)
+    if entry.evidence is not None:
+        message.evidence.update(entry.evidence)
     return message
 
 
@@ -192,9 +197,17 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
     async def ApplyTraffic(self, request: pb.ApplyTrafficRequest, context) -> pb.DeploymentChange:
         body = body_of(request.body)
 
+        # guardrails (section 5a) is validated here, the traffic by the desired state's parser:
+        # absent leaves the policy as it is, {} or null removes it.
+        traffic = {k: v for k, v in body.items() if k != "guardrails"}
+
         def mutate(deployment: Deployment, models: Mapping[str, Model]):
-            desired = parse_desired_state(body, deployment.deployment_id)
-            return apply_desired_state(deployment, desired, models), None
+            desired = parse_desired_state(traffic, deployment.deployment_id)
+            result = apply_desired_state(deployment, desired, models)
+            if "guardrails" in body:
+                result, _ = set_guardrails(
+                    result, parse_guardrails(body["guardrails"], "invalid_traffic_config", where="guardrails."))
+            return result, None
 
         return _change_to_proto(await self._change(request, context, mutate, "apply", body))
 
@@ -213,6 +226,14 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
 
         # solo: the target version is read from etcd, so no uncommitted version may precede it.
         return _change_to_proto(await self._change(request, context, mutate, "rollback", body, solo=True))
+
+    async def SetGuardrails(self, request: pb.SetGuardrailsRequest, context) -> pb.DeploymentChange:
+        body = body_of(request.body)
+
+        def mutate(deployment: Deployment, models: Mapping[str, Model]):
+            return set_guardrails(deployment, parse_guardrails(body))
+
+        return _change_to_proto(await self._change(request, context, mutate, "set_guardrails", body))
 
     async def GetDeploymentHistory(
         self, request: pb.GetDeploymentHistoryRequest, context,

@@ -75,6 +75,7 @@ class HistoryEntry:
     config: Deployment
     request: dict[str, Any]
     request_id: str
+    evidence: dict[str, Any] | None = None  # a guardrail decision's
 
 
 def utc_now_text() -> str:
@@ -278,6 +279,7 @@ class ControlPlaneStore:
         self, org_id: str, slug: str, mutate: Mutate, *, action: str, request_body: dict[str, Any],
         actor: str, request_id: str, expected_cache_version: int | None = None,
         authorize: Callable[[], None] = lambda: None, deadline_s: float | None = None, solo: bool = False,
+        evidence: dict[str, Any] | None = None,
     ) -> ChangeResult:
         """Apply mutate to the current deployment as one new version.
 
@@ -287,13 +289,14 @@ class ControlPlaneStore:
         mutation that changes nothing writes nothing and answers the current version.
         The change is group-committed (controlplane.group_commit): it may share its
         transaction with other changes (solo: first of its deployment's changes in the
-        transaction, for a mutate that reads committed history).
+        transaction, for a mutate that reads committed history). evidence (a guardrail
+        decision's) is kept in the version's history entry.
         """
         loop = asyncio.get_running_loop()
         change = PendingChange(
             org_id, slug, mutate, action, request_body, actor, request_id, _request_key(self.layout, slug, request_id),
             expected_cache_version, authorize, self._deadline(deadline_s), solo,
-            read_by=loop.time() + self.settings.read_timeout_s)
+            read_by=loop.time() + self.settings.read_timeout_s, evidence=evidence)
         return await self._group.submit(change)
 
     async def delete_deployment(
@@ -454,4 +457,4 @@ def _history_entry(kv: KeyValue) -> HistoryEntry:
     return HistoryEntry(
         cache_version=config.cache_version, action=value.get("action", ""), actor=value.get("actor", ""),
         at=value.get("at", ""), config=config, request=value.get("request") or {},
-        request_id=value.get("request_id", ""))
+        request_id=value.get("request_id", ""), evidence=value.get("evidence"))

@@ -21,6 +21,9 @@ from tsplit.resources import pct_to_bp, pct_to_json
 # Integers beyond 2**53 are not exact in a double; past it a number stays a float.
 _MAX_EXACT_INT = 2**53
 _PCT_FIELDS = frozenset({"traffic_pct"})
+# Left out of the JSON when unset, as in the etcd values: a deployment's guardrail policy,
+# a history entry's evidence.
+ABSENT_WHEN_UNSET = frozenset({"guardrails", "evidence"})
 
 
 def json_number(value: float) -> int | float | None:
@@ -119,7 +122,8 @@ def message_to_json(message: Message) -> dict[str, Any]:
         if field.is_repeated:
             out[field.name] = [_field_to_json(field, v) for v in value]
         elif field.has_presence and not message.HasField(field.name):
-            out[field.name] = None
+            if field.name not in ABSENT_WHEN_UNSET:
+                out[field.name] = None
         else:
             out[field.name] = _field_to_json(field, value)
     return out

@@ -72,6 +72,42 @@ class Challenger:
 
 
 @dataclass(frozen=True)
+class GuardrailPolicy:
+    """A deployment's guardrail policy (SPEC 5a), validated by controlplane.guardrails.policy.
+
+    steps are traffic shares in basis points, increasing; latency_quantile None: that test is off.
+    """
+
+    alpha: float = 0.01
+    error_rate: bool = True
+    latency_quantile: float | None = 0.99
+    srm: bool = True
+    steps_bp: tuple[int, ...] = ()
+    step_after_requests: int = 2000
+
+    def next_step_bp(self, traffic_bp: int) -> int | None:
+        """The first step above traffic_bp, None past the last one."""
+        return next((step for step in self.steps_bp if step > traffic_bp), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "alpha": self.alpha, "error_rate": self.error_rate, "latency_quantile": self.latency_quantile,
+            "srm": self.srm, "steps": [pct_to_json(bp) for bp in self.steps_bp],
+            "step_after_requests": self.step_after_requests,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "GuardrailPolicy":
+        quantile = data.get("latency_quantile", 0.99)
+        return cls(
+            alpha=float(data.get("alpha", 0.01)), error_rate=bool(data.get("error_rate", True)),
+            latency_quantile=None if quantile is None else float(quantile), srm=bool(data.get("srm", True)),
+            steps_bp=tuple(pct_to_bp(step) for step in data.get("steps") or ()),
+            step_after_requests=int(data.get("step_after_requests", 2000)),
+        )
+
+
+@dataclass(frozen=True)
 class Deployment:
     deployment_id: str
     org_id: str
@@ -81,6 +117,7 @@ class Deployment:
     cache_version: int = 1
     updated_at: str = ""
     updated_by: str = ""
+    guardrails: GuardrailPolicy | None = None  # absent from the JSON when None
 
     @property
     def active_challengers(self) -> tuple[Challenger, ...]:
@@ -108,13 +145,16 @@ class Deployment:
             other.champion_model_id, other.challengers, other.shadow_mode)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "deployment_id": self.deployment_id, "org_id": self.org_id,
             "champion_model_id": self.champion_model_id,
             "challengers": [c.to_json() for c in self.challengers],
             "shadow_mode": self.shadow_mode, "cache_version": self.cache_version,
             "updated_at": self.updated_at, "updated_by": self.updated_by,
         }
+        if self.guardrails is not None:
+            data["guardrails"] = self.guardrails.to_json()
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Deployment":
@@ -124,6 +164,7 @@ class Deployment:
             challengers=tuple(Challenger.from_json(c) for c in data.get("challengers", ())),
             shadow_mode=bool(data.get("shadow_mode", False)), cache_version=int(data["cache_version"]),
             updated_at=data.get("updated_at", ""), updated_by=data.get("updated_by", ""),
+            guardrails=GuardrailPolicy.from_json(data["guardrails"]) if data.get("guardrails") else None,
         )
 
 

@@ -14,6 +14,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from controlplane.gateway.routes import OPERATIONS, Operation
 from tsplit.errors import ERRORS
+from tsplit.protojson import ABSENT_WHEN_UNSET
 from tsplit.v1 import controlplane_pb2 as pb
 
 # Component name -> the message whose JSON it is.
@@ -60,7 +61,7 @@ def _field_schema(field: FieldDescriptor) -> dict[str, Any]:
 
 
 def message_schema(descriptor: Descriptor) -> dict[str, Any]:
-    names = [f.name for f in descriptor.fields]
+    names = [f.name for f in descriptor.fields if not (f.has_presence and f.name in ABSENT_WHEN_UNSET)]
     return {"type": "object", "required": names, "additionalProperties": False,
             "properties": {f.name: _field_schema(f) for f in descriptor.fields}}
 
@@ -110,7 +111,18 @@ HAND_WRITTEN_SCHEMAS: dict[str, dict[str, Any]] = {
         "shadow_mode": {"type": "boolean"},
         "challengers": {"type": ["array", "null"], "description": "by model; models absent here are removed",
                         "items": {"type": "object", "required": ["model_id", "traffic_pct"], "additionalProperties": False,
-                                  "properties": {"model_id": _STR, "traffic_pct": _PCT}}}}},
+                                  "properties": {"model_id": _STR, "traffic_pct": _PCT}}},
+        "guardrails": {"oneOf": [_ref("Guardrails"), {"type": "null"}],
+                       "description": "absent: the policy stays as it is; {} or null removes it"}}},
+    "Guardrails": {"type": "object", "additionalProperties": False,
+                   "description": "The guardrail policy (every field optional); {} removes it", "properties": {
+        "alpha": {"type": "number", "exclusiveMinimum": 0, "maximum": 0.5, "default": 0.01},
+        "error_rate": {"type": "boolean", "default": True},
+        "latency_quantile": {"type": ["number", "null"], "exclusiveMinimum": 0, "exclusiveMaximum": 1,
+                             "default": 0.99},
+        "srm": {"type": "boolean", "default": True},
+        "steps": {"type": "array", "items": _PCT, "description": "increasing traffic_pct steps"},
+        "step_after_requests": {"type": "integer", "minimum": 1, "default": 2000}}},
     "Rollback": {"type": "object", "required": ["to_version"], "additionalProperties": False,
                  "properties": {"to_version": {"type": "integer", "minimum": 1}}},
 }

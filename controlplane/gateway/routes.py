@@ -74,6 +74,10 @@ OPERATIONS: tuple[Operation, ...] = (
               200, "DeploymentChange", "Rollback",
               MUTATION + BODY + ("deployment_not_found", "version_conflict", "invalid_traffic_config"),
               if_match=True, idempotent_key=True),
+    Operation("PUT", f"{SLUG}/guardrails", "set_guardrails", "Set the guardrail policy ({} removes it)",
+              200, "DeploymentChange", "Guardrails",
+              MUTATION + BODY + ("deployment_not_found", "version_conflict"),
+              if_match=True, idempotent_key=True),
     Operation("GET", f"{SLUG}/history", "deployment_history", "Every version, oldest first", 200, "History",
               errors=AUTH + ("deployment_not_found",)),
     Operation("GET", f"{SLUG}/status", "deployment_status", "Router sync and per-variant stats", 200,
@@ -201,25 +205,24 @@ class Handlers:
         return json_response(traffic_change_to_json(answer), idempotency_key=key,
                              cache_version=answer.cache_version)
 
-    async def apply_traffic(self, request: Request) -> Response:
+    async def _deployment_change(self, request: Request, method: str, message) -> Response:
+        """A change whose answer is a DeploymentChange (apply, rollback, set_guardrails)."""
         caller, slug, body, version, key = await self._deployment_change_input(request)
         answer = await self._client.mutate(
-            "ApplyTraffic",
-            pb.ApplyTrafficRequest(deployment_id=slug, body=struct_from_json(body),
-                                   expected_cache_version=version, request_id=key),
+            method, message(deployment_id=slug, body=struct_from_json(body), expected_cache_version=version,
+                            request_id=key),
             caller.authorization, key)
         return json_response(message_to_json(answer), idempotency_key=key,
                              cache_version=answer.deployment.cache_version)
 
+    async def apply_traffic(self, request: Request) -> Response:
+        return await self._deployment_change(request, "ApplyTraffic", pb.ApplyTrafficRequest)
+
     async def rollback_deployment(self, request: Request) -> Response:
-        caller, slug, body, version, key = await self._deployment_change_input(request)
-        answer = await self._client.mutate(
-            "RollbackDeployment",
-            pb.RollbackDeploymentRequest(deployment_id=slug, body=struct_from_json(body),
-                                         expected_cache_version=version, request_id=key),
-            caller.authorization, key)
-        return json_response(message_to_json(answer), idempotency_key=key,
-                             cache_version=answer.deployment.cache_version)
+        return await self._deployment_change(request, "RollbackDeployment", pb.RollbackDeploymentRequest)
+
+    async def set_guardrails(self, request: Request) -> Response:
+        return await self._deployment_change(request, "SetGuardrails", pb.SetGuardrailsRequest)
 
     async def deployment_history(self, request: Request) -> Response:
         caller = self._caller(request)

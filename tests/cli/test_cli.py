@@ -132,6 +132,29 @@ def test_history_and_rollback_round_trip(stack):
     assert "rollback" in tsplit("history", "dep_hist", *d).stdout
 
 
+def test_guardrails_shows_and_sets_the_policy_and_apply_takes_it(stack):
+    directory, data = stack
+    d = ["--dir", str(directory)]
+    models = {m["model_name"]: m["model_id"] for m in data["demo_models"]}
+    tsplit("deployments", "create", "--champion", models["linear-a"], "--id", "dep_guard", *d)
+    assert "has no guardrails" in tsplit("guardrails", "dep_guard", *d).stdout
+    out = tsplit("guardrails", "dep_guard", "--steps", "5,10,25", "--alpha", "0.05", *d).stdout
+    assert "guardrails set (version 2)" in out and "[5, 10, 25]" in out
+    shown = json.loads(tsplit("guardrails", "dep_guard", "--latency-quantile", "off", "--json", *d).stdout)
+    assert shown["guardrails"] == {"alpha": 0.05, "error_rate": True, "latency_quantile": None, "srm": True,
+                                   "steps": [5, 10, 25], "step_after_requests": 2000}
+    bad = tsplit("guardrails", "dep_guard", "--alpha", "0.9", *d, check=False)
+    assert bad.returncode == 1 and "invalid_request" in bad.stderr and "alpha" in bad.stderr
+    desired = {"deployment": "dep_guard", "champion": models["linear-a"], "shadow_mode": False,
+               "challengers": [{"model_id": models["linear-b"], "traffic_pct": 5}], "guardrails": {"steps": [5, 10]}}
+    out = tsplit("apply", "-f", "-", *d, stdin=json.dumps(desired)).stdout
+    assert "~ guardrails" in out and "version 4" in out
+    history = json.loads(tsplit("history", "dep_guard", "--json", *d).stdout)["versions"]
+    assert [v["action"] for v in history] == ["create", "set_guardrails", "set_guardrails", "apply"]
+    assert history[-1]["config"]["guardrails"]["steps"] == [5, 10]
+    assert "removed" in tsplit("guardrails", "dep_guard", "--off", *d).stdout
+
+
 def test_routers_and_models_list(stack):
     directory, data = stack
     routers = json.loads(tsplit("routers", "--json", "--dir", str(directory)).stdout)["routers"]

@@ -25,7 +25,7 @@ SPEC_ROUTES = {
     ("GET", "/v1/deployments/{slug}"), ("DELETE", "/v1/deployments/{slug}"),
     ("GET", "/v1/deployments/{slug}/history"), ("POST", "/v1/deployments/{slug}/rollback"),
     ("PUT", "/v1/deployments/{slug}/traffic"), ("GET", "/v1/deployments/{slug}/status"),
-    ("GET", "/openapi.json"), ("GET", "/healthz"),
+    ("GET", "/openapi.json"), ("GET", "/healthz"), ("PUT", "/v1/deployments/{slug}/guardrails"),
 }
 
 

@@ -155,3 +155,43 @@ async def test_json_content_type_with_or_without_charset(gateway, charset):
     r = await gateway.http.post("/v1/models", content=b'{"endpoint": "127.0.0.1:1", "model_name": "m"}',
                                 headers={**gateway.headers(), "Content-Type": "application/json" + charset})
     assert r.status_code == 201, r.text
+
+
+async def test_guardrails_put_stores_the_policy_as_one_version_and_empty_removes_it(gateway):
+    a, b = await gateway.register("a"), await gateway.register("b")
+    slug = (await gateway.create_deployment(a["model_id"]))["deployment_id"]
+    url = f"/v1/deployments/{slug}/guardrails"
+    got = await gateway.http.get(f"/v1/deployments/{slug}", headers=gateway.headers())
+    assert "guardrails" not in got.json()
+
+    r = await gateway.http.put(url, json={"alpha": 0.05, "steps": [5, 10]}, headers=gateway.headers())
+    assert r.status_code == 200, r.text
+    assert r.json()["deployment"]["cache_version"] == 2 and r.json()["changed"] is True
+    assert r.json()["deployment"]["guardrails"] == {
+        "alpha": 0.05, "error_rate": True, "latency_quantile": 0.99, "srm": True, "steps": [5, 10],
+        "step_after_requests": 2000}
+    same = await gateway.http.put(url, json={"alpha": 0.05, "steps": [5, 10]}, headers=gateway.headers())
+    assert same.json()["changed"] is False and same.json()["deployment"]["cache_version"] == 2
+
+    bad = await gateway.http.put(url, json={"alpha": 0.7}, headers=gateway.headers())
+    assert bad.status_code == 422 and bad.json()["error"] == "invalid_request" and "alpha" in bad.json()["message"]
+    typo = await gateway.http.put(url, json={"step_after_request": 5}, headers=gateway.headers())
+    assert typo.status_code == 422 and "step_after_requests" in typo.json()["message"]
+
+    desired = {"champion": a["model_id"], "shadow_mode": False,
+               "challengers": [{"model_id": b["model_id"], "traffic_pct": 5}]}
+    kept = await gateway.http.put(f"/v1/deployments/{slug}/traffic", json=desired, headers=gateway.headers())
+    assert kept.json()["deployment"]["guardrails"]["steps"] == [5, 10]  # absent from apply: unchanged
+    wrong = await gateway.http.put(f"/v1/deployments/{slug}/traffic", json={**desired, "guardrails": {"steps": [9, 3]}},
+                                   headers=gateway.headers())
+    assert wrong.status_code == 422 and wrong.json()["error"] == "invalid_traffic_config"
+    assert "guardrails.steps" in wrong.json()["message"]
+    applied = await gateway.http.put(f"/v1/deployments/{slug}/traffic", json={**desired, "guardrails": {"alpha": 0.02}},
+                                     headers=gateway.headers())
+    assert applied.json()["deployment"]["guardrails"]["alpha"] == 0.02
+
+    removed = await gateway.http.put(url, json={}, headers=gateway.headers())
+    assert removed.status_code == 200 and "guardrails" not in removed.json()["deployment"]
+    history = (await gateway.http.get(f"/v1/deployments/{slug}/history", headers=gateway.headers())).json()
+    assert [v["action"] for v in history["versions"]] == ["create", "set_guardrails", "apply", "apply", "set_guardrails"]
+    assert all("evidence" not in v for v in history["versions"])

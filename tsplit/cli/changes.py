@@ -68,3 +68,6 @@ class ControlPlaneClient:
     def apply(self, slug: str, desired: dict[str, Any], expected: int) -> cp_pb.DeploymentChange:
         return self.call("ApplyTraffic", cp_pb.ApplyTrafficRequest(
             deployment_id=slug, body=struct(desired), expected_cache_version=expected))
+
+    def set_guardrails(self, slug: str, policy: dict[str, Any]) -> cp_pb.DeploymentChange:
+        return self.call("SetGuardrails", cp_pb.SetGuardrailsRequest(deployment_id=slug, body=struct(policy)))

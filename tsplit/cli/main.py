@@ -197,6 +197,9 @@ def traffic_diff(current: dict[str, Any], desired: dict[str, Any]) -> list[str]:
             lines.append(f"- challenger {c['id']} ({model_id}) removed")
     if "shadow_mode" in desired and bool(desired["shadow_mode"]) != bool(current.get("shadow_mode")):
         lines.append(f"~ shadow_mode: {current.get('shadow_mode', False)} -> {desired['shadow_mode']}")
+    if "guardrails" in desired and (desired["guardrails"] or None) != current.get("guardrails"):
+        lines.append(f"~ guardrails: {json.dumps(current.get('guardrails'))} -> {json.dumps(desired['guardrails'])}"
+                     " (defaults filled in by the control plane)")
     return lines
 
 
@@ -217,6 +220,63 @@ def cmd_apply(args, ctx: CliContext) -> int:
         print(f"applied: {slug} is now version {dep['cache_version']}")
     else:
         print(f"nothing to apply: {slug} stays at version {dep['cache_version']}")
+    return 0
+
+
+def guardrail_policy_from_flags(args, current: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The policy the flags ask for, on top of the current one; None: no flag given."""
+    if getattr(args, "off", False):
+        return {}
+    changes: dict[str, Any] = {}
+    if args.alpha is not None:
+        changes["alpha"] = args.alpha
+    if args.steps is not None:
+        try:
+            changes["steps"] = [float(s) if "." in s else int(s) for s in args.steps.split(",") if s.strip()]
+        except ValueError:
+            raise CliError(f"--steps {args.steps!r} must be comma-separated numbers, e.g. 5,10,25,50") from None
+    if args.step_after is not None:
+        changes["step_after_requests"] = args.step_after
+    if args.latency_quantile is not None:
+        if args.latency_quantile == "off":
+            changes["latency_quantile"] = None
+        else:
+            try:
+                changes["latency_quantile"] = float(args.latency_quantile)
+            except ValueError:
+                raise CliError(f"--latency-quantile {args.latency_quantile!r} must be a number or 'off'") from None
+    for flag in ("error_rate", "srm"):
+        value = getattr(args, flag)
+        if value is not None:
+            changes[flag] = value == "on"
+    if not changes:
+        return None
+    return {**(current or {}), **changes}
+
+
+def cmd_guardrails(args, ctx: CliContext) -> int:
+    if not args.slug.startswith("dep_"):
+        raise CliError(f"{args.slug!r} is not a deployment slug (dep_...)")
+    state = asyncio.run(read_state(ctx.require_etcd(), ctx.layout))
+    deployment = state.deployments.get(args.slug)
+    if deployment is None:
+        raise CliError(f"deployment {args.slug} not found in etcd at {ctx.etcd_endpoints}")
+    current = deployment.guardrails.to_json() if deployment.guardrails else None
+    policy = guardrail_policy_from_flags(args, current)
+    if policy is not None:
+        with ControlPlaneClient(ctx) as cp:
+            change = cp.set_guardrails(args.slug, policy)
+        dep = to_json(change.deployment)
+        current = dep.get("guardrails")
+        if not _json(args):
+            print(f"{args.slug}: guardrails {'set' if current else 'removed'} "
+                  f"({'version ' + str(dep['cache_version']) if change.changed else 'unchanged, nothing written'})")
+    if _json(args):
+        _out({"deployment_id": args.slug, "guardrails": current})
+    elif current is None:
+        print(f"{args.slug} has no guardrails (set them with e.g. `tsplit guardrails {args.slug} --steps 5,10,25`)")
+    else:
+        print(render.table(["field", "value"], [[k, json.dumps(v)] for k, v in current.items()]))
     return 0
 
 
@@ -319,9 +379,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", type=int, required=True, metavar="N", help="the version to return to")
     p = add("apply", cmd_apply, "apply a desired traffic state (YAML or JSON) as one change, like `cortex deploy`",
             epilog="file format:\n  deployment: dep_xK8m\n  champion: mod_a1b2c3d4\n  shadow_mode: false\n"
-                   "  challengers:\n    - model_id: mod_nY5kT2Wq\n      traffic_pct: 10\n",
+                   "  challengers:\n    - model_id: mod_nY5kT2Wq\n      traffic_pct: 10\n"
+                   "  guardrails:             # optional; absent: unchanged, {} removes\n    steps: [5, 10, 25]\n",
             formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-f", "--file", required=True, help="the desired state file ('-' for stdin)")
+    p = add("guardrails", cmd_guardrails, "show a deployment's guardrail policy; with flags, set it (one version)")
+    p.add_argument("slug")
+    p.add_argument("--alpha", type=float, default=None, help="the tests' level, in (0, 0.5] (default 0.01)")
+    p.add_argument("--steps", default=None, help="traffic_pct steps, e.g. 5,10,25,50 ('' for none)")
+    p.add_argument("--step-after", type=int, default=None, metavar="N",
+                   help="challenger requests since its last change before the next step (default 2000)")
+    p.add_argument("--latency-quantile", default=None, metavar="Q", help="quantile in (0, 1) or 'off' (default 0.99)")
+    p.add_argument("--error-rate", choices=("on", "off"), default=None, help="the error-rate test (default on)")
+    p.add_argument("--srm", choices=("on", "off"), default=None, help="the sample-ratio test (default on)")
+    p.add_argument("--off", action="store_true", help="remove the policy")
     add("routers", cmd_routers, "live routers and clients: address, applied versions, uptime (from etcd)")
     p = add("token", cmd_token, "mint a dev token with the local stack's key (production tokens come from your IdP)")
     p.add_argument("--sub", default="dev-user", help="subject (default dev-user)")

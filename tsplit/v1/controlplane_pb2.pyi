@@ -34,7 +34,7 @@ class Challenger(_message.Message):
     def __init__(self, id: _Optional[str] = ..., model_id: _Optional[str] = ..., traffic_pct: _Optional[float] = ..., is_active: _Optional[bool] = ...) -> None: ...
 
 class Deployment(_message.Message):
-    __slots__ = ("deployment_id", "org_id", "champion_model_id", "challengers", "shadow_mode", "cache_version", "updated_at", "updated_by")
+    __slots__ = ("deployment_id", "org_id", "champion_model_id", "challengers", "shadow_mode", "cache_version", "updated_at", "updated_by", "guardrails")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
     CHAMPION_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,7 @@ class Deployment(_message.Message):
     CACHE_VERSION_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
+    GUARDRAILS_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     org_id: str
     champion_model_id: str
@@ -51,7 +52,8 @@ class Deployment(_message.Message):
     cache_version: int
     updated_at: str
     updated_by: str
-    def __init__(self, deployment_id: _Optional[str] = ..., org_id: _Optional[str] = ..., champion_model_id: _Optional[str] = ..., challengers: _Optional[_Iterable[_Union[Challenger, _Mapping]]] = ..., shadow_mode: _Optional[bool] = ..., cache_version: _Optional[int] = ..., updated_at: _Optional[str] = ..., updated_by: _Optional[str] = ...) -> None: ...
+    guardrails: _struct_pb2.Struct
+    def __init__(self, deployment_id: _Optional[str] = ..., org_id: _Optional[str] = ..., champion_model_id: _Optional[str] = ..., challengers: _Optional[_Iterable[_Union[Challenger, _Mapping]]] = ..., shadow_mode: _Optional[bool] = ..., cache_version: _Optional[int] = ..., updated_at: _Optional[str] = ..., updated_by: _Optional[str] = ..., guardrails: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class RegisterModelRequest(_message.Message):
     __slots__ = ("body", "request_id")
@@ -171,6 +173,18 @@ class RollbackDeploymentRequest(_message.Message):
     request_id: str
     def __init__(self, deployment_id: _Optional[str] = ..., body: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., expected_cache_version: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
+class SetGuardrailsRequest(_message.Message):
+    __slots__ = ("deployment_id", "body", "expected_cache_version", "request_id")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_CACHE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    body: _struct_pb2.Struct
+    expected_cache_version: int
+    request_id: str
+    def __init__(self, deployment_id: _Optional[str] = ..., body: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., expected_cache_version: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
 class DeploymentChange(_message.Message):
     __slots__ = ("deployment", "changed")
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
@@ -186,7 +200,7 @@ class GetDeploymentHistoryRequest(_message.Message):
     def __init__(self, deployment_id: _Optional[str] = ...) -> None: ...
 
 class HistoryEntry(_message.Message):
-    __slots__ = ("cache_version", "action", "actor", "at", "config", "request", "request_id")
+    __slots__ = ("cache_version", "action", "actor", "at", "config", "request", "request_id", "evidence")
     CACHE_VERSION_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
@@ -194,6 +208,7 @@ class HistoryEntry(_message.Message):
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     cache_version: int
     action: str
     actor: str
@@ -201,7 +216,8 @@ class HistoryEntry(_message.Message):
     config: Deployment
     request: _struct_pb2.Struct
     request_id: str
-    def __init__(self, cache_version: _Optional[int] = ..., action: _Optional[str] = ..., actor: _Optional[str] = ..., at: _Optional[str] = ..., config: _Optional[_Union[Deployment, _Mapping]] = ..., request: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    evidence: _struct_pb2.Struct
+    def __init__(self, cache_version: _Optional[int] = ..., action: _Optional[str] = ..., actor: _Optional[str] = ..., at: _Optional[str] = ..., config: _Optional[_Union[Deployment, _Mapping]] = ..., request: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., request_id: _Optional[str] = ..., evidence: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class GetDeploymentHistoryResponse(_message.Message):
     __slots__ = ("versions",)
@@ -228,7 +244,7 @@ class RouterSync(_message.Message):
     def __init__(self, router_id: _Optional[str] = ..., address: _Optional[str] = ..., applied_cache_version: _Optional[int] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class VariantStats(_message.Message):
-    __slots__ = ("variant", "model_id", "traffic_pct", "requests", "ok", "errors", "avg_latency_ms", "mirrored", "mirror_dropped", "label_agreement", "p99_latency_ms", "failovers", "compared", "exact_match_rate", "mean_abs_diff", "mirror_errors", "avg_mirror_latency_ms")
+    __slots__ = ("variant", "model_id", "traffic_pct", "requests", "ok", "errors", "avg_latency_ms", "mirrored", "mirror_dropped", "label_agreement", "p99_latency_ms", "failovers", "compared", "exact_match_rate", "mean_abs_diff", "mirror_errors", "avg_mirror_latency_ms", "forced", "latency_buckets_ms", "latency_counts", "guardrail")
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     TRAFFIC_PCT_FIELD_NUMBER: _ClassVar[int]
@@ -246,6 +262,10 @@ class VariantStats(_message.Message):
     MEAN_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
     MIRROR_ERRORS_FIELD_NUMBER: _ClassVar[int]
     AVG_MIRROR_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    FORCED_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_BUCKETS_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    GUARDRAIL_FIELD_NUMBER: _ClassVar[int]
     variant: str
     model_id: str
     traffic_pct: float
@@ -263,18 +283,24 @@ class VariantStats(_message.Message):
     mean_abs_diff: float
     mirror_errors: int
     avg_mirror_latency_ms: float
-    def __init__(self, variant: _Optional[str] = ..., model_id: _Optional[str] = ..., traffic_pct: _Optional[float] = ..., requests: _Optional[int] = ..., ok: _Optional[int] = ..., errors: _Optional[int] = ..., avg_latency_ms: _Optional[float] = ..., mirrored: _Optional[int] = ..., mirror_dropped: _Optional[int] = ..., label_agreement: _Optional[float] = ..., p99_latency_ms: _Optional[float] = ..., failovers: _Optional[int] = ..., compared: _Optional[int] = ..., exact_match_rate: _Optional[float] = ..., mean_abs_diff: _Optional[float] = ..., mirror_errors: _Optional[int] = ..., avg_mirror_latency_ms: _Optional[float] = ...) -> None: ...
+    forced: int
+    latency_buckets_ms: _containers.RepeatedScalarFieldContainer[float]
+    latency_counts: _containers.RepeatedScalarFieldContainer[int]
+    guardrail: _struct_pb2.Struct
+    def __init__(self, variant: _Optional[str] = ..., model_id: _Optional[str] = ..., traffic_pct: _Optional[float] = ..., requests: _Optional[int] = ..., ok: _Optional[int] = ..., errors: _Optional[int] = ..., avg_latency_ms: _Optional[float] = ..., mirrored: _Optional[int] = ..., mirror_dropped: _Optional[int] = ..., label_agreement: _Optional[float] = ..., p99_latency_ms: _Optional[float] = ..., failovers: _Optional[int] = ..., compared: _Optional[int] = ..., exact_match_rate: _Optional[float] = ..., mean_abs_diff: _Optional[float] = ..., mirror_errors: _Optional[int] = ..., avg_mirror_latency_ms: _Optional[float] = ..., forced: _Optional[int] = ..., latency_buckets_ms: _Optional[_Iterable[float]] = ..., latency_counts: _Optional[_Iterable[int]] = ..., guardrail: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class DeploymentStatus(_message.Message):
-    __slots__ = ("deployment_id", "cache_version", "shadow_mode", "routers", "variants")
+    __slots__ = ("deployment_id", "cache_version", "shadow_mode", "routers", "variants", "guardrails")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     CACHE_VERSION_FIELD_NUMBER: _ClassVar[int]
     SHADOW_MODE_FIELD_NUMBER: _ClassVar[int]
     ROUTERS_FIELD_NUMBER: _ClassVar[int]
     VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    GUARDRAILS_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     cache_version: int
     shadow_mode: bool
     routers: _containers.RepeatedCompositeFieldContainer[RouterSync]
     variants: _containers.RepeatedCompositeFieldContainer[VariantStats]
-    def __init__(self, deployment_id: _Optional[str] = ..., cache_version: _Optional[int] = ..., shadow_mode: _Optional[bool] = ..., routers: _Optional[_Iterable[_Union[RouterSync, _Mapping]]] = ..., variants: _Optional[_Iterable[_Union[VariantStats, _Mapping]]] = ...) -> None: ...
+    guardrails: _struct_pb2.Struct
+    def __init__(self, deployment_id: _Optional[str] = ..., cache_version: _Optional[int] = ..., shadow_mode: _Optional[bool] = ..., routers: _Optional[_Iterable[_Union[RouterSync, _Mapping]]] = ..., variants: _Optional[_Iterable[_Union[VariantStats, _Mapping]]] = ..., guardrails: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...

@@ -94,6 +94,11 @@ class ControlPlaneStub:
                 request_serializer=tsplit_dot_v1_dot_controlplane__pb2.GetDeploymentStatusRequest.SerializeToString,
                 response_deserializer=tsplit_dot_v1_dot_controlplane__pb2.DeploymentStatus.FromString,
                 _registered_method=True)
+        self.SetGuardrails = channel.unary_unary(
+                '/tsplit.v1.ControlPlane/SetGuardrails',
+                request_serializer=tsplit_dot_v1_dot_controlplane__pb2.SetGuardrailsRequest.SerializeToString,
+                response_deserializer=tsplit_dot_v1_dot_controlplane__pb2.DeploymentChange.FromString,
+                _registered_method=True)
 
 
 class ControlPlaneServicer:
@@ -175,6 +180,13 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetGuardrails(self, request, context):
+        """PUT /v1/deployments/{slug}/guardrails: the guardrail policy ({} removes it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -237,6 +249,11 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.GetDeploymentStatus,
                     request_deserializer=tsplit_dot_v1_dot_controlplane__pb2.GetDeploymentStatusRequest.FromString,
                     response_serializer=tsplit_dot_v1_dot_controlplane__pb2.DeploymentStatus.SerializeToString,
+            ),
+            'SetGuardrails': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetGuardrails,
+                    request_deserializer=tsplit_dot_v1_dot_controlplane__pb2.SetGuardrailsRequest.FromString,
+                    response_serializer=tsplit_dot_v1_dot_controlplane__pb2.DeploymentChange.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -563,6 +580,33 @@ class ControlPlane:
             '/tsplit.v1.ControlPlane/GetDeploymentStatus',
             tsplit_dot_v1_dot_controlplane__pb2.GetDeploymentStatusRequest.SerializeToString,
             tsplit_dot_v1_dot_controlplane__pb2.DeploymentStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetGuardrails(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tsplit.v1.ControlPlane/SetGuardrails',
+            tsplit_dot_v1_dot_controlplane__pb2.SetGuardrailsRequest.SerializeToString,
+            tsplit_dot_v1_dot_controlplane__pb2.DeploymentChange.FromString,
             options,
             channel_credentials,
             insecure,
