@@ -50,6 +50,8 @@ _HOP_HEADERS = frozenset({"user-agent", "te", "content-type", "host", "grpc-time
 
 Metadata = tuple[tuple[str, str | bytes], ...]
 FAILOVER = "failover"   # a deferred count that is a failover, not an answer
+FORCED = "forced"       # a deferred count of a forced request's answer (code: FORCED or FORCED_ERROR)
+FORCED_ERROR = "forced-error"
 # A cancelled call whose deadline passed this close (s) counts as DEADLINE_EXCEEDED.
 _DEADLINE_SLACK_S = 0.005
 
@@ -124,16 +126,19 @@ class Attempt:
     """One request on its way to one variant (a failover makes a second Attempt)."""
 
     __slots__ = ("_dispatcher", "route", "variant", "original", "request", "forward", "routing_key",
-                 "row", "started", "_rename")
+                 "row", "started", "_rename", "forced")
 
     def __init__(self, dispatcher: "Dispatcher", route: DeploymentRoute, variant: Variant, original: bytes,
                  forward: Metadata, routing_key: bytes | None, row: VariantStats | None, started: float,
-                 rename: bool = False) -> None:
+                 rename: bool = False, forced: bool = False) -> None:
         self._dispatcher = dispatcher
         self.route, self.variant, self.original = route, variant, original
         self.request = rewrite(variant, original)
         self.forward, self.routing_key, self.row, self.started = forward, routing_key, row, started
         self._rename = rename
+        # x-tsplit-variant chose the variant: counted in `forced` only, never mirrored (the
+        # guardrails' tests read only randomized requests).
+        self.forced = forced
 
     @property
     def response_metadata(self) -> Metadata:
@@ -143,7 +148,7 @@ class Attempt:
     def mirrors(self) -> tuple[Variant, ...]:
         """The challengers that get a copy of this request (shadow mode, champion answering)."""
         route = self.route
-        if self.row is None or not route.shadow_mode or self.variant is not route.champion:
+        if self.row is None or self.forced or not route.shadow_mode or self.variant is not route.champion:
             return ()
         return route.mirrors(self.routing_key)
 
@@ -153,15 +158,16 @@ class Attempt:
         route = self.route
         if self.row is None or code != grpc.StatusCode.UNAVAILABLE or self.variant is route.champion:
             return None
-        self._dispatcher.failed_over(self.row)
+        if not self.forced:
+            self._dispatcher.failed_over(self.row)
         champion = route.champion
         return Attempt(self._dispatcher, route, champion, self.original, self.forward, self.routing_key,
-                       self._dispatcher.row(route, champion), self.started)
+                       self._dispatcher.row(route, champion), self.started, forced=self.forced)
 
     def succeeded(self, answer: bytes) -> bytes:
         """Count the answer; the bytes the caller gets."""
         if self.row is not None:
-            self._dispatcher.answered(self.row, self.started, None)
+            self._dispatcher.answered(self.row, self.started, None, self.forced)
         if self._rename:
             # ModelMetadata: named after the deployment (a client that checks the name it
             # asked for sees its own).
@@ -171,14 +177,15 @@ class Attempt:
     def failed(self, code: grpc.StatusCode, details: str | None, trailing) -> DispatchError:
         """Count the backend's error; the error the caller gets (passed through unchanged)."""
         if self.row is not None:
-            self._dispatcher.answered(self.row, self.started, code.name)
+            self._dispatcher.answered(self.row, self.started, code.name, self.forced)
         return DispatchError(code, details or "", passable(trailing), self.response_metadata)
 
     def cancelled(self, deadline: float | None) -> None:
         """The caller went away, or its deadline (perf_counter time) passed."""
         if self.row is not None:
             passed = deadline is not None and time.perf_counter() >= deadline - _DEADLINE_SLACK_S
-            self._dispatcher.answered(self.row, self.started, "DEADLINE_EXCEEDED" if passed else "CANCELLED")
+            self._dispatcher.answered(self.row, self.started, "DEADLINE_EXCEEDED" if passed else "CANCELLED",
+                                      self.forced)
 
 
 class Dispatcher:
@@ -205,7 +212,13 @@ class Dispatcher:
     def row(self, route: DeploymentRoute, variant: Variant) -> VariantStats:
         return self._stats.variant(route.slug, variant.name, variant.model_id)
 
-    def answered(self, row: VariantStats, started: float, code: str | None) -> None:
+    def answered(self, row: VariantStats, started: float, code: str | None, forced: bool = False) -> None:
+        if forced:
+            if self._deferred is None:
+                row.forced_answered(code)
+            else:
+                self._deferred.append((row, None, FORCED if code is None else FORCED_ERROR))
+            return
         latency_ms = (time.perf_counter() - started) * 1000.0
         if self._deferred is None:
             row.answered(latency_ms, code)
@@ -244,7 +257,8 @@ class Dispatcher:
             variant = route.choose(routing_key, forced)
         except UnknownVariant as err:
             raise DispatchError(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None
-        return Attempt(self, route, variant, request, forward, routing_key, self.row(route, variant), started)
+        return Attempt(self, route, variant, request, forward, routing_key, self.row(route, variant), started,
+                       forced=bool(forced))
 
     def begin_champion(self, path: str, request: bytes, metadata) -> Attempt:
         """Any other unary method whose request names the deployment in field 1
@@ -276,6 +290,8 @@ def apply_deferred(deferred: collections.deque) -> int:
             return applied
         if code == FAILOVER:
             row.failovers += 1
+        elif code == FORCED or code == FORCED_ERROR:
+            row.forced_answered(None if code == FORCED else code)
         else:
             row.answered(latency_ms, code)
         applied += 1

@@ -13,6 +13,13 @@ The record (tsplit/status.py sums the counters; the agreed format):
      "started_at": "…Z", "updated_at": "…Z",
      "applied": {"dep_x": 4, …},            # cache_version applied per deployment
      "stats": {"dep_x": {"<variant>": {…counters…}}}}
+
+The counters (dataplane.stats.VariantStats.to_json, cumulative since the router started):
+requests, ok, errors, errors_by_code, latency_ms_sum, latency_buckets (tsplit.status
+buckets), failovers, mirrored, mirror_dropped, mirror_errors, mirror_latency_ms_sum, compared,
+exact_matches, label_agree, label_total, abs_diff_sum, abs_diff_count, and for the
+guardrails: forced, forced_errors (x-tsplit-variant requests, in no other counter),
+mirror_answers, mirror_latency_buckets (shadow copies answered, errors included).
 """
 
 from __future__ import annotations

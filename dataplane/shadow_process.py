@@ -259,7 +259,7 @@ class MirrorProcess:
         deployment deleted meanwhile is not brought back by its last copies)."""
         with self._lock:
             for slug, name, model_id, finished, errors, latency_ms, compared, exact, agree, total, diff_sum, \
-                    diff_count in report["rows"]:
+                    diff_count, buckets in report["rows"]:
                 key = (slug, name, model_id)
                 entry = self._rows.get(key)
                 if entry is None:   # copies of a sender that was replaced: not counted in
@@ -269,7 +269,10 @@ class MirrorProcess:
                 if entry[1] <= 0:
                     del self._rows[key]
                 row.mirror_errors += errors
+                row.mirror_answers += finished
                 row.mirror_latency_ms_sum += latency_ms
+                for bucket, count in buckets:
+                    row.mirror_latency_buckets[bucket] += count
                 row.compared += compared
                 row.exact_matches += exact
                 row.label_agree += agree

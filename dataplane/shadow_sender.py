@@ -25,6 +25,7 @@ from dataplane.backends import BACKEND_CHANNEL_OPTIONS, Backend
 from dataplane.mirror import compare_raw
 from dataplane.shadow_process import FRAME_HEADER, NO_ANSWER, decode_meta
 from dataplane.wire import model_ref_suffix
+from tsplit.status import latency_bucket
 
 log = logging.getLogger("tsplit.shadow_sender")
 
@@ -41,15 +42,17 @@ class SenderSettings:
 class Totals:
     """One variant's counts since the last report (the order of a report row)."""
 
-    __slots__ = ("finished", "errors", "latency_ms", "compared", "exact", "agree", "total", "diff_sum", "diff_count")
+    __slots__ = ("finished", "errors", "latency_ms", "compared", "exact", "agree", "total", "diff_sum", "diff_count",
+                 "buckets")
 
     def __init__(self) -> None:
         self.finished = self.errors = self.compared = self.exact = self.agree = self.total = self.diff_count = 0
         self.latency_ms = self.diff_sum = 0.0
+        self.buckets: dict[int, int] = {}  # latency bucket index (tsplit.status) -> copies
 
     def row(self) -> list:
         return [self.finished, self.errors, self.latency_ms, self.compared, self.exact, self.agree, self.total,
-                self.diff_sum, self.diff_count]
+                self.diff_sum, self.diff_count, sorted(self.buckets.items())]
 
 
 class Sender:
@@ -94,7 +97,10 @@ class Sender:
         totals = self._totals.get((slug, name, model_id))
         if totals is None:
             totals = self._totals[(slug, name, model_id)] = Totals()
-        totals.latency_ms += (time.perf_counter() - started) * 1000.0
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        totals.latency_ms += latency_ms
+        bucket = latency_bucket(latency_ms)
+        totals.buckets[bucket] = totals.buckets.get(bucket, 0) + 1
         if raw is None:
             totals.errors += 1
         elif answer is not None:

@@ -28,6 +28,7 @@ class VariantStats:
         "model_id", "requests", "ok", "errors", "errors_by_code", "latency_ms_sum", "latency_buckets",
         "failovers", "mirrored", "mirror_dropped", "mirror_errors", "mirror_latency_ms_sum",
         "compared", "exact_matches", "label_agree", "label_total", "abs_diff_sum", "abs_diff_count",
+        "forced", "forced_errors", "mirror_answers", "mirror_latency_buckets",
     )
 
     def __init__(self, model_id: str) -> None:
@@ -41,6 +42,12 @@ class VariantStats:
         self.compared = self.exact_matches = self.label_agree = self.label_total = 0
         self.abs_diff_sum = 0.0
         self.abs_diff_count = 0
+        # Requests forced with x-tsplit-variant: not randomized, so in none of the counters
+        # above (the guardrails read those), only here.
+        self.forced = self.forced_errors = 0
+        # Shadow copies answered (errors included) and their latencies, for the guardrails.
+        self.mirror_answers = 0
+        self.mirror_latency_buckets = empty_buckets()
 
     def answered(self, latency_ms: float, error_code: str | None = None) -> None:
         """One answer given to a user: error_code is None for OK, else the status code name."""
@@ -53,8 +60,16 @@ class VariantStats:
             self.errors += 1
             self.errors_by_code[error_code] = self.errors_by_code.get(error_code, 0) + 1
 
+    def forced_answered(self, error_code: str | None = None) -> None:
+        """One answer to a request that forced this variant (x-tsplit-variant)."""
+        self.forced += 1
+        if error_code is not None:
+            self.forced_errors += 1
+
     def mirror_answered(self, latency_ms: float, ok: bool) -> None:
+        self.mirror_answers += 1
         self.mirror_latency_ms_sum += latency_ms
+        self.mirror_latency_buckets[latency_bucket(latency_ms)] += 1
         if not ok:
             self.mirror_errors += 1
 
@@ -77,6 +92,8 @@ class VariantStats:
             "compared": self.compared, "exact_matches": self.exact_matches,
             "label_agree": self.label_agree, "label_total": self.label_total,
             "abs_diff_sum": self.abs_diff_sum, "abs_diff_count": self.abs_diff_count,
+            "forced": self.forced, "forced_errors": self.forced_errors,
+            "mirror_answers": self.mirror_answers, "mirror_latency_buckets": list(self.mirror_latency_buckets),
         }
 
 
@@ -174,7 +191,8 @@ class StatsCollector:
         counters = {
             name: CounterMetricFamily(f"tsplit_router_{name}", help_text, labels=_LABELS)
             for name, help_text in (
-                ("requests", "Answers given to users by this variant."),
+                ("requests", "Answers given to users by this variant (forced ones not included)."),
+                ("forced", "Answers to requests that forced this variant (x-tsplit-variant)."),
                 ("ok", "Answers with status OK."),
                 ("failovers", "Requests this challenger could not take (UNAVAILABLE) that the champion answered."),
                 ("mirrored", "Shadow copies sent to this variant."),
@@ -202,7 +220,7 @@ class StatsCollector:
         for slug, name, row in rows:
             labels = [slug, name, row.model_id]
             for metric, value in (
-                ("requests", row.requests), ("ok", row.ok), ("failovers", row.failovers),
+                ("requests", row.requests), ("forced", row.forced), ("ok", row.ok), ("failovers", row.failovers),
                 ("mirrored", row.mirrored), ("mirror_dropped", row.mirror_dropped),
                 ("mirror_errors", row.mirror_errors), ("compared", row.compared),
                 ("exact_matches", row.exact_matches), ("label_agree", row.label_agree),

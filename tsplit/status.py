@@ -34,7 +34,7 @@ CHAMPION = "champion"
 # Counters summed across routers, as named in the router record.
 _COUNTERS = (
     "requests", "ok", "errors", "failovers", "mirrored", "mirror_dropped", "mirror_errors",
-    "compared", "exact_matches", "label_agree", "label_total", "abs_diff_count",
+    "compared", "exact_matches", "label_agree", "label_total", "abs_diff_count", "forced",
 )
 _SUMS = ("latency_ms_sum", "mirror_latency_ms_sum", "abs_diff_sum")
 
@@ -109,6 +109,9 @@ class _VariantTotals:
             "label_agreement": _ratio(v["label_agree"], v["label_total"]),
             "exact_match_rate": _ratio(v["exact_matches"], v["compared"]),
             "mean_abs_diff": _ratio(v["abs_diff_sum"], v["abs_diff_count"]),
+            "forced": int(v["forced"]),
+            "latency_buckets_ms": list(LATENCY_BUCKETS_MS), "latency_counts": list(self.buckets),
+            "guardrail": None,
         }
 
 

@@ -114,7 +114,7 @@ async def test_a_patch_reaches_three_routers_and_the_status_shows_it(
 
     async def counted():
         status = await stub.GetDeploymentStatus(pb.GetDeploymentStatusRequest(deployment_id=SLUG), metadata=md)
-        return next(v for v in status.variants if v.variant == challenger_id).requests == len(routers)
+        return next(v for v in status.variants if v.variant == challenger_id).forced == len(routers)
 
     async with asyncio.timeout(3):
         while not await counted():

@@ -54,7 +54,9 @@ async def test_the_stub_is_routed_and_sees_the_variant_metadata(backends, proxyl
     response, md = await caller.infer(request, metadata=(("x-tsplit-variant", "ch_b"),))
     assert (md["tsplit-model-id"], md["tsplit-variant"], response.model_name) == ("mod_b", "ch_b", b.model_name)
     stats = client.stats_snapshot()["dep_px"]
-    assert (stats["champion"]["ok"], stats["ch_b"]["ok"]) == (1, 1)
+    # Forced requests count in `forced` only (the guardrails read the other counters).
+    assert (stats["champion"]["forced"], stats["ch_b"]["forced"]) == (1, 1)
+    assert (stats["champion"]["ok"], stats["ch_b"]["ok"]) == (0, 0)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -105,11 +107,16 @@ async def test_a_dead_challenger_fails_over_to_the_champion(backends, proxyless_
     await backends.model("mod_dead", f"127.0.0.1:{free_port()}", "nothing-listens")
     await backends.deployment("dep_fo", "mod_a", [("ch_dead", "mod_dead", 50)])
     client, caller = await _caller(proxyless_factory, dp, mode)
-    names = await caller.variants(
-        dp.infer_request("dep_fo"), 10, metadata=(("x-tsplit-variant", "ch_dead"),))
-    assert names == ["champion"] * 10
+    names = await caller.variants(dp.infer_request("dep_fo"), 40)
+    assert names == ["champion"] * 40
     stats = client.stats_snapshot()["dep_fo"]
-    assert (stats["ch_dead"]["failovers"], stats["champion"]["ok"], stats["ch_dead"]["requests"]) == (10, 10, 0)
+    # Random slots: half of them the dead challenger's (none in 40: p = 1e-12).
+    assert stats["ch_dead"]["failovers"] > 0 and stats["ch_dead"]["requests"] == 0
+    assert stats["champion"]["ok"] == 40
+    forced = await caller.variants(dp.infer_request("dep_fo"), 3, metadata=(("x-tsplit-variant", "ch_dead"),))
+    assert forced == ["champion"] * 3
+    after = client.stats_snapshot()["dep_fo"]
+    assert after["ch_dead"]["failovers"] == stats["ch_dead"]["failovers"] and after["champion"]["forced"] == 3
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

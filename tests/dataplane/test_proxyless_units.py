@@ -94,7 +94,7 @@ def test_deferred_counts_add_up_to_direct_counts(shares, codes):
         figures.append(dispatcher._stats)
     pending = len(deferred)
     assert pending >= len(codes) and apply_deferred(deferred) == pending and not deferred
-    keys = ("requests", "ok", "errors", "errors_by_code", "failovers")
+    keys = ("requests", "ok", "errors", "errors_by_code", "failovers", "forced", "forced_errors")
     direct, applied = (s.snapshot()[SLUG] for s in figures)
     assert {v: {k: row[k] for k in keys} for v, row in direct.items()} == \
         {v: {k: row[k] for k in keys} for v, row in applied.items()}

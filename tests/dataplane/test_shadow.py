@@ -12,6 +12,7 @@ import pytest
 
 from dataplane.compare import compare_responses
 from tsplit.etcd_server import free_port
+from tsplit.status import latency_bucket
 
 
 async def _latencies_ms(client, request, count: int) -> list[float]:
@@ -48,6 +49,9 @@ async def test_a_slow_challenger_does_not_slow_the_champion(backends, router, cl
     row = router.stats.snapshot()["dep_shadow"]["ch_slow"]
     assert row["mirror_latency_ms_sum"] / row["mirrored"] >= 200
     assert (row["requests"], row["compared"], row["mirror_errors"]) == (0, n, 0)
+    # What the guardrails read in shadow mode: copies answered and their latency histogram.
+    assert row["mirror_answers"] == n and sum(row["mirror_latency_buckets"]) == n
+    assert sum(row["mirror_latency_buckets"][:latency_bucket(200)]) == 0
 
 
 async def test_mirrors_are_bounded_in_flight_and_drops_are_counted(backends, router_factory, client_factory, dp):
@@ -140,7 +144,7 @@ async def test_a_dead_shadow_challenger_costs_users_nothing(backends, router, cl
     stats = router.stats.snapshot()["dep_dead"]
     assert stats["champion"]["ok"] == n
     assert (stats["ch_dead"]["mirrored"], stats["ch_dead"]["mirror_errors"], stats["ch_dead"]["compared"],
-            stats["ch_dead"]["failovers"]) == (n, n, 0, 0)
+            stats["ch_dead"]["failovers"], stats["ch_dead"]["mirror_answers"]) == (n, n, 0, 0, n)
 
 
 async def test_each_challenger_is_mirrored_its_share_and_split_mode_mirrors_nothing(

@@ -61,8 +61,9 @@ async def test_the_sender_copies_compares_and_reports_per_variant(backends, clie
             proc.kill()
     totals: dict[str, list] = {}
     for line in out.splitlines():
-        for slug, name, model_id, *counts in json.loads(line)["rows"]:
+        for slug, name, model_id, *counts, buckets in json.loads(line)["rows"]:
             assert slug == "dep_x"
+            assert sum(count for _, count in buckets) == counts[0]  # a latency bucket per copy finished
             old = totals.setdefault(name, [0] * len(counts))
             totals[name] = [a + b for a, b in zip(old, counts)]
     # finished, errors, latency, compared, exact, agree, total, diff_sum, diff_count
