@@ -101,7 +101,8 @@ class Backend:
 
 
 async def serve(settings: BackendSettings) -> None:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    # Any request size: the proxy in front decides its limits (the 8 MiB shadow row).
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", -1)])
     server.add_generic_rpc_handlers(Backend(settings).handlers())
     port = server.add_insecure_port(settings.listen)
     await server.start()

@@ -3,7 +3,7 @@ finding where the champion's tail comes from with mirrors on (issue 5, target 2)
 
     flock /tmp/tsplit-bench.lock .venv/bin/python -m bench.shadow_probe --seconds 8 --reps 5 \
         [--compare-in-process] [--compare-sender-nice N] [--side-load] [--switch-interval S] \
-        [--py-spy OUT --gil] [--router-arg=--flag ...] [--out result.json]
+        [--py-spy OUT --gil] [--router-arg=--flag ...] [--large-mib 8 [--large-rps 4]] [--out result.json]
 
 One etcd, the champion and the two 50 ms slower backends, one router; then `reps` rounds of
 `router shadow off @rate` and `router shadow on` at 600 req/s (h2load -c 4 -m 4 --rps 150),
@@ -11,7 +11,9 @@ interleaved (each row goes first in turn), plus the optional rows: a router with
 mirrors on its own event loop (the design before the shadow sender process), routers whose
 sender runs at another nice level, and shadow off while h2load sends the slow backends
 their share of copies straight (the floor: what the challengers' own work costs the
-champion on shared cores). Per run: p50/p99 and each process's CPU (utime + stime from
+champion on shared cores), and with --large-mib the shadow row while a second h2load sends
+requests of that size to the same deployment (mirrored like the rest; issue 11 target 4:
+small calls beside 8 MiB mirrored requests keep p99 <= 100 ms). Per run: p50/p99 and each process's CPU (utime + stime from
 /proc) per answered request; per row the medians and the per-round p99 ratio to shadow off.
 """
 
@@ -29,7 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench import h2load, loadrows, probe, profile, seed
-from bench.frames import infer_request_body
+from bench.frames import grpc_frame, infer_request, infer_request_body
 from bench.h2load import LoadSettings
 from bench.loadrows import LoadTarget
 from bench.procs import Child, descendants, start_backend, wait_for_listen
@@ -98,6 +100,25 @@ def start_router(work: Path, etcd: str, router_id: str, switch_interval: float |
     return child, f"127.0.0.1:{port}"
 
 
+def large_request_body(model_name: str, mib: float) -> bytes:
+    """A ModelInfer request for model_name carrying `mib` MiB of raw FP32 input."""
+    values = int(mib * (1 << 20)) // 4
+    request = infer_request(model_name)
+    request.ClearField("inputs")
+    request.inputs.add(name="input-0", datatype="FP32", shape=[1, values])
+    request.raw_input_contents.append(bytes(4 * values))
+    return grpc_frame(request.SerializeToString())
+
+
+def _large_load(address: str, body: Path, rps: int, seconds: float, work: Path) -> dict:
+    """The large requests beside a row: their own h2load (one client, rps a second)."""
+    result = h2load.run(f"http://{address}", body, LoadSettings(clients=1, streams=4, rps=rps, duration_s=seconds,
+                                                                warmup_s=0, timeout_s=30), work)
+    s = result.summary
+    return {"large_2xx": s.status_2xx, "large_errors": s.failed + s.errored + s.timeout + s.status_other,
+            "large_p99_ms": result.p99_ms}
+
+
 def _side_load(address: str, model_name: str, work: Path, seconds: float) -> None:
     """What the mirrors cost the slow backends, without mirrors: h2load sends them their
     share (150 req/s each) straight, alongside a shadow-off row."""
@@ -109,7 +130,8 @@ def _side_load(address: str, model_name: str, work: Path, seconds: float) -> Non
 
 
 async def one_run(target: LoadTarget, work: Path, pids: dict[str, int], spy_out: Path | None = None,
-                  gil_only: bool = False, side: tuple[str, ...] = ()) -> dict:
+                  gil_only: bool = False, side: tuple[str, ...] = (),
+                  large: tuple[Path, int] | None = None) -> dict:
     def cpu_now() -> dict[str, float]:
         found = {name: cpu_seconds(pid) for name, pid in pids.items()}
         # The router's own process apart from its children (the shadow sender, if any).
@@ -122,7 +144,10 @@ async def one_run(target: LoadTarget, work: Path, pids: dict[str, int], spy_out:
         spy = profile.start_record(profile.py_spy_binary(), pids["router"], target.load.duration_s, spy_out,
                                    gil_only=gil_only)
     sides = [asyncio.to_thread(_side_load, address, "side", work, target.load.duration_s) for address in side]
-    result, *_ = await asyncio.gather(loadrows.run_once(target, work), *sides)
+    if large is not None:
+        sides.append(asyncio.to_thread(_large_load, target.address, *large, target.load.duration_s, work))
+    result, *side_results = await asyncio.gather(loadrows.run_once(target, work), *sides)
+    large_result = side_results[-1] if large is not None else {}
     if spy is not None:
         spy.wait(30)
     wall = time.monotonic() - started
@@ -132,7 +157,7 @@ async def one_run(target: LoadTarget, work: Path, pids: dict[str, int], spy_out:
                                       "load_avg_1m")},
             "p999_ms": result.get("p999_ms"),
             "cpu_us_per_req": {name: round(1e6 * s / answered, 1) for name, s in cpu.items()},
-            "cpu_share": {name: round(s / wall, 3) for name, s in cpu.items()}}
+            "cpu_share": {name: round(s / wall, 3) for name, s in cpu.items()}, **large_result}
 
 
 async def main_async(args: argparse.Namespace) -> dict:
@@ -175,6 +200,12 @@ async def main_async(args: argparse.Namespace) -> dict:
             await probe.wait_serving(other_address, 30)
             targets.append((LoadTarget(f"on nice {nice}", other_address, "dep_shadow", (backends.champion,), slow,
                                        load=rate), other.pid))
+        large_row = f"on + {args.large_mib:g} MiB requests"
+        if args.large_mib:
+            large_body = work / "body-large.bin"
+            large_body.write_bytes(large_request_body("dep_shadow", args.large_mib))
+            targets.append((LoadTarget(large_row, address, "dep_shadow", (backends.champion,), slow, load=rate),
+                            router.pid))
         if args.side_load:
             # The same shadow-off row, but the slow backends busy with their share of copies.
             targets.append((replace(off, row="off + slow backends loaded"), router.pid))
@@ -188,20 +219,26 @@ async def main_async(args: argparse.Namespace) -> dict:
                 if args.py_spy and rep == 0:
                     spy_out = args.py_spy.with_name(f"{args.py_spy.stem}-{t.row.replace(' ', '-')}{args.py_spy.suffix}")
                 side = slow if t.row == "off + slow backends loaded" else ()
-                r = await one_run(t, work, {**pids, "router": router_pid}, spy_out, args.gil, side)
+                large = (large_body, args.large_rps) if t.row == large_row and args.large_mib else None
+                r = await one_run(t, work, {**pids, "router": router_pid}, spy_out, args.gil, side, large)
                 if spy_out is not None and spy_out.exists():
                     top = profile.summarize(spy_out.read_text(), 25)
                     print(json.dumps(top["self"][:15], indent=0), flush=True)
                 runs[t.row].append(r)
                 print(f"rep {rep + 1} {t.row:>13}: p50 {r['p50_ms']:6.2f} p99 {r['p99_ms']:6.2f} ms  "
                       f"errors {r['errors']}  mirrored {r['mirrored']}  cpu us/req {r['cpu_us_per_req']}  "
-                      f"load {r['load_avg_1m']:.2f}", flush=True)
+                      f"load {r['load_avg_1m']:.2f}"
+                      + (f"  large: {r['large_2xx']} ok, {r['large_errors']} errors, p99 {r['large_p99_ms']} ms"
+                         if large else ""), flush=True)
         summary: dict = {}
         for row, rs in runs.items():
             summary[row] = {"p50_ms": median([r["p50_ms"] for r in rs]), "p99_ms": median([r["p99_ms"] for r in rs]),
                             "router_cpu_us_per_req": median([r["cpu_us_per_req"]["router"] for r in rs]),
                             "router_own_cpu_us_per_req": median([r["cpu_us_per_req"]["router_own"] for r in rs]),
                             "errors": sum(r["errors"] for r in rs)}
+            if row == large_row:
+                summary[row].update(large_ok=sum(r["large_2xx"] for r in rs),
+                                    large_errors=sum(r["large_errors"] for r in rs))
         for row in runs:
             if row == "off":
                 continue
@@ -230,6 +267,9 @@ def main() -> None:
                         help="also a router whose shadow sender runs at this nice level")
     parser.add_argument("--side-load", action="store_true",
                         help="also shadow off with h2load sending the slow backends their share of copies")
+    parser.add_argument("--large-mib", type=float, default=0.0,
+                        help="also the shadow row beside requests of this many MiB (mirrored too)")
+    parser.add_argument("--large-rps", type=int, default=4, help="large requests a second (--large-mib)")
     parser.add_argument("--compare-in-process", action="store_true",
                         help="also a router with the mirrors on its own event loop (the design before)")
     args = parser.parse_args()

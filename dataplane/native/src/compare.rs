@@ -296,7 +296,7 @@ pub fn decode_raw(datatype: DataType, raw: &Bytes, count: usize) -> Result<Value
         ));
     }
     fn words<const N: usize>(raw: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
-        raw.chunks_exact(N).map(|c| c.try_into().expect("exact chunks"))
+        raw.chunks_exact(N).map(|c| std::array::from_fn(|i| c[i]))
     }
     Ok(match datatype {
         DataType::Bool => Values::Bool(raw.iter().map(|&b| b != 0).collect()),
@@ -432,17 +432,18 @@ pub fn row_labels(t: &Tensor) -> Option<Vec<Label>> {
 /// Index of the first largest value in values[start..stop]; NaN never wins; -1 if all NaN.
 fn argmax(t: &Tensor, start: usize, stop: usize) -> i128 {
     fn first_largest<T: PartialOrd + Copy>(values: &[T]) -> i128 {
-        let mut best: Option<(usize, T)> = None;
+        let mut best = -1i128;
+        let mut best_value = None::<T>;
         for (i, &v) in values.iter().enumerate() {
+            // NaN (the only value not equal to itself) never wins.
             #[allow(clippy::eq_op)]
-            if v != v {
-                continue; // NaN
-            }
-            if best.is_none_or(|(_, b)| v > b) {
-                best = Some((i, v));
+            let is_nan = v != v;
+            if !is_nan && best_value.is_none_or(|b| v > b) {
+                best = i as i128;
+                best_value = Some(v);
             }
         }
-        best.map_or(-1, |(i, _)| i as i128)
+        best
     }
     match &t.values {
         Values::Bool(v) => first_largest(&v[start..stop]),
@@ -463,15 +464,23 @@ pub fn abs_diff(a: &Tensor, b: &Tensor) -> (f64, u64) {
     if a.shape != b.shape || !a.is_float() || !b.is_float() {
         return (0.0, 0);
     }
-    let (mut total, mut count) = (0.0, 0u64);
-    for i in 0..a.values.len().min(b.values.len()) {
-        let d = (a.float_at(i) - b.float_at(i)).abs();
-        if d.is_finite() {
-            total += d;
-            count += 1;
+    fn sum(pairs: impl Iterator<Item = (f64, f64)>) -> (f64, u64) {
+        let (mut total, mut count) = (0.0, 0u64);
+        for (x, y) in pairs {
+            let d = (x - y).abs();
+            if d.is_finite() {
+                total += d;
+                count += 1;
+            }
         }
+        (total, count)
     }
-    (total, count)
+    match (&a.values, &b.values) {
+        // The common cases without a match per element.
+        (Values::Fp32(x), Values::Fp32(y)) => sum(x.iter().zip(y).map(|(&x, &y)| (x as f64, y as f64))),
+        (Values::Fp64(x), Values::Fp64(y)) => sum(x.iter().copied().zip(y.iter().copied())),
+        _ => sum((0..a.values.len().min(b.values.len())).map(|i| (a.float_at(i), b.float_at(i)))),
+    }
 }
 
 #[cfg(test)]
