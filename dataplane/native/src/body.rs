@@ -1,0 +1,167 @@
+//! Response bodies: a unary answer the router makes itself, and a backend's answer passed
+//! through frame by frame while its status is counted and the deadline enforced.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::Sleep;
+
+use crate::grpc::{put_status, Code, Status};
+use crate::stats::Counters;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type RespBody = UnsyncBoxBody<Bytes, BoxError>;
+pub type Polled = Poll<Option<Result<Frame<Bytes>, BoxError>>>;
+
+/// The last frame of an answer: trailers with `status`.
+pub fn status_frame(status: &Status) -> Polled {
+    let mut trailers = HeaderMap::new();
+    put_status(&mut trailers, status);
+    Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+}
+
+pub fn empty() -> RespBody {
+    http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// One data frame (if any), then trailers: a whole unary answer.
+pub struct Unary {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl Unary {
+    pub fn ok(data: Bytes) -> RespBody {
+        let mut trailers = HeaderMap::new();
+        put_status(&mut trailers, &Status::new(Code::OK, ""));
+        Unary { data: Some(data), trailers: Some(trailers) }.boxed_unsync()
+    }
+
+    pub fn with_trailers(data: Option<Bytes>, trailers: HeaderMap) -> RespBody {
+        Unary { data, trailers: Some(trailers) }.boxed_unsync()
+    }
+}
+
+impl Body for Unary {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(data) = self.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
+}
+
+/// How an answer is counted once its status is known.
+pub struct Tally {
+    pub counters: Arc<Counters>,
+    pub started: Instant,
+    /// Forced with x-tsplit-variant: counted in `forced` only.
+    pub forced: bool,
+}
+
+impl Tally {
+    pub fn finish(self, code: Code) {
+        if self.forced {
+            self.counters.forced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            self.counters.answered(self.started.elapsed(), code);
+        }
+    }
+}
+
+/// A backend's answer on its way to the caller.
+pub struct Relay {
+    inner: Incoming,
+    deadline: Pin<Box<Sleep>>,
+    tally: Option<Tally>,
+    /// Names the variant in an error the router makes up mid-answer (never an address).
+    what: Arc<str>,
+    done: bool,
+}
+
+impl Relay {
+    /// `tally` is None when the status was already counted (a Trailers-Only answer).
+    pub fn boxed(inner: Incoming, deadline: tokio::time::Instant, tally: Option<Tally>, what: Arc<str>) -> RespBody {
+        Relay { inner, deadline: Box::pin(tokio::time::sleep_until(deadline)), tally, what, done: false }.boxed_unsync()
+    }
+
+    fn end_with(&mut self, status: Status) -> Polled {
+        self.done = true;
+        if let Some(t) = self.tally.take() {
+            t.finish(status.code);
+        }
+        status_frame(&status)
+    }
+}
+
+impl Body for Relay {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            return this.end_with(Status::new(Code::DEADLINE_EXCEEDED, "Deadline Exceeded"));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    this.done = true;
+                    let code = trailers.get("grpc-status").map_or(Code::UNKNOWN, |v| Code::parse(v.as_bytes()));
+                    if let Some(t) = this.tally.take() {
+                        t.finish(code);
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(_))) => {
+                let message = format!("the backend of {} broke off its answer", this.what);
+                this.end_with(Status::new(Code::UNAVAILABLE, message))
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                if let Some(t) = this.tally.take() {
+                    t.finish(Code::UNKNOWN);
+                }
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || (self.tally.is_none() && self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // The caller went away before the answer ended.
+        if let Some(t) = self.tally.take() {
+            t.finish(Code::CANCELLED);
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! One request, from its path to its answer: the v2 inference calls (ModelInfer routed by
+//! slot, ModelReady/ModelMetadata to the champion, the server calls answered here), the
+//! health and reflection services, and the router's own errors.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use tokio::time::{timeout_at, Instant};
+
+use crate::backends::{Backends, CallError};
+use crate::body::{empty, Relay, RespBody, Tally, Unary};
+use crate::grpc::{self, answer_headers, put_status, Code, Status};
+use crate::serve::Shared;
+use crate::table::{Route, Variant};
+use crate::wire;
+
+pub const SERVICE: &str = "inference.GRPCInferenceService";
+pub const INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+const SERVER_LIVE: &str = "/inference.GRPCInferenceService/ServerLive";
+const SERVER_READY: &str = "/inference.GRPCInferenceService/ServerReady";
+const SERVER_METADATA: &str = "/inference.GRPCInferenceService/ServerMetadata";
+const MODEL_READY: &str = "/inference.GRPCInferenceService/ModelReady";
+const MODEL_METADATA: &str = "/inference.GRPCInferenceService/ModelMetadata";
+
+pub const ROUTING_KEY_HEADER: &str = "x-routing-key";
+pub const FORCED_VARIANT_HEADER: &str = "x-tsplit-variant";
+pub const NOT_READY_MESSAGE: &str = "the router has not loaded its routing configuration yet; retry shortly";
+
+static MODEL_ID: HeaderName = HeaderName::from_static("tsplit-model-id");
+static VARIANT: HeaderName = HeaderName::from_static("tsplit-variant");
+static CACHE_VERSION: HeaderName = HeaderName::from_static("tsplit-cache-version");
+
+/// Every request the server takes.
+pub async fn handle(shared: Arc<Shared>, backends: Arc<Backends>, req: Request<Incoming>) -> Response<RespBody> {
+    let path = req.uri().path();
+    let answer = match path {
+        INFER => infer(&shared, &backends, req).await,
+        SERVER_LIVE => Ok(local(Bytes::from_static(&[0x08, 0x01]))),
+        SERVER_READY => {
+            Ok(local(if shared.table.load().is_some() { Bytes::from_static(&[0x08, 0x01]) } else { Bytes::new() }))
+        }
+        SERVER_METADATA => {
+            let mut out = Vec::new();
+            wire::encode_string_field(1, &shared.config.server_name, &mut out);
+            wire::encode_string_field(2, &shared.config.server_version, &mut out);
+            Ok(local(Bytes::from(out)))
+        }
+        MODEL_READY | MODEL_METADATA => to_champion(&shared, &backends, req).await,
+        crate::health::CHECK | crate::health::WATCH => crate::health::handle(&shared, req).await,
+        p if crate::reflection::is_reflection(p) => crate::reflection::handle(&shared, req).await,
+        _ => Err(Status::new(Code::UNIMPLEMENTED, format!("method {path} is not served by this router"))),
+    };
+    answer.unwrap_or_else(|status| error_answer(&status, None))
+}
+
+/// A Trailers-Only answer with the router's own status (and tsplit-* headers, when a
+/// variant was chosen).
+pub fn error_answer(status: &Status, extra: Option<&HeaderMap>) -> Response<RespBody> {
+    let mut response = answer_headers().body(empty()).expect("static headers are valid");
+    if let Some(extra) = extra {
+        for (k, v) in extra {
+            response.headers_mut().insert(k, v.clone());
+        }
+    }
+    put_status(response.headers_mut(), status);
+    response
+}
+
+/// A whole unary answer: one message and status OK.
+pub fn local(message: Bytes) -> Response<RespBody> {
+    answer_headers().body(Unary::ok(grpc::frame(&message))).expect("static headers are valid")
+}
+
+struct Call {
+    deadline: Instant,
+    message: Bytes,
+    headers: HeaderMap,
+}
+
+/// Read a unary request: its deadline, its one message (decompressed), its headers.
+async fn read_call(shared: &Shared, req: Request<Incoming>) -> Result<Call, Status> {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let timeout = parts
+        .headers
+        .get("grpc-timeout")
+        .and_then(|v| grpc::parse_timeout(v.as_bytes()))
+        .unwrap_or_else(|| Duration::from_secs_f64(shared.config.request_timeout_s));
+    let deadline = started + timeout;
+    let max = shared.config.max_message_bytes;
+    let collected = match timeout_at(deadline, Limited::new(body, max + 5).collect()).await {
+        Err(_) => return Err(Status::new(Code::DEADLINE_EXCEEDED, "Deadline Exceeded")),
+        Ok(Err(err)) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return Err(Status::new(
+                Code::RESOURCE_EXHAUSTED,
+                format!("the request is larger than the router's limit ({max} bytes)"),
+            ))
+        }
+        Ok(Err(_)) => return Err(Status::new(Code::CANCELLED, "the request was not received whole")),
+        Ok(Ok(c)) => c.to_bytes(),
+    };
+    let encoding = parts.headers.get("grpc-encoding").map(|v| v.as_bytes());
+    let message = grpc::unary_message(&collected, encoding, max)?;
+    Ok(Call { deadline, message, headers: parts.headers })
+}
+
+fn invalid(err: wire::Malformed) -> Status {
+    Status::new(Code::INVALID_ARGUMENT, format!("the request is not a valid message: {err}"))
+}
+
+fn route_of(shared: &Shared, name: &str, field: &str) -> Result<Arc<Route>, Status> {
+    if name.is_empty() {
+        return Err(Status::new(
+            Code::INVALID_ARGUMENT,
+            format!("{field} is required: set it to a deployment id (dep_...)"),
+        ));
+    }
+    let table = shared.table.load();
+    let Some(table) = table.as_ref() else {
+        return Err(Status::new(Code::UNAVAILABLE, NOT_READY_MESSAGE));
+    };
+    table
+        .lookup(name)
+        .cloned()
+        .ok_or_else(|| Status::new(Code::NOT_FOUND, format!("{field} {}: no such deployment", py_repr(name))))
+}
+
+/// Python's repr() of a str, for messages that match the Python router's.
+fn py_repr(text: &str) -> String {
+    if text.contains('\'') && !text.contains('"') {
+        format!("\"{text}\"")
+    } else {
+        format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
+    }
+}
+
+/// Client metadata passed to a backend: not `authorization`, `x-tsplit-*`, HTTP/2
+/// pseudo and hop-by-hop headers, nor what describes this hop (its deadline, encoding).
+fn forwardable(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len() + 3);
+    for (k, v) in headers {
+        let name = k.as_str();
+        let hop = matches!(
+            name,
+            "authorization"
+                | "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "transfer-encoding"
+                | "upgrade"
+                | "te"
+                | "host"
+                | "content-type"
+                | "content-length"
+                | "user-agent"
+                | "grpc-timeout"
+                | "grpc-encoding"
+                | "grpc-accept-encoding"
+                | "grpc-message-type"
+        );
+        if !hop && !name.starts_with("x-tsplit-") {
+            out.append(k.clone(), v.clone());
+        }
+    }
+    out.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(grpc::CONTENT_TYPE));
+    out.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    out
+}
+
+fn variant_headers(route: &Route, variant: &Variant) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(3);
+    if let Ok(v) = HeaderValue::from_str(&variant.model_id) {
+        h.insert(MODEL_ID.clone(), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&variant.name) {
+        h.insert(VARIANT.clone(), v);
+    }
+    h.insert(CACHE_VERSION.clone(), route.cache_version_header.clone());
+    h
+}
+
+/// "variant ch_x (model mod_y) of deployment dep_z": how the router's errors name a
+/// backend (never by its address).
+fn describe(route: &Route, variant: &Variant) -> String {
+    format!("variant {} (model {}) of deployment {}", variant.name, variant.model_id, route.slug)
+}
+
+/// Send one unary call to a variant's backend: the answer's head, or why there is none.
+async fn send(
+    backends: &Backends,
+    variant: &Variant,
+    path: &str,
+    message: &Bytes,
+    headers: &HeaderMap,
+    deadline: Instant,
+) -> Result<Response<Incoming>, CallError> {
+    let endpoint = backends.endpoint(&variant.endpoint);
+    let mut sender = endpoint.sender(deadline).await?;
+    let mut request = Request::post(format!("http://{}{}", variant.endpoint, path))
+        .version(http::Version::HTTP_2)
+        .body(Full::new(grpc::frame_parts(message, &variant.suffix)))
+        .map_err(|e| CallError::Unavailable(format!("bad request: {e}")))?;
+    *request.headers_mut() = headers.clone();
+    let left = deadline.saturating_duration_since(Instant::now());
+    request.headers_mut().insert("grpc-timeout", grpc::format_timeout(left));
+    match timeout_at(deadline, sender.send_request(request)).await {
+        Err(_) => Err(CallError::DeadlineExceeded),
+        Ok(Err(err)) => {
+            endpoint.discard(&sender);
+            Err(CallError::Unavailable(format!("{err}")))
+        }
+        Ok(Ok(response)) => Ok(response),
+    }
+}
+
+/// The grpc-status in an answer's headers: set only in a Trailers-Only answer.
+fn head_status(response: &Response<Incoming>) -> Option<Code> {
+    response.headers().get("grpc-status").map(|v| Code::parse(v.as_bytes()))
+}
+
+/// The error a failed send becomes for the caller, naming the variant.
+fn send_failure(err: CallError, route: &Route, variant: &Variant) -> Status {
+    match err {
+        CallError::DeadlineExceeded => Status::new(Code::DEADLINE_EXCEEDED, "Deadline Exceeded"),
+        CallError::Unavailable(_) => {
+            Status::new(Code::UNAVAILABLE, format!("the backend of {} is unreachable", describe(route, variant)))
+        }
+    }
+}
+
+async fn infer(shared: &Shared, backends: &Backends, req: Request<Incoming>) -> Result<Response<RespBody>, Status> {
+    let started = std::time::Instant::now();
+    let call = read_call(shared, req).await?;
+    let found = wire::scan_model_ref(&call.message, &wire::INFER_REQUEST).map_err(invalid)?;
+    let route = route_of(shared, found.name, "model_name")?;
+    let forced = call.headers.get(FORCED_VARIANT_HEADER).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let (variant, _mirror) = match &forced {
+        Some(name) if !name.is_empty() => match route.variant(name) {
+            Some(v) => (v.clone(), None),
+            None => {
+                let known: Vec<&str> = route.variants.iter().map(|v| v.name.as_str()).collect();
+                return Err(Status::new(
+                    Code::INVALID_ARGUMENT,
+                    format!(
+                        "x-tsplit-variant {} is not a variant of deployment {} (variants: {})",
+                        py_repr(name),
+                        route.slug,
+                        known.join(", ")
+                    ),
+                ));
+            }
+        },
+        _ => {
+            let key = call.headers.get(ROUTING_KEY_HEADER).map(|v| v.as_bytes());
+            let (answer, mirror) = route.choose(route.slot_of(key));
+            (answer.clone(), mirror.cloned())
+        }
+    };
+    let is_forced = forced.as_deref().is_some_and(|f| !f.is_empty());
+    let headers = forwardable(&call.headers);
+    let mut variant = variant;
+    let mut sent = send(backends, &variant, INFER, &call.message, &headers, call.deadline).await;
+    // A challenger that gave no answer (unreachable, or UNAVAILABLE before any answer) is
+    // retried on the champion and counted as a failover.
+    let gave_no_answer = match &sent {
+        Err(CallError::Unavailable(_)) => true,
+        Ok(r) => head_status(r) == Some(Code::UNAVAILABLE),
+        Err(CallError::DeadlineExceeded) => false,
+    };
+    if gave_no_answer && !variant.is_champion() {
+        variant.counters.failovers.fetch_add(1, Relaxed);
+        variant = route.champion().clone();
+        sent = send(backends, &variant, INFER, &call.message, &headers, call.deadline).await;
+    }
+    let tally = Tally { counters: variant.counters.clone(), started, forced: is_forced };
+    let extra = variant_headers(&route, &variant);
+    match sent {
+        Err(err) => {
+            let status = send_failure(err, &route, &variant);
+            tally.finish(status.code);
+            Ok(error_answer(&status, Some(&extra)))
+        }
+        Ok(response) => Ok(relay(response, tally, extra, call.deadline, describe(&route, &variant))),
+    }
+}
+
+/// A backend's answer passed on, with the tsplit-* headers added and the status counted.
+fn relay(
+    response: Response<Incoming>,
+    tally: Tally,
+    extra: HeaderMap,
+    deadline: Instant,
+    what: String,
+) -> Response<RespBody> {
+    let (mut parts, body) = response.into_parts();
+    let tally = match head_status_of(&parts.headers) {
+        Some(code) => {
+            tally.finish(code);
+            None
+        }
+        None => Some(tally),
+    };
+    for (k, v) in &extra {
+        parts.headers.insert(k, v.clone());
+    }
+    Response::from_parts(parts, Relay::boxed(body, deadline, tally, Arc::from(what)))
+}
+
+fn head_status_of(headers: &HeaderMap) -> Option<Code> {
+    headers.get("grpc-status").map(|v| Code::parse(v.as_bytes()))
+}
+
+/// ModelReady / ModelMetadata: asked of the deployment's champion, not counted.
+/// ModelMetadata's answer is named after the deployment (a client that checks the name it
+/// asked for sees its own).
+async fn to_champion(
+    shared: &Shared,
+    backends: &Backends,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, Status> {
+    let path = req.uri().path().to_string();
+    let call = read_call(shared, req).await?;
+    let found = wire::scan_model_ref(&call.message, &wire::MODEL_REQUEST).map_err(invalid)?;
+    let route = route_of(shared, found.name, "name")?;
+    let champion = route.champion().clone();
+    let headers = forwardable(&call.headers);
+    let extra = variant_headers(&route, &champion);
+    let response = match send(backends, &champion, &path, &call.message, &headers, call.deadline).await {
+        Err(err) => return Ok(error_answer(&send_failure(err, &route, &champion), Some(&extra))),
+        Ok(r) => r,
+    };
+    if path != MODEL_METADATA || head_status(&response).is_some() {
+        let (mut parts, body) = response.into_parts();
+        for (k, v) in &extra {
+            parts.headers.insert(k, v.clone());
+        }
+        return Ok(Response::from_parts(
+            parts,
+            Relay::boxed(body, call.deadline, None, Arc::from(describe(&route, &champion))),
+        ));
+    }
+    // ModelMetadata: read the whole answer, append the deployment's name, send it on.
+    let (mut parts, body) = response.into_parts();
+    let collected = match timeout_at(call.deadline, body.collect()).await {
+        Err(_) => return Err(Status::new(Code::DEADLINE_EXCEEDED, "Deadline Exceeded")),
+        Ok(Err(_)) => {
+            return Err(Status::new(
+                Code::UNAVAILABLE,
+                format!("the backend of {} broke off its answer", describe(&route, &champion)),
+            ))
+        }
+        Ok(Ok(c)) => c,
+    };
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let data = collected.to_bytes();
+    let data =
+        match grpc::unary_message(&data, parts.headers.get("grpc-encoding").map(|v| v.as_bytes()), usize::MAX >> 1) {
+            Ok(message) if Code::parse(trailers.get("grpc-status").map_or(b"2", |v| v.as_bytes())) == Code::OK => {
+                let mut suffix = Vec::new();
+                wire::encode_string_field(wire::NAME_FIELD, &route.slug, &mut suffix);
+                parts.headers.remove("grpc-encoding");
+                Some(grpc::frame_parts(&message, &suffix))
+            }
+            _ => (!data.is_empty()).then_some(data),
+        };
+    for (k, v) in &extra {
+        parts.headers.insert(k, v.clone());
+    }
+    Ok(Response::from_parts(parts, Unary::with_trailers(data, trailers)))
+}

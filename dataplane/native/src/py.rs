@@ -1,0 +1,94 @@
+//! The Python face, `dataplane._native`: start(config) -> Router; Router.swap_table,
+//! apply_changes, counters, stop. Python objects are touched only at these calls; the
+//! serving threads never take the GIL.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+
+use crate::serve::{Config, Server};
+
+/// A running native router.
+#[pyclass(frozen, module = "dataplane._native")]
+struct Router {
+    server: Mutex<Option<Server>>,
+    port: u16,
+}
+
+impl Router {
+    fn with_server<T>(&self, f: impl FnOnce(&Server) -> PyResult<T>) -> PyResult<T> {
+        let guard = self.server.lock().map_err(|_| PyRuntimeError::new_err("router state poisoned"))?;
+        match guard.as_ref() {
+            Some(server) => f(server),
+            None => Err(PyRuntimeError::new_err("the router is stopped")),
+        }
+    }
+}
+
+#[pymethods]
+impl Router {
+    /// The port every listener is bound to.
+    #[getter]
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Replace the routing table with a full snapshot (JSON); returns the problems found
+    /// (routes left out). The first one makes the router ready.
+    fn swap_table(&self, py: Python<'_>, snapshot: &str) -> PyResult<Vec<String>> {
+        self.with_server(|s| {
+            let shared = s.shared.clone();
+            py.detach(|| crate::swap_table(&shared, snapshot)).map_err(PyValueError::new_err)
+        })
+    }
+
+    /// Apply changed and removed routes (JSON) to the current table.
+    fn apply_changes(&self, py: Python<'_>, changes: &str) -> PyResult<Vec<String>> {
+        self.with_server(|s| {
+            let shared = s.shared.clone();
+            py.detach(|| crate::apply_changes(&shared, changes)).map_err(PyValueError::new_err)
+        })
+    }
+
+    /// Every variant's counters as JSON: {slug: {variant: {...}}}.
+    fn counters(&self, py: Python<'_>) -> PyResult<String> {
+        self.with_server(|s| {
+            let shared = s.shared.clone();
+            Ok(py.detach(|| shared.registry.to_json().to_string()))
+        })
+    }
+
+    /// Whether the health service says SERVING.
+    fn serving(&self) -> PyResult<bool> {
+        self.with_server(|s| Ok(s.shared.is_serving()))
+    }
+
+    /// Stop accepting, give calls in flight up to grace_s seconds, then end. Idempotent.
+    fn stop(&self, py: Python<'_>, grace_s: f64) -> PyResult<()> {
+        let taken = self.server.lock().map_err(|_| PyRuntimeError::new_err("router state poisoned"))?.take();
+        if let Some(mut server) = taken {
+            let grace = Duration::from_secs_f64(grace_s.max(0.0));
+            py.detach(move || server.stop(grace));
+        }
+        Ok(())
+    }
+}
+
+/// Start serving with `config` (JSON of serve::Config). Raises OSError when the address
+/// cannot be bound.
+#[pyfunction]
+fn start(py: Python<'_>, config: &str) -> PyResult<Router> {
+    let config: Config = serde_json::from_str(config).map_err(|e| PyValueError::new_err(format!("bad config: {e}")))?;
+    let server = py.detach(|| Server::start(config)).map_err(|e| PyOSError::new_err(e.to_string()))?;
+    let port = server.port;
+    Ok(Router { server: Mutex::new(Some(server)), port })
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(start, m)?)?;
+    m.add_class::<Router>()?;
+    Ok(())
+}

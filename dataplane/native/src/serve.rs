@@ -1,0 +1,233 @@
+//! The listening sockets and the HTTP/2 server: one current-thread tokio runtime per
+//! thread, each with its own SO_REUSEPORT listener on the same port, and a graceful stop.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde::Deserialize;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::watch;
+
+use crate::backends::Backends;
+use crate::stats::CountersRegistry;
+use crate::table::Table;
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+fn default_connections() -> usize {
+    4
+}
+fn default_timeout_s() -> f64 {
+    300.0
+}
+fn default_max_message_bytes() -> usize {
+    64 << 20
+}
+fn default_streams() -> u32 {
+    4096
+}
+
+/// What `start()` takes (JSON from dataplane/server.py).
+#[derive(Deserialize, Clone, Debug)]
+pub struct Config {
+    pub host: String,
+    #[serde(default)]
+    pub port: u16,
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    #[serde(default)]
+    pub server_name: String,
+    #[serde(default)]
+    pub server_version: String,
+    /// The backend deadline when the client sets none.
+    #[serde(default = "default_timeout_s")]
+    pub request_timeout_s: f64,
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// HTTP/2 connections per backend per thread (h2 serializes each connection).
+    #[serde(default = "default_connections")]
+    pub connections_per_backend: usize,
+    #[serde(default = "default_streams")]
+    pub max_concurrent_streams: u32,
+    /// gRPC reflection: what the Python side serialized from its descriptor pool.
+    #[serde(default)]
+    pub reflection: crate::reflection::ReflectionSpec,
+}
+
+/// What every runtime thread shares.
+pub struct Shared {
+    pub config: Config,
+    /// None until the first full snapshot is applied.
+    pub table: ArcSwapOption<Table>,
+    pub registry: CountersRegistry,
+    pub stopping: AtomicBool,
+    pub reflection: crate::reflection::Reflection,
+    grace_ms: AtomicU64,
+    /// Health Watch streams wait on this (true: serving).
+    pub serving: watch::Sender<bool>,
+}
+
+impl Shared {
+    pub fn is_serving(&self) -> bool {
+        !self.stopping.load(Relaxed) && self.table.load().is_some()
+    }
+
+    pub fn update_serving(&self) {
+        let now = self.is_serving();
+        self.serving.send_if_modified(|s| std::mem::replace(s, now) != now);
+    }
+}
+
+/// A started server: its threads and how to stop them.
+pub struct Server {
+    pub shared: Arc<Shared>,
+    pub port: u16,
+    shutdown: watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    socket.set_reuse_port(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+impl Server {
+    /// Bind one listener per thread (all on one port: the first picks it when port is 0)
+    /// and start serving. Errors here are the caller's (address in use, bad host).
+    pub fn start(config: Config) -> std::io::Result<Server> {
+        let ip: std::net::IpAddr = config.host.parse().map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bad listen host {:?}", config.host))
+        })?;
+        let threads = config.threads.max(1);
+        let first = listener(SocketAddr::new(ip, config.port))?;
+        let port = first.local_addr()?.port();
+        let mut listeners = vec![first];
+        for _ in 1..threads {
+            listeners.push(listener(SocketAddr::new(ip, port))?);
+        }
+        let (serving, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            reflection: crate::reflection::Reflection::new(&config.reflection),
+            config,
+            table: ArcSwapOption::empty(),
+            registry: CountersRegistry::default(),
+            stopping: AtomicBool::new(false),
+            grace_ms: AtomicU64::new(10_000),
+            serving,
+        });
+        let (shutdown, _) = watch::channel(false);
+        let mut handles = Vec::with_capacity(threads);
+        for (i, std_listener) in listeners.into_iter().enumerate() {
+            let shared = shared.clone();
+            let stop = shutdown.subscribe();
+            let handle = std::thread::Builder::new()
+                .name(format!("tsplit-router-{i}"))
+                .spawn(move || run_thread(std_listener, shared, stop))?;
+            handles.push(handle);
+        }
+        Ok(Server { shared, port, shutdown, threads: handles })
+    }
+
+    /// Stop accepting, let calls in flight finish for up to `grace`, then end.
+    pub fn stop(&mut self, grace: Duration) {
+        self.shared.stopping.store(true, Relaxed);
+        self.shared.update_serving();
+        self.shared.grace_ms.store(grace.as_millis() as u64, Relaxed);
+        let _ = self.shutdown.send(true);
+        for handle in self.threads.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.stop(Duration::ZERO);
+        }
+    }
+}
+
+fn run_thread(std_listener: std::net::TcpListener, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("tsplit router: cannot start a runtime: {err}");
+            return;
+        }
+    };
+    runtime.block_on(accept_loop(std_listener, shared, stop));
+}
+
+async fn accept_loop(std_listener: std::net::TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let listener = match tokio::net::TcpListener::from_std(std_listener) {
+        Ok(l) => l,
+        Err(err) => {
+            eprintln!("tsplit router: cannot listen: {err}");
+            return;
+        }
+    };
+    let backends = Arc::new(Backends::new(shared.config.connections_per_backend));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                connections.spawn(serve_connection(stream, shared.clone(), backends.clone(), stop.clone()));
+            }
+            _ = stop.changed() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let grace = Duration::from_millis(shared.grace_ms.load(Relaxed));
+    let _ = tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} }).await;
+    connections.shutdown().await;
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    shared: Arc<Shared>,
+    backends: Arc<Backends>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(shared.config.max_concurrent_streams)
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .max_frame_size(1 << 16)
+        .keep_alive_interval(None);
+    let service = service_fn(move |req: http::Request<Incoming>| {
+        let shared = shared.clone();
+        let backends = backends.clone();
+        async move { Ok::<_, std::convert::Infallible>(crate::dispatch::handle(shared, backends, req).await) }
+    });
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = stop.changed() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
