@@ -14,17 +14,15 @@ that really existed.
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable
 
-import orjson
-
+from controlplane.records import ABSENT, Record, change_result, history_value, record_value, same_request
 from tsplit.errors import ApiError
 from tsplit.etcd import key_missing, mod_revision_is, put_op
 from tsplit.layout import Layout
-from tsplit.resources import BASIS_POINTS, Challenger, Deployment, Model
+from tsplit.resources import BASIS_POINTS, Challenger, Deployment, Model, all_finite, dumps
 
 MAX_CHALLENGER_BP = BASIS_POINTS // 2
 
@@ -46,26 +44,14 @@ class ChangeResult:
         }
 
     @classmethod
-    def from_record(cls, result: dict[str, Any]) -> "ChangeResult":
-        challenger = result.get("challenger")
-        return cls(
-            Deployment.from_json(result["deployment"]), bool(result["changed"]),
-            Challenger.from_json(challenger) if challenger else None, replayed=True)
-
-
-@dataclass(frozen=True)
-class Record:
-    """An idempotency record as known to this attempt."""
-
-    mod_revision: int  # 0 when absent (or assumed absent): the write compares it
-    value: dict[str, Any] | None  # a committed record, else None (an aborted fence counts as absent)
-
-    @classmethod
-    def of(cls, mod_revision: int, value: dict[str, Any]) -> "Record":
-        return cls(mod_revision, value if "result" in value else None)
-
-
-ABSENT = Record(0, None)
+    def replay(cls, record: Record) -> "ChangeResult":
+        """The answer a committed change's record stands for; its config is the version's
+        history entry (read with the record)."""
+        if record.config is None or record.config.cache_version != record.change_version:
+            raise ValueError("a change's record is replayed with the config of the version it wrote")
+        challenger_id = record.value["result"].get("challenger_id") if record.value else None
+        challenger = next((c for c in record.config.challengers if c.id == challenger_id), None)
+        return cls(record.config, True, challenger, replayed=True)
 
 
 @dataclass(frozen=True)
@@ -171,53 +157,16 @@ def replayable(record: Record, change: PendingChange) -> ChangeResult | None:
     if record.value is None or record.value.get("org_id") != change.org_id:
         return None
     change.authorize()
-    if (record.value.get("action"), record.value.get("request")) != (change.action, change.request_body):
+    if not same_request(record.value, change.action, change.request_body):
         raise ApiError(
             "invalid_request", "request_id (Idempotency-Key) was already used for a different request; use a new one")
-    return ChangeResult.from_record(record.value["result"])
-
-
-def record_value(change: PendingChange, result: dict[str, Any], at: str, write_id: str) -> dict[str, Any]:
-    """An idempotency record. write_id names the transaction that wrote it, so that after a
-    lost answer the store can tell its own commit from another replica's."""
-    cache_version = result.get("cache_version", (result.get("deployment") or {}).get("cache_version"))
-    return {"request_id": change.request_id, "org_id": change.org_id, "action": change.action,
-            "request": change.request_body, "cache_version": cache_version, "at": at, "result": result,
-            "write_id": write_id}
-
-
-def _all_finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(_all_finite(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return all(_all_finite(v) for v in value)
-    return True
-
-
-def dumps(data: Any) -> bytes:
-    """tsplit.resources.dumps's bytes (compact UTF-8 JSON, keys in insertion order), by
-    orjson: the history and idempotency values of every change cost ~40 us to encode with
-    the json module, ~2 us with orjson. orjson writes NaN as null where the json module
-    refuses it; plan_batch refuses a request body with a non-finite number before it
-    encodes anything (validation lets none through; this keeps it so), and a deployment's
-    numbers are basis points, always finite."""
-    return orjson.dumps(data)
-
-
-def history_value(config: Deployment, change: PendingChange, at: str) -> bytes:
-    value = {"config": config.to_json(), "action": change.action, "actor": change.actor, "at": at,
-             "request": change.request_body, "request_id": change.request_id}
-    if change.evidence is not None:
-        value["evidence"] = change.evidence
-    return dumps(value)
+    return ChangeResult.replay(record)
 
 
 async def plan_batch(
     layout: Layout, changes: list[PendingChange], state: Deployment | None, state_revision: int,
     records: Mapping[str, Record], models: Mapping[str, Model], *, now: str, write_id: str,
-    compare_all_records: bool, max_txn_bytes: int, always_take_first: bool = True,
+    compare_all_records: bool, max_txn_bytes: int, always_take_first: bool = True, record_lease: int = 0,
 ) -> BatchPlan:
     """Decide every change in order against the evolving deployment.
 
@@ -228,10 +177,11 @@ async def plan_batch(
     A change whose writes would push the transaction past max_txn_bytes is deferred, with
     every change after it, to the next batch (the first writer is always taken, unless
     always_take_first is False: the transaction already carries other deployments).
+    Records are written under record_lease (controlplane.records.RecordLease).
     """
     outcomes: list[Outcome] = []
     evolving = state
-    written: dict[str, dict[str, Any]] = {}  # record key -> record written by this batch
+    written: dict[str, Record] = {}  # record key -> record written by this batch
     compared: dict[str, int] = {}  # record key -> revision the transaction compares
     history_compares: list = []
     history_puts: list = []
@@ -245,8 +195,7 @@ async def plan_batch(
         if compare_all_records:
             compared.setdefault(change.request_key, known.mod_revision)
         try:
-            pending = written.get(change.request_key)
-            replay = replayable(Record(known.mod_revision, pending) if pending else known, change)
+            replay = replayable(written.get(change.request_key, known), change)
             if replay is not None:
                 outcomes.append(replay)
                 continue
@@ -260,14 +209,19 @@ async def plan_batch(
             if new == current:
                 outcomes.append(ChangeResult(current, changed=False, challenger=challenger))
                 continue
-            if not _all_finite(change.request_body):
+            if not all_finite(change.request_body):
                 raise ValueError("a stored request body must not hold NaN or Infinity")
             new = replace(new, cache_version=current.cache_version + 1, updated_at=now, updated_by=change.actor)
             check_invariants(current, new)
             result = ChangeResult(new, changed=True, challenger=challenger)
-            record = record_value(change, result.to_json(), now, write_id)
+            record = record_value(
+                request_id=change.request_id, org_id=change.org_id, action=change.action,
+                request=change.request_body, at=now, write_id=write_id,
+                result=change_result(new.deployment_id, new.cache_version, challenger.id if challenger else None))
             history_key = layout.history_version(change.slug, new.cache_version)
-            history = history_value(new, change, now)
+            history = history_value(
+                new, action=change.action, actor=change.actor, at=now, request=change.request_body,
+                request_id=change.request_id, evidence=change.evidence)
             record_bytes = dumps(record)
             size = len(history) + len(record_bytes) + 2 * len(history_key)
             if (written or not always_take_first) and txn_bytes + size > max_txn_bytes:
@@ -282,10 +236,10 @@ async def plan_batch(
             outcomes.append(err)
             continue
         compared.setdefault(change.request_key, known.mod_revision)
-        written[change.request_key] = record
+        written[change.request_key] = Record(known.mod_revision, record, new)
         plan.written_keys.append((change.request_key, compared[change.request_key]))
         history_compares.append(key_missing(history_key))
-        history_puts += [put_op(history_key, history), put_op(change.request_key, record_bytes)]
+        history_puts += [put_op(history_key, history), put_op(change.request_key, record_bytes, record_lease)]
         evolving = new
         outcomes.append(result)
     plan.final = evolving

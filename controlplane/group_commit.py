@@ -27,12 +27,11 @@ import uuid
 from collections import deque
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from controlplane.change_batch import (
-    ABSENT, BatchPlan, ChangeResult, Outcome, PendingChange, Record, plan_batch,
-)
+from controlplane.change_batch import BatchPlan, ChangeResult, Outcome, PendingChange, plan_batch
 from controlplane.models_cache import ModelsCache
+from controlplane.records import ABSENT, Record, RecordLease
 from tsplit.errors import ApiError
-from tsplit.etcd import Etcd, EtcdUnavailable, get_op
+from tsplit.etcd import Etcd, EtcdLeaseNotFound, EtcdStorageFull, EtcdUnavailable, get_op
 from tsplit.layout import Layout
 from tsplit.resources import Deployment, loads
 
@@ -84,8 +83,8 @@ class BatchStats:
             self._since = now
 
 
-def record_of(mod_revision: int, value: bytes) -> Record:
-    return Record.of(mod_revision, loads(value))
+STORAGE_FULL = ApiError("storage_full", "etcd refused the write for lack of space (its NOSPACE alarm or an "
+                                        "over-size request); nothing was written")
 
 
 def settle(answer: asyncio.Future, outcome: Outcome) -> None:
@@ -107,8 +106,9 @@ def _unknown_answer(plan: BatchPlan, index: int, error: ApiError) -> ApiError:
 
 class GroupCommit:
     def __init__(self, etcd: Etcd, layout: Layout, settings: "StoreSettings", clock: Callable[[], str],
-                 models: ModelsCache, read: Read, resolve_lost_write: Resolve):
+                 models: ModelsCache, read: Read, resolve_lost_write: Resolve, record_lease: RecordLease):
         self.etcd, self.layout, self.settings, self.clock = etcd, layout, settings, clock
+        self._record_lease = record_lease
         self._models, self._read, self._resolve_lost_write = models, read, resolve_lost_write
         self._queue: deque[Waiter] = deque()
         self._writing: set[str] = set()  # deployments some batch is writing now
@@ -297,6 +297,7 @@ class GroupCommit:
         """One try: read the deployments (and the records, when asked), plan, write."""
         changes = {slug: [change for change, _ in waiters] for slug, waiters in groups.items()}
         states, records = await self._read_state(changes, read_records, read_deadline)
+        lease = await self._read(self._record_lease.current(), read_deadline)
         models_fresh = read_records
         write_id = uuid.uuid4().hex
         while True:
@@ -307,7 +308,7 @@ class GroupCommit:
                 plan = await plan_batch(
                     self.layout, slug_changes, state, revision, records, self._models.by_id, now=self.clock(),
                     write_id=write_id, compare_all_records=not read_records, max_txn_bytes=budget,
-                    always_take_first=not plans)
+                    always_take_first=not plans, record_lease=lease)
                 plans[slug] = plan
                 budget -= plan.txn_bytes
             if models_fresh or not any(plan.model_misses for plan in plans.values()):
@@ -317,7 +318,7 @@ class GroupCommit:
         compares = [c for plan in plans.values() for c in plan.compares]
         ops = [op for plan in plans.values() for op in plan.ops]
         if ops:
-            await self._commit(compares, ops, plans, deadline)
+            await self._commit(compares, ops, plans, deadline, lease)
         elif not read_records and not await self._holds(compares, deadline):
             # Answers given without writing rest on records assumed absent: confirmed first.
             raise LostRace()
@@ -341,14 +342,25 @@ class GroupCommit:
             extra = [self._read(self.etcd.get(key), deadline) for key in record_keys]
             extra.append(self._read(self._models.refresh(), deadline))
         found, *rest = await asyncio.gather(self._read(reading, deadline), *extra)
+        if read_records:
+            rest.pop()  # the models' refresh
         if len(keys) == 1:
             kvs = [(found.value, found.mod_revision) if found is not None else None]
         else:
             kvs = [(r.response_range.kvs[0].value, r.response_range.kvs[0].mod_revision)
                    if r.response_range.kvs else None for r in found.responses]
         states = {slug: (Deployment.from_json(loads(kv[0])), kv[1]) if kv else (None, 0) for slug, kv in zip(slugs, kvs)}
-        records = {key: record_of(kv.mod_revision, kv.value) if kv is not None else ABSENT
+        records = {key: Record.from_bytes(kv.mod_revision, kv.value) if kv is not None else ABSENT
                    for key, kv in zip(record_keys, rest)}
+        # A committed change's answer is its version's config: read from its history entry.
+        slug_of = {c.request_key: c.slug for cs in changes.values() for c in cs}
+        replays = [(key, record) for key, record in records.items() if record.change_version is not None]
+        entries = await asyncio.gather(*(
+            self._read(self.etcd.get(self.layout.history_version(slug_of[key], record.change_version)), deadline)
+            for key, record in replays))
+        for (key, record), kv in zip(replays, entries):
+            if kv is not None:
+                records[key] = dataclasses.replace(record, config=Deployment.from_json(loads(kv.value)["config"]))
         return states, records
 
     def _timeout(self, deadline: float) -> float:
@@ -362,9 +374,11 @@ class GroupCommit:
             raise ApiError("unavailable", "etcd is unreachable; nothing was written, retry later") from None
         return result.succeeded
 
-    async def _commit(self, compares: list, ops: list, plans: dict[str, BatchPlan], deadline: float) -> None:
+    async def _commit(
+        self, compares: list, ops: list, plans: dict[str, BatchPlan], deadline: float, lease: int,
+    ) -> None:
         """Write the batch. Raises LostRace when it did not commit, _AnswerLost when its
-        answer was lost."""
+        answer was lost, storage_full when etcd is out of space (nothing written)."""
         timeout = self._timeout(deadline)
         if timeout <= 0:
             raise ApiError("unavailable", "the change could not be made in time; nothing was written, retry later")
@@ -373,5 +387,12 @@ class GroupCommit:
         except (EtcdUnavailable, asyncio.TimeoutError):
             log.warning("etcd's answer to a write was lost; finding out whether it committed")
             raise _AnswerLost(plans, deadline) from None
+        except EtcdStorageFull as err:
+            log.error("etcd refused a write: %s", err)
+            raise STORAGE_FULL from None
+        except EtcdLeaseNotFound:
+            log.warning("etcd no longer knows the idempotency records' lease; granting a new one")
+            self._record_lease.forget(lease)
+            raise LostRace() from None
         if not result.succeeded:
             raise LostRace()

@@ -238,10 +238,14 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
     async def GetDeploymentHistory(
         self, request: pb.GetDeploymentHistoryRequest, context,
     ) -> pb.GetDeploymentHistoryResponse:
-        entries = await self.store.history(current_principal().org_id, _checked_slug(request.deployment_id))
-        return pb.GetDeploymentHistoryResponse(versions=[history_entry_to_proto(e) for e in entries])
+        entries, more = await self.store.history_page(
+            current_principal().org_id, _checked_slug(request.deployment_id), after=request.after,
+            limit=request.limit or None)
+        return pb.GetDeploymentHistoryResponse(versions=[history_entry_to_proto(e) for e in entries], more=more)
 
     async def GetDeploymentStatus(self, request: pb.GetDeploymentStatusRequest, context) -> pb.DeploymentStatus:
         deployment = await self.store.get_deployment(current_principal().org_id, _checked_slug(request.deployment_id))
         status = summarize_deployment_status(deployment, await self.store.router_records())
-        return json_format.ParseDict(status, pb.DeploymentStatus(), ignore_unknown_fields=True)
+        answer = json_format.ParseDict(status, pb.DeploymentStatus(), ignore_unknown_fields=True)
+        answer.etcd_alarms.extend(await self.store.etcd_alarms())
+        return answer

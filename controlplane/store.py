@@ -11,15 +11,20 @@ of one deployment or several, are validated in order and written in one transact
 with its own version, history entry, idempotency record and answer. Registrations,
 creations and deletions are written one by one.
 
-Idempotency records live at layout.request(scope, request_id). A committed one holds the
-result the request produced; an "aborted" one is a fence (see _resolve_lost_write) and
-counts as absent.
+Idempotency records live at layout.request(scope, request_id), lease-bound
+(settings.idempotency_ttl_s, 24 h by default), built by controlplane.records: a committed
+one holds what a retry must answer; an "aborted" one is a fence (see _resolve_lost_write)
+and counts as absent.
+
+etcd's errors never surface as 500: unreachable, no leader or too slow answers 503
+unavailable (or commit_unknown for a write whose answer was lost), out of space or an
+over-size request 503 storage_full, any other refusal 503 unavailable; nothing is written
+in each of those cases but commit_unknown.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import re
@@ -31,12 +36,18 @@ from urllib.parse import quote
 
 from controlplane.actions import check_champion_registered
 from controlplane.change_batch import (
-    ABSENT, ChangeResult, Mutate, Mutation, PendingChange, Record, check_precondition, deployment_not_found,
+    ChangeResult, Mutate, Mutation, PendingChange, check_precondition, deployment_not_found,
 )
-from controlplane.group_commit import GroupCommit, LostRace, record_of
+from controlplane.group_commit import STORAGE_FULL, GroupCommit, LostRace
 from controlplane.models_cache import ModelsCache
+from controlplane.records import (
+    ABSENT, DEFAULT_IDEMPOTENCY_TTL_S, Record, RecordLease, fence_value, history_value, record_value, same_request,
+)
 from tsplit.errors import ApiError
-from tsplit.etcd import Etcd, EtcdUnavailable, KeyValue, delete_op, get_op, key_missing, mod_revision_is, put_op
+from tsplit.etcd import (
+    Etcd, EtcdError, EtcdLeaseNotFound, EtcdStorageFull, EtcdUnavailable, KeyValue, delete_op, get_op, key_missing,
+    mod_revision_is, put_op,
+)
 from tsplit.layout import Layout
 from tsplit.resources import Deployment, Model, dumps, loads
 
@@ -64,6 +75,8 @@ class StoreSettings:
     # CPU per PATCH going from 4 to 1).
     max_concurrent_batches: int = 1
     linger_s: float = 0.004  # after a batch of several changes, wait this long at most for as many (group_commit)
+    idempotency_ttl_s: float = DEFAULT_IDEMPOTENCY_TTL_S  # idempotency records are kept this long (a lease)
+    max_history_page: int = 1000  # versions one history read answers at most
 
 
 @dataclass(frozen=True)
@@ -108,7 +121,15 @@ def _org_scope(org_id: str, kind: str) -> str:
 
 
 def _record_of(kv: KeyValue | None) -> Record:
-    return record_of(kv.mod_revision, kv.value) if kv is not None else ABSENT
+    return Record.from_bytes(kv.mod_revision, kv.value) if kv is not None else ABSENT
+
+
+def _etcd_refused(err: EtcdError) -> ApiError:
+    """The answer for an etcd error that is not "unreachable": nothing was written."""
+    if isinstance(err, EtcdStorageFull):
+        return STORAGE_FULL
+    log.error("etcd refused a request: %s", err)
+    return ApiError("unavailable", "etcd refused the request; nothing was written, retry later")
 
 
 class ControlPlaneStore:
@@ -121,7 +142,9 @@ class ControlPlaneStore:
         self.settings = settings
         self.clock = clock
         self._models = ModelsCache(etcd, layout)
-        self._group = GroupCommit(etcd, layout, settings, clock, self._models, self._read, self._resolve_lost_write)
+        self._record_lease = RecordLease(etcd.lease_grant, settings.idempotency_ttl_s)
+        self._group = GroupCommit(etcd, layout, settings, clock, self._models, self._read, self._resolve_lost_write,
+                                  self._record_lease)
 
     # Reads.
 
@@ -136,6 +159,8 @@ class ControlPlaneStore:
             return await asyncio.wait_for(call, self._timeout(self.settings.read_timeout_s, deadline))
         except (EtcdUnavailable, asyncio.TimeoutError):
             raise ApiError("unavailable", "etcd is unreachable; nothing was written, retry later") from None
+        except EtcdError as err:
+            raise _etcd_refused(err) from None
 
     async def _get(self, key: str, deadline: float | None = None) -> KeyValue | None:
         return await self._read(self.etcd.get(key), deadline)
@@ -185,10 +210,32 @@ class ControlPlaneStore:
         return tombstone is not None and loads(tombstone.value).get("org_id") == org_id
 
     async def history(self, org_id: str, slug: str) -> list[HistoryEntry]:
-        """Every version, oldest first; a deleted deployment keeps its history."""
+        """Every version, oldest first, page by page (ops and tests; the API answers pages)."""
+        entries: list[HistoryEntry] = []
+        more = True
+        while more:
+            page, more = await self.history_page(org_id, slug, after=entries[-1].cache_version if entries else 0)
+            entries += page
+        return entries
+
+    async def history_page(
+        self, org_id: str, slug: str, after: int = 0, limit: int | None = None,
+    ) -> tuple[list[HistoryEntry], bool]:
+        """The versions after version `after`, oldest first, at most limit of them
+        (settings.max_history_page at most), and whether more follow. A deleted
+        deployment keeps its history."""
+        if after < 0:
+            raise ApiError("invalid_request", "after must be a version number, 0 or more")
+        page = self.settings.max_history_page
+        if limit is not None:
+            if limit < 1:
+                raise ApiError("invalid_request", "limit must be 1 or more")
+            page = min(page, limit)
         if not await self._owns_slug(org_id, slug):
             raise deployment_not_found(slug)
-        return [_history_entry(kv) for kv in await self._get_prefix(self.layout.history(slug))]
+        kvs, more = await self._read(self.etcd.get_range(
+            self.layout.history_version(slug, after + 1), self.layout.history(slug), limit=page))
+        return [_history_entry(kv) for kv in kvs], more
 
     async def history_config(self, org_id: str, slug: str, version: int) -> Deployment | None:
         kv = await self._get(self.layout.history_version(slug, version))
@@ -205,6 +252,10 @@ class ControlPlaneStore:
             except ValueError:
                 log.warning("router record %s is not JSON; ignored", kv.key)
         return records
+
+    async def etcd_alarms(self) -> list[str]:
+        """etcd's raised alarms, each once ("NOSPACE": every write answers storage_full)."""
+        return list(dict.fromkeys(await self._read(self.etcd.alarms())))
 
     # Writes. Each takes deadline_s, the most it may take in all (the caller's gRPC deadline);
     # settings.retry_deadline_s caps it. Every etcd call ends by that deadline, so the answer
@@ -232,7 +283,8 @@ class ControlPlaneStore:
             compares = [key_missing(model_key), mod_revision_is(request_key, record.mod_revision)]
             ops = [
                 put_op(model_key, dumps(model.to_json())),
-                put_op(request_key, self._record_value(org_id, "register_model", request_id, request_body, model.to_json())),
+                await self._record_op(request_key, org_id, "register_model", request_id, request_body, model.to_json(),
+                                      deadline),
             ]
             replay = await self._commit(compares, ops, request_key, record.mod_revision, deadline)
             return Model.from_json(replay["result"]) if replay else model
@@ -262,9 +314,10 @@ class ControlPlaneStore:
             compares = [key_missing(key), key_missing(tombstone), mod_revision_is(request_key, record.mod_revision)]
             ops = [
                 put_op(key, dumps(deployment.to_json())),
-                put_op(self.layout.history_version(deployment_id, 1),
-                       self._history_value(deployment, "create", actor, now, request_body, request_id)),
-                put_op(request_key, self._record_value(org_id, "create", request_id, request_body, deployment.to_json())),
+                put_op(self.layout.history_version(deployment_id, 1), history_value(
+                    deployment, action="create", actor=actor, at=now, request=request_body, request_id=request_id)),
+                await self._record_op(request_key, org_id, "create", request_id, request_body, deployment.to_json(),
+                                      deadline),
             ]
             replay = await self._commit(compares, ops, request_key, record.mod_revision, deadline)
             return Deployment.from_json(replay["result"]) if replay else deployment
@@ -325,7 +378,7 @@ class ControlPlaneStore:
             ops = [
                 delete_op(kv.key),
                 put_op(self.layout.tombstone(slug), dumps(tombstone)),
-                put_op(request_key, self._record_value(org_id, "delete", request_id, {}, {"deployment_id": slug})),
+                await self._record_op(request_key, org_id, "delete", request_id, {}, {"deployment_id": slug}, deadline),
             ]
             await self._commit(compares, ops, request_key, record.mod_revision, deadline)
             return slug
@@ -346,29 +399,21 @@ class ControlPlaneStore:
         if record.value.get("org_id") != org_id:
             return Record(record.mod_revision, None)
         authorize()
-        if (record.value.get("action"), record.value.get("request")) != (action, request_body):
+        if not same_request(record.value, action, request_body):
             raise ApiError(
                 "invalid_request",
                 "request_id (Idempotency-Key) was already used for a different request; use a new one")
         return record
 
-    def _record_value(
-        self, org_id: str, action: str, request_id: str, request_body: dict[str, Any], result: dict[str, Any],
-    ) -> bytes:
-        cache_version = result.get("cache_version", (result.get("deployment") or {}).get("cache_version"))
-        return dumps({
-            "request_id": request_id, "org_id": org_id, "action": action, "request": request_body,
-            "cache_version": cache_version, "at": self.clock(), "result": result,
-        })
-
-    @staticmethod
-    def _history_value(
-        config: Deployment, action: str, actor: str, at: str, request_body: dict[str, Any], request_id: str,
-    ) -> bytes:
-        return dumps({
-            "config": config.to_json(), "action": action, "actor": actor, "at": at,
-            "request": request_body, "request_id": request_id,
-        })
+    async def _record_op(
+        self, key: str, org_id: str, action: str, request_id: str, request_body: dict[str, Any],
+        result: dict[str, Any], deadline: float,
+    ):
+        """The put of a committed record, under the records' lease."""
+        lease = await self._read(self._record_lease.current(), deadline)
+        value = record_value(request_id=request_id, org_id=org_id, action=action, request=request_body,
+                             at=self.clock(), result=result)
+        return put_op(key, dumps(value), lease)
 
     async def _retry(
         self, attempt: Callable[[float], Awaitable[Any]], deadline: float,
@@ -404,6 +449,12 @@ class ControlPlaneStore:
         except (EtcdUnavailable, asyncio.TimeoutError):
             log.warning("etcd's answer to a write was lost; finding out whether it committed")
             return await self._resolve_lost_write(request_key, request_revision, deadline)
+        except EtcdLeaseNotFound:
+            log.warning("etcd no longer knows the idempotency records' lease; granting a new one")
+            self._record_lease.forget(ops[-1].request_put.lease)
+            raise LostRace() from None
+        except EtcdError as err:
+            raise _etcd_refused(err) from None
         if not result.succeeded:
             raise LostRace()
         return None
@@ -424,7 +475,7 @@ class ControlPlaneStore:
         """
         loop = asyncio.get_running_loop()
         deadline = min(deadline, loop.time() + self.settings.resolve_deadline_s)
-        fence = dumps({"aborted": True, "at": self.clock()})
+        fence = fence_value(self.clock())
         while True:
             timeout = self._timeout(self.settings.write_timeout_s, deadline)
             if timeout <= 0:
@@ -432,20 +483,34 @@ class ControlPlaneStore:
                     "commit_unknown",
                     "etcd's answer was lost and the outcome could not be found in time; "
                     "retry with the same request_id (Idempotency-Key) to learn it")
+            lease = 0
             try:
+                lease = await asyncio.wait_for(self._record_lease.current(), timeout)
                 result = await asyncio.wait_for(
                     self.etcd.txn(
-                        [mod_revision_is(request_key, request_revision)], [put_op(request_key, fence)],
+                        [mod_revision_is(request_key, request_revision)], [put_op(request_key, fence, lease)],
                         [get_op(request_key)]),
                     timeout)
             except (EtcdUnavailable, asyncio.TimeoutError):
+                await asyncio.sleep(min(0.2, self._timeout(0.2, deadline)))
+                continue
+            except EtcdError as err:  # no room for the fence (or its lease): the record tells, else wait
+                if isinstance(err, EtcdLeaseNotFound):
+                    self._record_lease.forget(lease)
+                try:
+                    kv = await asyncio.wait_for(self.etcd.get(request_key), timeout)
+                except (EtcdError, asyncio.TimeoutError):
+                    kv = None
+                value = loads(kv.value) if kv is not None and kv.mod_revision != request_revision else {}
+                if "result" in value and (write_id is None or value.get("write_id") == write_id):
+                    return value
                 await asyncio.sleep(min(0.2, self._timeout(0.2, deadline)))
                 continue
             if result.succeeded:
                 log.info("the lost write did not commit (fenced); retrying it")
                 raise LostRace()
             kvs = result.responses[0].response_range.kvs
-            value = json.loads(kvs[0].value) if kvs else {}
+            value = loads(kvs[0].value) if kvs else {}
             if "result" in value and (write_id is None or value.get("write_id") == write_id):
                 return value
             raise LostRace()

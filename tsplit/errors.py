@@ -37,6 +37,7 @@ ERRORS: dict[str, ErrorKind] = {
     "invalid_request": ErrorKind(grpc.StatusCode.INVALID_ARGUMENT, 422),
     "unavailable": ErrorKind(grpc.StatusCode.UNAVAILABLE, 503),
     "commit_unknown": ErrorKind(grpc.StatusCode.UNAVAILABLE, 503),
+    "storage_full": ErrorKind(grpc.StatusCode.RESOURCE_EXHAUSTED, 503),
     "internal": ErrorKind(grpc.StatusCode.INTERNAL, 500),
 }
 
@@ -76,15 +77,20 @@ def _carried_code(err: grpc.RpcError) -> str | None:
     return None
 
 
-def api_error_from_rpc_error(err: grpc.RpcError) -> ApiError:
+def api_error_from_rpc_error(err: grpc.RpcError, *, change: bool = False) -> ApiError:
     """The ApiError a failed control-plane RPC stands for.
 
     A status the control plane raised carries its code; any other (the control plane not
     reached, a transport failure) gets a generic message: grpc's own text is not for users.
+    A change whose call ran out of time (a bare DEADLINE_EXCEEDED) may have been applied:
+    that is commit_unknown, never unavailable (which says nothing was written).
     """
     code = _carried_code(err)
     if code is not None:
         return ApiError(code, err.details() or code)
+    if change and err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return ApiError("commit_unknown", "the control plane did not answer in time, so whether the change was "
+                                          "applied is unknown; retry with the same request_id to learn it")
     code = _CODE_FOR_BARE_STATUS.get(err.code(), "internal")
     if code == "unavailable":
         return ApiError(code, "the control plane is unreachable or did not answer in time")

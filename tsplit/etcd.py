@@ -47,6 +47,16 @@ class EtcdError(Exception):
     """etcd answered with an error that retrying will not fix."""
 
 
+class EtcdStorageFull(EtcdError):
+    """etcd refused a write for lack of space: its NOSPACE alarm is raised ("database space
+    exceeded") or the request is over its size limit. Nothing was written."""
+
+
+class EtcdLeaseNotFound(EtcdError):
+    """A put named a lease etcd does not know (expired, revoked, or a wiped etcd); nothing
+    of its transaction was written."""
+
+
 class EtcdUnavailable(EtcdError):
     """etcd did not answer: no member reachable, no leader, or the deadline passed.
 
@@ -139,10 +149,20 @@ def _channel_target(endpoints: Sequence[str]) -> str:
     return f"{scheme}:{','.join(addresses)}"
 
 
+# etcd's own texts (server/etcdserver/api/v3rpc/rpctypes) and grpc's size limits.
+_STORAGE_FULL_TEXTS = ("database space exceeded", "request is too large", "message larger than max")
+
+
 def _map_error(err: grpc.aio.AioRpcError) -> EtcdError:
+    details = err.details() or ""
+    text = f"{err.code().name}: {details}"
+    if any(t in details for t in _STORAGE_FULL_TEXTS):
+        return EtcdStorageFull(f"etcd refused the write: {text}")
+    if "requested lease not found" in details:
+        return EtcdLeaseNotFound(f"etcd error: {text}")
     if err.code() in _UNAVAILABLE_CODES:
-        return EtcdUnavailable(f"etcd unavailable: {err.code().name}: {err.details()}")
-    return EtcdError(f"etcd error: {err.code().name}: {err.details()}")
+        return EtcdUnavailable(f"etcd unavailable: {text}")
+    return EtcdError(f"etcd error: {text}")
 
 
 # Compare and operation builders for Etcd.txn.
@@ -211,6 +231,21 @@ class Etcd:
         )
         resp = await self._unary(self._kv.Range, request, timeout=max(self.timeout, 10.0))
         return [_kv(kv) for kv in resp.kvs], resp.header.revision
+
+    async def get_range(self, start: str, prefix: str, limit: int) -> tuple[list[KeyValue], bool]:
+        """Up to limit keys under prefix from start on, sorted by key, and whether more follow."""
+        request = pb.RangeRequest(
+            key=start.encode(), range_end=prefix_range_end(prefix), limit=limit,
+            sort_order=pb.RangeRequest.ASCEND, sort_target=pb.RangeRequest.KEY,
+        )
+        resp = await self._unary(self._kv.Range, request, timeout=max(self.timeout, 10.0))
+        return [_kv(kv) for kv in resp.kvs], resp.more
+
+    async def alarms(self) -> list[str]:
+        """The cluster's raised alarms by name ("NOSPACE", "CORRUPT"), one per member raising it."""
+        resp = await self._unary(
+            self._maintenance.Alarm, pb.AlarmRequest(action=pb.AlarmRequest.GET, alarm=pb.NONE))
+        return [pb.AlarmType.Name(a.alarm) for a in resp.alarms]
 
     async def get_prefixes(self, prefixes: Sequence[str]) -> tuple[list[list[KeyValue]], int]:
         """Every key under each prefix, all read at one store revision (one transaction),

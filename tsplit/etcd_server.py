@@ -85,6 +85,7 @@ class EtcdMember:
     peer_port: int = field(default_factory=free_port)
     initial_cluster: str = ""  # empty: a single-member cluster
     log_path: Path | None = None
+    quota_backend_bytes: int | None = None  # etcd's space quota (default 2 GiB); past it, NOSPACE
     process: subprocess.Popen | None = None
 
     @property
@@ -113,6 +114,7 @@ class EtcdMember:
             "--auto-compaction-retention", "1h",
             "--logger", "zap",
             "--log-level", "warn",
+            *(["--quota-backend-bytes", str(self.quota_backend_bytes)] if self.quota_backend_bytes else []),
         ]
 
     def start(self, wait: bool = True, timeout: float = 20.0) -> "EtcdMember":

@@ -134,6 +134,9 @@ def _parameters(op: Operation) -> list[dict[str, Any]]:
     if op.if_match:
         params.append({"name": "If-Match", "in": "header", "required": False, "schema": _STR,
                        "description": "The cache_version the change expects (4 or \"4\"); 409 version_conflict otherwise"})
+    for name in op.query:
+        params.append({"name": name, "in": "query", "required": False,
+                       "schema": {"type": "integer", "minimum": 0}})
     if op.idempotent_key:
         params.append({"name": "Idempotency-Key", "in": "header", "required": False, "schema": _STR,
                        "description": "A retry with the same key answers the first result and applies nothing twice"})

@@ -25,7 +25,7 @@ from tsplit.v1 import controlplane_pb2 as pb
 
 AUTH = ("unauthorized", "unavailable", "internal")
 BODY = ("invalid_json", "payload_too_large", "unsupported_media_type", "invalid_request")
-MUTATION = AUTH + ("forbidden", "commit_unknown")
+MUTATION = AUTH + ("forbidden", "commit_unknown", "storage_full")
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class Operation:
     public: bool = False  # no token needed
     if_match: bool = False  # takes If-Match
     idempotent_key: bool = False  # takes Idempotency-Key
+    query: tuple[str, ...] = ()  # integer query parameters it takes
 
 
 SLUG = "/v1/deployments/{slug}"
@@ -78,8 +79,10 @@ OPERATIONS: tuple[Operation, ...] = (
               200, "DeploymentChange", "Guardrails",
               MUTATION + BODY + ("deployment_not_found", "version_conflict"),
               if_match=True, idempotent_key=True),
-    Operation("GET", f"{SLUG}/history", "deployment_history", "Every version, oldest first", 200, "History",
-              errors=AUTH + ("deployment_not_found",)),
+    Operation("GET", f"{SLUG}/history", "deployment_history",
+              "The versions after ?after=N (default 0), oldest first, at most ?limit=M (default and most 1000); "
+              "more: true when more follow", 200, "History",
+              errors=AUTH + ("deployment_not_found", "invalid_request"), query=("after", "limit")),
     Operation("GET", f"{SLUG}/status", "deployment_status", "Router sync and per-variant stats", 200,
               "DeploymentStatus", errors=AUTH + ("deployment_not_found",)),
 )
@@ -226,8 +229,10 @@ class Handlers:
 
     async def deployment_history(self, request: Request) -> Response:
         caller = self._caller(request)
+        after, limit = (_count_param(request, name) for name in ("after", "limit"))
         answer = await self._client.read(
-            "GetDeploymentHistory", pb.GetDeploymentHistoryRequest(deployment_id=request.path_params["slug"]),
+            "GetDeploymentHistory",
+            pb.GetDeploymentHistoryRequest(deployment_id=request.path_params["slug"], after=after, limit=limit),
             caller.authorization)
         return json_response(message_to_json(answer))
 
@@ -237,3 +242,11 @@ class Handlers:
             "GetDeploymentStatus", pb.GetDeploymentStatusRequest(deployment_id=request.path_params["slug"]),
             caller.authorization)
         return json_response(message_to_json(answer))
+
+
+def _count_param(request: Request, name: str) -> int:
+    """A non-negative integer query parameter (0 when absent)."""
+    text = request.query_params.get(name, "0")
+    if not text.isdigit() or len(text) > 18:
+        raise ApiError("invalid_request", f"query parameter {name} must be a whole number, 0 or more")
+    return int(text)

@@ -10,9 +10,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from controlplane.actions import apply_traffic_action, parse_traffic_action
-from controlplane.change_batch import (
-    ChangeResult, OrgModels, PendingChange, Record, plan_batch, record_value,
-)
+from controlplane.change_batch import ChangeResult, OrgModels, PendingChange, plan_batch
+from controlplane.records import Record, change_result, record_value
 from tsplit.errors import ApiError
 from tsplit.layout import Layout
 from tsplit.resources import Challenger, Deployment, Model, loads
@@ -131,13 +130,16 @@ def test_checks_in_order_replay_org_role_precondition():
     assert outcomes[5].code == "invalid_request"
 
 
-def test_a_committed_record_is_answered_and_compared():
+def test_a_committed_record_is_answered_with_its_versions_config_and_compared():
     toggle = {"action": "toggle_shadow", "shadow_mode": True}
-    earlier = ChangeResult(START, changed=True)
     change = pending(toggle, "again")
-    records = {change.request_key: Record(33, record_value(change, earlier.to_json(), "T0", "w-0"))}
+    value = record_value(request_id="again", org_id="org_1", action="toggle_shadow", request=dict(reversed(toggle.items())),
+                         at="T0", result=change_result("dep_u", 7, "ch_a"), write_id="w-0")
+    records = {change.request_key: Record(33, value, START)}
     result = plan([change], records=records, compare_all_records=True)
-    assert result.outcomes[0].replayed and not result.writes
+    [answer] = result.outcomes
+    assert answer.replayed and not result.writes
+    assert answer.deployment == START and answer.challenger == START.challengers[0]
     # The answer assumed the record as read: the confirming transaction compares it.
     assert any(c.key.decode() == change.request_key and c.mod_revision == 33 for c in result.compares)
 
@@ -162,14 +164,18 @@ def test_org_models_sees_one_org_and_remembers_misses():
         view["mod_other"]
 
 
-def test_stored_values_are_the_json_modules_bytes_and_never_hold_nan():
-    from controlplane.change_batch import dumps as batch_dumps
-    from tsplit.resources import dumps as json_dumps
+def test_records_hold_no_config_and_stored_values_are_compact_json_never_nan():
+    import json
+
+    from tsplit.resources import dumps
 
     body = {"action": "update_traffic", "challenger_id": "ch_a", "traffic_pct": 12.5}
-    [written] = plan([pending(body, "fine")]).outcomes
-    value = {"result": written.to_json(), "request": body, "n": [1, 2.5, None, True, "é"]}
-    assert batch_dumps(value) == json_dumps(value)
+    result = plan([pending(body, "fine")])
+    record = loads(result.ops[2].request_put.value)
+    assert "config" not in json.dumps(record) and "deployment" not in record["result"]
+    assert record["result"] == {"deployment_id": "dep_u", "cache_version": 8, "challenger_id": "ch_a"}
+    value = {"request": body, "n": [1, 2.5, None, True, "é"]}
+    assert dumps(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
     def shadow_on(deployment, models):
         return Deployment(**{**deployment.__dict__, "shadow_mode": True}), None

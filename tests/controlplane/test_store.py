@@ -110,8 +110,29 @@ async def test_change_writes_one_version_with_history_and_metadata(store, etcd, 
     assert raw == {
         "config": result.deployment.to_json(), "action": "add_challenger", "actor": "user-1",
         "at": result.deployment.updated_at, "request": body, "request_id": "req-1"}
-    record = loads((await etcd.get(layout.request("dep_a", "req-1"))).value)  # the id needs no escaping
-    assert (record["request_id"], record["cache_version"]) == ("req-1", 2)
+    kv = await etcd.get(layout.request("dep_a", "req-1"))  # the id needs no escaping
+    record = loads(kv.value)
+    assert record["request_id"] == "req-1" and kv.lease != 0, "a record is lease-bound"
+    # What a retry must answer, not a copy of the config: that is history version 2's.
+    assert record["result"] == {"deployment_id": "dep_a", "cache_version": 2, "challenger_id": result.challenger.id}
+    assert "request" not in record and len(record["request_digest"]) == 32
+
+
+async def test_a_retry_answers_the_first_result_until_the_record_expires(etcd, layout):
+    import asyncio
+    store = ControlPlaneStore(etcd, layout, StoreSettings(idempotency_ttl_s=1))
+    await new_deployment(store)
+    body = {"action": "add_challenger", "model_id": "mod_b", "traffic_pct": 5}
+    first = await change(store, body, request_id="once")
+    await change(store, {"action": "toggle_shadow", "shadow_mode": True}, request_id="other")
+    again = await change(store, body, request_id="once")
+    assert again.replayed and again.deployment == first.deployment and again.challenger == first.challenger
+    key = layout.request("dep_a", "once")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10  # ttl 1 s + a window of 1 s, and etcd's lease checks
+    while await etcd.get(key) is not None:
+        assert loop.time() < deadline, "the idempotency record outlived its lease"
+        await asyncio.sleep(0.2)
 
 
 async def test_noop_answers_current_version_and_writes_nothing(store, etcd):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Any
 
 import grpc
@@ -13,6 +15,10 @@ from tsplit.v1 import controlplane_pb2 as cp_pb
 from tsplit.v1 import controlplane_pb2_grpc as cp_grpc
 
 RPC_TIMEOUT_S = 15.0
+# A change whose outcome is unknown (commit_unknown) is sent again with its key until the
+# control plane tells; this long at most.
+LEARN_OUTCOME_S = 60.0
+RETRY_PAUSE_S = 0.5
 
 
 struct = struct_from_json
@@ -36,12 +42,23 @@ class ControlPlaneClient:
         self.close()
 
     def call(self, method: str, request):
-        try:
-            return getattr(self._stub, method)(request, metadata=self._metadata, timeout=RPC_TIMEOUT_S)
-        except grpc.RpcError as err:
-            api_error = api_error_from_rpc_error(err)
-            where = f" (control plane at {self.address})" if api_error.code == "unavailable" else ""
-            raise CliError(f"{api_error.code}: {api_error.message}{where}") from err
+        """One RPC. A change (a request with a request_id field) carries an idempotency key
+        and, while its outcome is unknown, is sent again with that key until it is known."""
+        change = "request_id" in request.DESCRIPTOR.fields_by_name
+        if change and not request.request_id:
+            request.request_id = f"cli-{uuid.uuid4().hex}"
+        give_up = time.monotonic() + LEARN_OUTCOME_S
+        while True:
+            try:
+                return getattr(self._stub, method)(request, metadata=self._metadata, timeout=RPC_TIMEOUT_S)
+            except grpc.RpcError as err:
+                api_error = api_error_from_rpc_error(err, change=change)
+            if api_error.code != "commit_unknown" or time.monotonic() + RETRY_PAUSE_S >= give_up:
+                break
+            time.sleep(RETRY_PAUSE_S)
+        where = f" (control plane at {self.address})" if api_error.code == "unavailable" else ""
+        key = f" (request_id {request.request_id})" if api_error.code == "commit_unknown" else ""
+        raise CliError(f"{api_error.code}: {api_error.message}{where}{key}")
 
     def get_deployment(self, slug: str) -> cp_pb.Deployment:
         return self.call("GetDeployment", cp_pb.GetDeploymentRequest(deployment_id=slug))

@@ -146,7 +146,7 @@ def run_demo(ctx: CliContext, keep: bool = False) -> int:
 
         banner(f"tsplit history {SLUG}; then roll back to version {added['cache_version']}")
         from tsplit.cli.main import cmd_history
-        cmd_history(argparse.Namespace(slug=SLUG, json=False), ctx)
+        cmd_history(argparse.Namespace(slug=SLUG, json=False, after=0, limit=1000), ctx)
         rolled = rest.call("POST", f"/v1/deployments/{SLUG}/rollback", {"to_version": added["cache_version"]})
         wait_propagated(ctx, rolled["deployment"]["cache_version"])
         print(send_traffic(routers, 1000, seed=10))

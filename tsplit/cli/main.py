@@ -21,7 +21,7 @@ from typing import Any
 from tsplit.cli import render
 from tsplit.cli.changes import ControlPlaneClient, to_json
 from tsplit.cli.context import CliContext, CliError, resolve
-from tsplit.cli.reads import read_history, read_state
+from tsplit.cli.reads import alarm_text, read_history, read_state
 
 log = logging.getLogger("tsplit")
 
@@ -79,11 +79,11 @@ def cmd_get(args, ctx: CliContext) -> int:
 
 
 def cmd_history(args, ctx: CliContext) -> int:
-    entries = asyncio.run(read_history(ctx.require_etcd(), ctx.layout, args.slug))
-    if not entries:
+    entries, more = asyncio.run(read_history(ctx.require_etcd(), ctx.layout, args.slug, args.after, args.limit))
+    if not entries and not args.after:
         raise CliError(f"no history for {args.slug} in etcd at {ctx.etcd_endpoints}")
     if _json(args):
-        _out({"versions": entries})
+        _out({"versions": entries, "more": more})
         return 0
     rows = []
     for e in entries:
@@ -93,6 +93,8 @@ def cmd_history(args, ctx: CliContext) -> int:
         rows.append([e.get("cache_version"), e.get("action"), e.get("actor"), e.get("at"),
                      "shadow" if config.get("shadow_mode") else "split", split])
     print(render.table(["version", "action", "actor", "at", "mode", "challengers"], rows))
+    if more:
+        print(f"(more: tsplit history {args.slug} --after {entries[-1].get('cache_version')})")
     return 0
 
 
@@ -100,8 +102,11 @@ def cmd_routers(args, ctx: CliContext) -> int:
     state = asyncio.run(read_state(ctx.require_etcd(), ctx.layout))
     routers = sorted(state.routers, key=lambda r: r.get("router_id", ""))
     if _json(args):
-        _out({"routers": routers})
+        _out({"routers": routers, "etcd_alarms": list(state.alarms)})
         return 0
+    alarm = alarm_text(state.alarms)
+    if alarm:
+        print(alarm)
     rows = []
     for r in routers:
         applied = r.get("applied", {})
@@ -372,8 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("slug", nargs="?", help="a deployment slug (dep_...)")
     p.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
     p.add_argument("--interval", type=float, default=1.0, help="--watch refresh period in seconds")
-    p = add("history", cmd_history, "every version of a deployment: action, actor, time, split (from etcd)")
+    p = add("history", cmd_history, "the versions of a deployment: action, actor, time, split (from etcd)")
     p.add_argument("slug")
+    p.add_argument("--after", type=int, default=0, metavar="N", help="only versions after N (default 0)")
+    p.add_argument("--limit", type=int, default=1000, metavar="M", help="at most M versions (default 1000)")
     p = add("rollback", cmd_rollback, "a new version whose challengers and shadow mode equal version N's")
     p.add_argument("slug")
     p.add_argument("--to", type=int, required=True, metavar="N", help="the version to return to")

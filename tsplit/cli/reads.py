@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tsplit.cli.context import CliError
-from tsplit.etcd import Etcd, EtcdUnavailable
+from tsplit.etcd import Etcd, EtcdError
 from tsplit.layout import Layout
 from tsplit.resources import Deployment, Model, loads
 
@@ -17,6 +17,7 @@ class ClusterState:
     models: dict[str, Model]
     routers: list[dict[str, Any]]
     revision: int
+    alarms: tuple[str, ...] = ()  # etcd's raised alarms ("NOSPACE": every write is refused)
 
 
 def _parse_all(kvs, layout: Layout, parse) -> dict:
@@ -30,18 +31,18 @@ def _parse_all(kvs, layout: Layout, parse) -> dict:
 
 
 async def read_state(endpoints: str, layout: Layout) -> ClusterState:
+    """Models, deployments and routers, read at one revision (not history or records), and
+    etcd's alarms."""
     async with Etcd(endpoints, timeout=3.0) as etcd:
         try:
-            kvs, revision = await etcd.get_prefix(layout.prefix + "/")
-        except EtcdUnavailable as err:
+            (models, deployments, router_kvs), revision = await etcd.get_prefixes(
+                [layout.models, layout.deployments, layout.routers])
+            alarms = tuple(dict.fromkeys(await etcd.alarms()))
+        except EtcdError as err:
             raise CliError(f"etcd at {endpoints} is unreachable: {err}") from err
-    by_kind: dict[str, list] = {"models": [], "deployments": [], "routers": []}
-    for kv in kvs:
-        kind = kv.key[len(layout.prefix) + 1:].split("/", 1)[0]
-        if kind in by_kind:
-            by_kind[kind].append(kv)
+    by_kind = {"models": models, "deployments": deployments}
     routers = []
-    for kv in by_kind["routers"]:
+    for kv in router_kvs:
         try:
             routers.append(loads(kv.value))
         except ValueError:
@@ -51,18 +52,30 @@ async def read_state(endpoints: str, layout: Layout) -> ClusterState:
         models=_parse_all(by_kind["models"], layout, Model.from_json),
         routers=routers,
         revision=revision,
+        alarms=alarms,
     )
 
 
-async def read_history(endpoints: str, layout: Layout, slug: str) -> list[dict[str, Any]]:
+def alarm_text(alarms: tuple[str, ...]) -> str | None:
+    """A line for people when etcd has raised an alarm."""
+    if "NOSPACE" in alarms:
+        return ("etcd alarm NOSPACE: etcd is out of space and refuses every write (503 storage_full); "
+                "compact and defragment it, then `etcdctl alarm disarm`, or raise --quota-backend-bytes")
+    return f"etcd alarms: {', '.join(alarms)}" if alarms else None
+
+
+async def read_history(
+    endpoints: str, layout: Layout, slug: str, after: int = 0, limit: int = 1000,
+) -> tuple[list[dict[str, Any]], bool]:
+    """Up to limit versions after version `after`, oldest first, and whether more follow."""
     async with Etcd(endpoints, timeout=3.0) as etcd:
         try:
-            kvs, _ = await etcd.get_prefix(layout.history(slug))
-        except EtcdUnavailable as err:
+            kvs, more = await etcd.get_range(layout.history_version(slug, after + 1), layout.history(slug), limit)
+        except EtcdError as err:
             raise CliError(f"etcd at {endpoints} is unreachable: {err}") from err
     entries = []
     for kv in kvs:
         entry = loads(kv.value)
         entry.setdefault("cache_version", int(layout.slug_of(kv.key)))
         entries.append(entry)
-    return entries
+    return entries, more

@@ -194,10 +194,14 @@ class DeploymentChange(_message.Message):
     def __init__(self, deployment: _Optional[_Union[Deployment, _Mapping]] = ..., changed: _Optional[bool] = ...) -> None: ...
 
 class GetDeploymentHistoryRequest(_message.Message):
-    __slots__ = ("deployment_id",)
+    __slots__ = ("deployment_id", "after", "limit")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
-    def __init__(self, deployment_id: _Optional[str] = ...) -> None: ...
+    after: int
+    limit: int
+    def __init__(self, deployment_id: _Optional[str] = ..., after: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class HistoryEntry(_message.Message):
     __slots__ = ("cache_version", "action", "actor", "at", "config", "request", "request_id", "evidence")
@@ -220,10 +224,12 @@ class HistoryEntry(_message.Message):
     def __init__(self, cache_version: _Optional[int] = ..., action: _Optional[str] = ..., actor: _Optional[str] = ..., at: _Optional[str] = ..., config: _Optional[_Union[Deployment, _Mapping]] = ..., request: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., request_id: _Optional[str] = ..., evidence: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class GetDeploymentHistoryResponse(_message.Message):
-    __slots__ = ("versions",)
+    __slots__ = ("versions", "more")
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     versions: _containers.RepeatedCompositeFieldContainer[HistoryEntry]
-    def __init__(self, versions: _Optional[_Iterable[_Union[HistoryEntry, _Mapping]]] = ...) -> None: ...
+    more: bool
+    def __init__(self, versions: _Optional[_Iterable[_Union[HistoryEntry, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class GetDeploymentStatusRequest(_message.Message):
     __slots__ = ("deployment_id",)
@@ -290,17 +296,19 @@ class VariantStats(_message.Message):
     def __init__(self, variant: _Optional[str] = ..., model_id: _Optional[str] = ..., traffic_pct: _Optional[float] = ..., requests: _Optional[int] = ..., ok: _Optional[int] = ..., errors: _Optional[int] = ..., avg_latency_ms: _Optional[float] = ..., mirrored: _Optional[int] = ..., mirror_dropped: _Optional[int] = ..., label_agreement: _Optional[float] = ..., p99_latency_ms: _Optional[float] = ..., failovers: _Optional[int] = ..., compared: _Optional[int] = ..., exact_match_rate: _Optional[float] = ..., mean_abs_diff: _Optional[float] = ..., mirror_errors: _Optional[int] = ..., avg_mirror_latency_ms: _Optional[float] = ..., forced: _Optional[int] = ..., latency_buckets_ms: _Optional[_Iterable[float]] = ..., latency_counts: _Optional[_Iterable[int]] = ..., guardrail: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class DeploymentStatus(_message.Message):
-    __slots__ = ("deployment_id", "cache_version", "shadow_mode", "routers", "variants", "guardrails")
+    __slots__ = ("deployment_id", "cache_version", "shadow_mode", "routers", "variants", "etcd_alarms", "guardrails")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     CACHE_VERSION_FIELD_NUMBER: _ClassVar[int]
     SHADOW_MODE_FIELD_NUMBER: _ClassVar[int]
     ROUTERS_FIELD_NUMBER: _ClassVar[int]
     VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    ETCD_ALARMS_FIELD_NUMBER: _ClassVar[int]
     GUARDRAILS_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     cache_version: int
     shadow_mode: bool
     routers: _containers.RepeatedCompositeFieldContainer[RouterSync]
     variants: _containers.RepeatedCompositeFieldContainer[VariantStats]
+    etcd_alarms: _containers.RepeatedScalarFieldContainer[str]
     guardrails: _struct_pb2.Struct
-    def __init__(self, deployment_id: _Optional[str] = ..., cache_version: _Optional[int] = ..., shadow_mode: _Optional[bool] = ..., routers: _Optional[_Iterable[_Union[RouterSync, _Mapping]]] = ..., variants: _Optional[_Iterable[_Union[VariantStats, _Mapping]]] = ..., guardrails: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    def __init__(self, deployment_id: _Optional[str] = ..., cache_version: _Optional[int] = ..., shadow_mode: _Optional[bool] = ..., routers: _Optional[_Iterable[_Union[RouterSync, _Mapping]]] = ..., variants: _Optional[_Iterable[_Union[VariantStats, _Mapping]]] = ..., etcd_alarms: _Optional[_Iterable[str]] = ..., guardrails: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
