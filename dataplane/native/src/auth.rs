@@ -130,10 +130,7 @@ fn load_pem(path: &str) -> Result<Vec<Key>, String> {
     let data = read(path)?;
     let text = String::from_utf8_lossy(&data);
     let not_a_key = || format!("{path} is not a PEM public key or certificate");
-    let tag = text
-        .find("-----BEGIN ")
-        .and_then(|at| text[at + 11..].split("-----").next())
-        .ok_or_else(not_a_key)?;
+    let tag = text.find("-----BEGIN ").and_then(|at| text[at + 11..].split("-----").next()).ok_or_else(not_a_key)?;
     if !matches!(tag, "PUBLIC KEY" | "RSA PUBLIC KEY" | "CERTIFICATE") {
         return Err(not_a_key());
     }
@@ -551,18 +548,76 @@ mod tests {
         let cases: Vec<(AuthConfig, String)> = vec![
             (AuthConfig::default(), "exactly one".into()),
             (
-                AuthConfig { public_key_path: Some(write("k.pem", rsa_pem)), jwks_path: Some("x".into()), ..Default::default() },
+                AuthConfig {
+                    public_key_path: Some(write("k.pem", rsa_pem)),
+                    jwks_path: Some("x".into()),
+                    ..Default::default()
+                },
                 "exactly one".into(),
             ),
-            (AuthConfig { public_key_path: Some(dir.join("missing.pem").display().to_string()), ..Default::default() }, "missing.pem".into()),
-            (AuthConfig { public_key_path: Some(write("garbage.pem", "-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----\n")), ..Default::default() }, "garbage.pem".into()),
-            (AuthConfig { public_key_path: Some(write("private.pem", "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n")), ..Default::default() }, "private.pem".into()),
-            (AuthConfig { public_key_path: Some(write("k2.pem", rsa_pem)), leeway_s: 31, ..Default::default() }, "leeway".into()),
+            (
+                AuthConfig {
+                    public_key_path: Some(dir.join("missing.pem").display().to_string()),
+                    ..Default::default()
+                },
+                "missing.pem".into(),
+            ),
+            (
+                AuthConfig {
+                    public_key_path: Some(write(
+                        "garbage.pem",
+                        "-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----\n",
+                    )),
+                    ..Default::default()
+                },
+                "garbage.pem".into(),
+            ),
+            (
+                AuthConfig {
+                    public_key_path: Some(write(
+                        "private.pem",
+                        "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n",
+                    )),
+                    ..Default::default()
+                },
+                "private.pem".into(),
+            ),
+            (
+                AuthConfig { public_key_path: Some(write("k2.pem", rsa_pem)), leeway_s: 31, ..Default::default() },
+                "leeway".into(),
+            ),
             (AuthConfig { jwks_path: Some(write("bad.json", "{not json")), ..Default::default() }, "bad.json".into()),
-            (AuthConfig { jwks_path: Some(write("empty.json", r#"{"keys": []}"#)), ..Default::default() }, "no signature key".into()),
-            (AuthConfig { jwks_path: Some(write("oct.json", r#"{"keys": [{"kty": "oct", "k": "AAAA", "kid": "s"}]}"#)), ..Default::default() }, "secret or private".into()),
-            (AuthConfig { jwks_path: Some(write("enc.json", r#"{"keys": [{"kty": "RSA", "n": "AQAB", "e": "AQAB", "use": "enc"}]}"#)), ..Default::default() }, "no signature key".into()),
-            (AuthConfig { jwks_path: Some(write("dup.json", r#"{"keys": [{"kty": "RSA", "n": "AQAB", "e": "AQAB", "kid": "k"}, {"kty": "RSA", "n": "AQAB", "e": "AQAB", "kid": "k"}]}"#)), ..Default::default() }, "own kid".into()),
+            (
+                AuthConfig { jwks_path: Some(write("empty.json", r#"{"keys": []}"#)), ..Default::default() },
+                "no signature key".into(),
+            ),
+            (
+                AuthConfig {
+                    jwks_path: Some(write("oct.json", r#"{"keys": [{"kty": "oct", "k": "AAAA", "kid": "s"}]}"#)),
+                    ..Default::default()
+                },
+                "secret or private".into(),
+            ),
+            (
+                AuthConfig {
+                    jwks_path: Some(write(
+                        "enc.json",
+                        r#"{"keys": [{"kty": "RSA", "n": "AQAB", "e": "AQAB", "use": "enc"}]}"#,
+                    )),
+                    ..Default::default()
+                },
+                "no signature key".into(),
+            ),
+            (
+                AuthConfig {
+                    jwks_path: Some(write(
+                        "dup.json",
+                        r#"{"keys": [{"kty": "RSA", "n": "AQAB", "e": "AQAB", "kid": "k"}, {"kty": "RSA", "n": "AQAB", "e": "AQAB", "kid": "k"}]}"#,
+                    )),
+                    ..Default::default()
+                },
+                "own kid".into(),
+            ),
         ];
         for (config, words) in cases {
             let err = Verifier::new(&config).err().unwrap_or_else(|| panic!("{config:?} should fail"));
@@ -607,16 +662,20 @@ mod tests {
             .map(|c| c["token"].as_str().unwrap())
             .collect();
         assert!(goods.len() >= 2);
-        let small = Verifier { cache_entries: 1, ..Verifier::new(&AuthConfig {
-            public_key_path: Some({
-                let p = std::env::temp_dir().join(format!("tsplit-jwt-small-{}.pem", std::process::id()));
-                std::fs::write(&p, v["verifiers"]["rsa_pem"]["public_key_pem"].as_str().unwrap()).unwrap();
-                p.display().to_string()
-            }),
-            issuer: verifier.issuer.clone(),
-            audience: verifier.audience.clone(),
-            ..Default::default()
-        }).unwrap() };
+        let small = Verifier {
+            cache_entries: 1,
+            ..Verifier::new(&AuthConfig {
+                public_key_path: Some({
+                    let p = std::env::temp_dir().join(format!("tsplit-jwt-small-{}.pem", std::process::id()));
+                    std::fs::write(&p, v["verifiers"]["rsa_pem"]["public_key_pem"].as_str().unwrap()).unwrap();
+                    p.display().to_string()
+                }),
+                issuer: verifier.issuer.clone(),
+                audience: verifier.audience.clone(),
+                ..Default::default()
+            })
+            .unwrap()
+        };
         for token in &goods {
             small.check(token).unwrap();
             assert_eq!(small.cached(), 1);
@@ -628,7 +687,16 @@ mod tests {
         assert_eq!(bearer_token(Some(b"Bearer abc.def.ghi")).unwrap(), "abc.def.ghi");
         assert_eq!(bearer_token(Some(b"bearer abc.def.ghi")).unwrap(), "abc.def.ghi");
         assert_eq!(bearer_token(Some(b"BEARER  abc.def.ghi ")).unwrap(), "abc.def.ghi");
-        for bad in [None, Some(&b""[..]), Some(b"Bearer"), Some(b"Bearer "), Some(b"Basic dXNlcjpwYXNz"), Some(b"abc.def.ghi"), Some(b"Bearer a b"), Some(b"Token abc")] {
+        for bad in [
+            None,
+            Some(&b""[..]),
+            Some(b"Bearer"),
+            Some(b"Bearer "),
+            Some(b"Basic dXNlcjpwYXNz"),
+            Some(b"abc.def.ghi"),
+            Some(b"Bearer a b"),
+            Some(b"Token abc"),
+        ] {
             assert!(bearer_token(bad).unwrap_err().0.contains("Bearer"), "{bad:?}");
         }
     }

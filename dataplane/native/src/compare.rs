@@ -62,8 +62,7 @@ pub fn compare_responses(champion: &ModelInferResponse, challenger: &ModelInferR
             result.label_total += labels_a.len() as u64;
             if let Some(labels_b) = b.and_then(row_labels) {
                 if labels_b.len() == labels_a.len() {
-                    result.label_agree +=
-                        labels_a.iter().zip(&labels_b).filter(|(x, y)| x.py_eq(y)).count() as u64;
+                    result.label_agree += labels_a.iter().zip(&labels_b).filter(|(x, y)| x.py_eq(y)).count() as u64;
                 }
             }
         }
@@ -290,10 +289,7 @@ pub fn decode_raw(datatype: DataType, raw: &Bytes, count: usize) -> Result<Value
     }
     let size = datatype.item_size();
     if count.checked_mul(size) != Some(raw.len()) {
-        return Err(format!(
-            "raw contents hold {} bytes, the shape needs {count} elements of {size} bytes",
-            raw.len()
-        ));
+        return Err(format!("raw contents hold {} bytes, the shape needs {count} elements of {size} bytes", raw.len()));
     }
     fn words<const N: usize>(raw: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
         raw.chunks_exact(N).map(|c| std::array::from_fn(|i| c[i]))
@@ -561,8 +557,22 @@ mod tests {
 
     fn arb_datatype() -> impl Strategy<Value = &'static str> {
         prop::sample::select(vec![
-            "BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "FP16", "BF16",
-            "FP32", "FP64", "BYTES", "COMPLEX64", "",
+            "BOOL",
+            "INT8",
+            "INT16",
+            "INT32",
+            "INT64",
+            "UINT8",
+            "UINT16",
+            "UINT32",
+            "UINT64",
+            "FP16",
+            "BF16",
+            "FP32",
+            "FP64",
+            "BYTES",
+            "COMPLEX64",
+            "",
         ])
     }
 
@@ -598,10 +608,7 @@ mod tests {
                 contents,
                 ..output(name, datatype, shape)
             });
-        (
-            prop::collection::vec(tensor, 0..4),
-            prop::collection::vec(prop::collection::vec(any::<u8>(), 0..24), 0..4),
-        )
+        (prop::collection::vec(tensor, 0..4), prop::collection::vec(prop::collection::vec(any::<u8>(), 0..24), 0..4))
             .prop_map(|(outputs, raw)| ModelInferResponse {
                 outputs,
                 raw_output_contents: raw.into_iter().map(Bytes::from).collect(),

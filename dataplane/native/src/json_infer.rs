@@ -128,9 +128,7 @@ impl<'de> Deserialize<'de> for ParametersJson {
                     }
                 }
                 _ => {
-                    return Err(de::Error::custom(format!(
-                        "parameter {key:?} must be a boolean, a number or a string"
-                    )))
+                    return Err(de::Error::custom(format!("parameter {key:?} must be a boolean, a number or a string")))
                 }
             };
             out.insert(key, InferParameter { parameter_choice: Some(choice) });
@@ -347,8 +345,8 @@ struct Parsed {
 
 fn parse_tensor(t: TensorJson<'_>, kind: &str) -> Result<Parsed, JsonError> {
     let what = format!("{kind} {:?}", t.name);
-    let datatype = DataType::parse(&t.datatype)
-        .ok_or_else(|| bad(format!("{what}: unknown datatype {:?}", t.datatype)))?;
+    let datatype =
+        DataType::parse(&t.datatype).ok_or_else(|| bad(format!("{what}: unknown datatype {:?}", t.datatype)))?;
     let count = element_count(&t.shape).map_err(|e| bad(format!("{what}: {e}")))?;
     let values = match datatype {
         DataType::Bool => Values::Bool(flat::<bool>(t.data, &what)?),
@@ -366,7 +364,9 @@ fn parse_tensor(t: TensorJson<'_>, kind: &str) -> Result<Parsed, JsonError> {
         DataType::Bf16 => Values::Half(
             flat::<Float<BF16_MAX>>(t.data, &what)?.into_iter().map(|f| half::bf16::from_f64(f.0).to_bits()).collect(),
         ),
-        DataType::Fp32 => Values::Fp32(flat::<Float<F32_MAX>>(t.data, &what)?.into_iter().map(|f| f.0 as f32).collect()),
+        DataType::Fp32 => {
+            Values::Fp32(flat::<Float<F32_MAX>>(t.data, &what)?.into_iter().map(|f| f.0 as f32).collect())
+        }
         DataType::Fp64 => Values::Fp64(flat::<Float<F64_MAX>>(t.data, &what)?.into_iter().map(|f| f.0).collect()),
         DataType::Bytes => Values::Bytes(flat::<Bytes>(t.data, &what)?),
     };
@@ -448,10 +448,8 @@ fn encode_tensors(parsed: Vec<Parsed>) -> (Vec<(Parsed, Option<InferTensorConten
             .collect();
         (typed, Vec::new())
     } else {
-        let raw = parsed
-            .iter()
-            .map(|p| raw_of(DataType::parse(&p.datatype).unwrap_or(DataType::Bytes), &p.values))
-            .collect();
+        let raw =
+            parsed.iter().map(|p| raw_of(DataType::parse(&p.datatype).unwrap_or(DataType::Bytes), &p.values)).collect();
         (parsed.into_iter().map(|p| (p, None)).collect(), raw)
     }
 }
@@ -789,7 +787,9 @@ mod tests {
 
     #[test]
     fn shapes_are_checked_against_the_data() {
-        assert!(message(one_input("FP32", json!([2, 3]), json!([1, 2, 3, 4, 5]))).contains("needs 6 values, data has 5"));
+        assert!(
+            message(one_input("FP32", json!([2, 3]), json!([1, 2, 3, 4, 5]))).contains("needs 6 values, data has 5")
+        );
         assert!(message(one_input("FP32", json!([-1]), json!([1]))).contains("negative"));
         assert!(one_input("FP32", json!([]), json!(7)).is_ok()); // a scalar
         assert!(one_input("FP32", json!([0, 3]), json!([])).is_ok());
@@ -834,25 +834,25 @@ mod tests {
 
     #[test]
     fn an_answer_becomes_v2_json_raw_or_typed() {
-        let mut typed = InferTensorContents::default();
-        typed.int64_contents = vec![1, 2];
+        let typed = InferTensorContents { int64_contents: vec![1, 2], ..Default::default() };
         let response = ModelInferResponse {
             model_name: "iris".into(),
             id: "r1".into(),
-            outputs: vec![
-                InferOutputTensor {
-                    name: "label".into(),
-                    datatype: "INT64".into(),
-                    shape: vec![2],
-                    contents: Some(typed),
-                    ..Default::default()
-                },
-            ],
+            outputs: vec![InferOutputTensor {
+                name: "label".into(),
+                datatype: "INT64".into(),
+                shape: vec![2],
+                contents: Some(typed),
+                ..Default::default()
+            }],
             ..Default::default()
         };
         let v: Value = serde_json::from_slice(&response_to_json(&response).unwrap()).unwrap();
-        assert_eq!(v, json!({"model_name": "iris", "id": "r1",
-                             "outputs": [{"name": "label", "datatype": "INT64", "shape": [2], "data": [1, 2]}]}));
+        assert_eq!(
+            v,
+            json!({"model_name": "iris", "id": "r1",
+                             "outputs": [{"name": "label", "datatype": "INT64", "shape": [2], "data": [1, 2]}]})
+        );
         let raw = ModelInferResponse {
             model_name: "m".into(),
             outputs: vec![
@@ -876,7 +876,12 @@ mod tests {
     #[test]
     fn an_answer_that_does_not_decode_is_an_error_not_a_panic() {
         let response = ModelInferResponse {
-            outputs: vec![InferOutputTensor { name: "o".into(), datatype: "FP32".into(), shape: vec![2], ..Default::default() }],
+            outputs: vec![InferOutputTensor {
+                name: "o".into(),
+                datatype: "FP32".into(),
+                shape: vec![2],
+                ..Default::default()
+            }],
             raw_output_contents: vec![Bytes::from_static(&[1, 2, 3])],
             ..Default::default()
         };
@@ -948,7 +953,9 @@ mod tests {
                 any::<bool>().prop_map(Value::from),
                 any::<i64>().prop_map(Value::from),
                 (i64::MAX as u64 + 1..=u64::MAX).prop_map(Value::from),
-                any::<f64>().prop_filter("finite, not integral", |f| f.is_finite() && f.fract() != 0.0).prop_map(Value::from),
+                any::<f64>()
+                    .prop_filter("finite, not integral", |f| f.is_finite() && f.fract() != 0.0)
+                    .prop_map(Value::from),
                 ".{0,6}".prop_map(Value::from),
             ],
             0..3,

@@ -8,12 +8,18 @@
 //! - `table`: the immutable routing snapshot and the variant choice by slot.
 //! - `wire`: the protobuf scan and rewrite; `grpc`: framing, status, deadlines.
 //! - `stats`: the per-variant counters; `health`, `reflection`: the gRPC services.
+//! - `oip`: the v2 messages; `compare`: shadow pairs scored; `json_infer`: v2 REST JSON to
+//!   and from ModelInfer; `auth`: `--auth jwt` token verification.
 
+pub mod auth;
 pub mod backends;
 pub mod body;
+pub mod compare;
 pub mod dispatch;
 pub mod grpc;
 pub mod health;
+pub mod json_infer;
+pub mod oip;
 pub mod reflection;
 pub mod serve;
 pub mod stats;

@@ -211,8 +211,7 @@ mod tests {
     /// printed by `SerializeToString`), so a wrong field number or encoding fails here.
     #[test]
     fn field_numbers_and_encodings_match_the_proto() {
-        let mut contents = InferTensorContents::default();
-        contents.int64_contents = vec![1, 2];
+        let contents = InferTensorContents { int64_contents: vec![1, 2], ..Default::default() };
         let response = ModelInferResponse {
             model_name: "m".into(),
             model_version: "1".into(),
@@ -270,10 +269,8 @@ mod tests {
 
     #[test]
     fn decoding_from_bytes_shares_the_buffer() {
-        let response = ModelInferResponse {
-            raw_output_contents: vec![Bytes::from(vec![7u8; 4096])],
-            ..Default::default()
-        };
+        let response =
+            ModelInferResponse { raw_output_contents: vec![Bytes::from(vec![7u8; 4096])], ..Default::default() };
         let buffer = Bytes::from(response.encode_to_vec());
         let decoded = ModelInferResponse::decode(buffer.clone()).unwrap();
         let raw = &decoded.raw_output_contents[0];
