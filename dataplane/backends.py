@@ -28,9 +28,11 @@ BACKEND_CHANNEL_OPTIONS: tuple[tuple[str, object], ...] = (
     ("grpc.max_send_message_length", -1),
     ("grpc.max_receive_message_length", -1),
     # A restarted model server is used again within a second or two, not after grpc's
-    # default backoff of up to two minutes.
+    # default backoff of up to two minutes. No min_reconnect_backoff_ms: grpc also takes it
+    # as the least time a connection attempt gets, and a model server whose first
+    # handshake takes longer (0.8 s seen from a real v2 server) must be waited for within
+    # the request's deadline (its default: 20 s).
     ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),

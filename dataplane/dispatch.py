@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import logging
 import time
 from typing import Callable, Iterable, Protocol, Sequence
 
@@ -44,9 +45,15 @@ SERVER_LIVE = f"/{SERVICE}/ServerLive"
 SERVER_READY = f"/{SERVICE}/ServerReady"
 SERVER_METADATA = f"/{SERVICE}/ServerMetadata"
 
-# Client metadata that is about this hop, not for the backend.
+log = logging.getLogger(__name__)
+
+# Client metadata that is about this hop, not for the backend; the caller's token and our
+# own x-tsplit-* keys are not for it either (SPEC section 5, backends).
 _HOP_HEADERS = frozenset({"user-agent", "te", "content-type", "host", "grpc-timeout", "grpc-encoding",
-                          "grpc-accept-encoding", "grpc-message-type"})
+                          "grpc-accept-encoding", "grpc-message-type", "authorization"})
+_OWN_PREFIX = "x-tsplit-"
+# grpc's own texts for a backend it could not reach name its address: never for the caller.
+_ADDRESS_MARKS = ("ipv4:", "ipv6:", "unix:", "dns:", "failed to connect")
 
 Metadata = tuple[tuple[str, str | bytes], ...]
 FAILOVER = "failover"   # a deferred count that is a failover, not an answer
@@ -92,7 +99,7 @@ def read_metadata(items: Iterable[tuple[str, str | bytes]] | None) -> tuple[byte
             routing_key = value.encode() if isinstance(value, str) else value
         elif key == FORCED_VARIANT_HEADER:
             forced = value if isinstance(value, str) else value.decode(errors="replace")
-        elif key not in _HOP_HEADERS and not key.startswith(":"):
+        elif key not in _HOP_HEADERS and not key.startswith((":", _OWN_PREFIX)):
             forward.append((key, value))
     return routing_key, forced, tuple(forward)
 
@@ -178,6 +185,13 @@ class Attempt:
         """Count the backend's error; the error the caller gets (passed through unchanged)."""
         if self.row is not None:
             self._dispatcher.answered(self.row, self.started, code.name, self.forced)
+        variant = self.variant
+        if details and (variant.endpoint in details or any(mark in details for mark in _ADDRESS_MARKS)):
+            # grpc made this error up about the backend's address: it stays in the log.
+            log.warning("%s %s (model %s) at %s: %s %s", self.route.slug, variant.name, variant.model_id,
+                        variant.endpoint, code.name, details)
+            details = (f"the backend of variant {variant.name} (model {variant.model_id}) of "
+                       f"{self.route.slug} could not be reached ({code.name})")
         return DispatchError(code, details or "", passable(trailing), self.response_metadata)
 
     def cancelled(self, deadline: float | None) -> None:

@@ -9,8 +9,9 @@ class CuttableLink:
     """A loopback TCP relay to one etcd member: cut() drops every connection and refuses new
     ones until restore(), so one router loses etcd while etcd keeps serving the rest."""
 
-    def __init__(self, target: str):
+    def __init__(self, target: str, connect_delay_s: float = 0.0):
         host, _, port = target.rpartition(":")
+        self.connect_delay_s = connect_delay_s  # each connection waits this long before it is relayed
         self._target = (host, int(port))
         self._open: set[asyncio.StreamWriter] = set()
         self._cut = False
@@ -39,6 +40,8 @@ class CuttableLink:
         if self._cut:
             writer.transport.abort()
             return
+        if self.connect_delay_s:
+            await asyncio.sleep(self.connect_delay_s)  # a server slow to come up: its handshake waits
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._target)
         except OSError:

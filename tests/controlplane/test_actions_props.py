@@ -52,14 +52,50 @@ def draw_action_body(data, deployment: Deployment) -> dict:
     return {"action": action, "shadow_mode": data.draw(st.booleans())}
 
 
+def valid_pct_bp(value) -> int | None:
+    """SPEC section 3's rule for traffic_pct, written out on its own: the basis points of a
+    JSON number from 1 to 50 with at most two decimals, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return None
+    if not 1 <= value <= 50:
+        return None
+    exact = Decimal(repr(value)) * 100
+    return int(exact) if exact == exact.to_integral_value() else None
+
+
+def should_accept(deployment: Deployment, body: dict) -> bool:
+    """Whether SPEC section 3 says the action is accepted on deployment (the oracle the
+    validator is checked against both ways: a validator refusing everything fails too)."""
+    active = {c.id: c for c in deployment.active_challengers}
+    action = body["action"]
+    if action == "toggle_shadow":
+        return True
+    if action == "remove_challenger":
+        return body["challenger_id"] in active
+    bp = valid_pct_bp(body["traffic_pct"])
+    if bp is None:
+        return False
+    if action == "add_challenger":
+        model = body["model_id"]
+        return (model in POOL and model not in {c.model_id for c in active.values()}
+                and deployment.challenger_bp + bp <= 5000)
+    challenger = active.get(body["challenger_id"])
+    return challenger is not None and deployment.challenger_bp - challenger.traffic_bp + bp <= 5000
+
+
 def take(deployment: Deployment, body: dict) -> tuple[Deployment, TrafficAction | None]:
-    """The deployment after `body` if it was accepted (and the parsed action), else unchanged."""
+    """The deployment after `body` if it was accepted (and the parsed action), else unchanged;
+    accepted exactly when the oracle says so."""
+    expected = should_accept(deployment, body)
     try:
         action = parse_traffic_action(body)
-        return apply_traffic_action(deployment, action, MODELS)[0], action
+        after = apply_traffic_action(deployment, action, MODELS)[0]
     except ApiError as err:
         assert err.code == "invalid_traffic_config", err
+        assert not expected, f"refused a valid action {body}: {err.message}"
         return deployment, None
+    assert expected, f"accepted an invalid action {body}"
+    return after, action
 
 
 def assert_invariants(before: Deployment, after: Deployment) -> None:

@@ -86,7 +86,7 @@ async def test_snapshot_then_watch(etcd, layout, sync_factory):
     await put_resource(etcd, layout, model("mod_ch"))
     await put_resource(etcd, layout, deployment("dep_a"))
     sync, tables = await sync_factory()
-    assert sync.table is None or sync.ready.is_set()
+    assert (sync.table is None) == (not sync.ready.is_set())  # no table exactly until ready
     await asyncio.wait_for(sync.ready.wait(), 5)
     assert version_of(sync.table, "dep_a") == 1 and sync.applied_versions() == {"dep_a": 1}
     revision = await put_resource(etcd, layout, deployment("dep_a", 2, challengers=[Challenger("ch_1", "mod_ch", 1000)]))
