@@ -1,7 +1,6 @@
-"""What the router sends to backends and tells callers about them (SPEC section 5,
-backends): no authorization or x-tsplit-* metadata forwarded, no backend address in an
-error the router makes up, and a model server slow to come up is waited for within the
-request's deadline."""
+"""What the router tells callers about backends (SPEC section 5, backends): no backend
+address in an error the router makes up, and a model server slow to come up is waited for
+within the request's deadline. (The metadata it forwards: test_proxyless_units.)"""
 
 from __future__ import annotations
 
@@ -10,17 +9,7 @@ import time
 import grpc
 import pytest
 
-from dataplane.dispatch import read_metadata
 from tsplit.testing import CuttableLink
-
-
-def test_authorization_and_x_tsplit_metadata_are_not_forwarded():
-    routing_key, forced, forward = read_metadata([
-        ("authorization", "Bearer secret"), ("x-tsplit-variant", "ch_b"), ("x-tsplit-debug", "1"),
-        ("x-routing-key", "user-7"), ("x-request-id", "r-1"), ("user-agent", "grpc-python"),
-    ])
-    assert (routing_key, forced) == (b"user-7", "ch_b")
-    assert forward == (("x-request-id", "r-1"),)
 
 
 async def test_an_unreachable_backend_error_names_the_variant_and_model_not_the_address(

@@ -158,12 +158,13 @@ def test_the_parser_and_the_scan_accept_and_read_the_same_bytes(raw):
     assert parsed == scanned
 
 
-def test_read_metadata_keeps_what_the_backend_needs():
+def test_read_metadata_keeps_what_the_backend_needs_and_not_the_token_or_x_tsplit_keys():
     key, forced, forward = read_metadata([
         ("x-routing-key", "user-7"), ("x-tsplit-variant", b"ch_1"), ("user-agent", "grpc-python"),
-        ("authorization", "Bearer t"), (":authority", "x"), ("grpc-timeout", "1S"), ("x-trace-bin", b"\x01")])
+        ("authorization", "Bearer t"), (":authority", "x"), ("grpc-timeout", "1S"), ("x-trace-bin", b"\x01"),
+        ("x-tsplit-debug", "1"), ("x-request-id", "r-1")])
     assert (key, forced) == (b"user-7", "ch_1")
-    assert forward == (("authorization", "Bearer t"), ("x-trace-bin", b"\x01"))
+    assert forward == (("x-trace-bin", b"\x01"), ("x-request-id", "r-1"))
 
 
 def test_the_private_pool_holds_the_generated_descriptor_not_the_default_pool():
