@@ -92,19 +92,39 @@ def simulate_counts(s: CountScenario, runs: int, rng: np.random.Generator) -> di
         rejected_now: dict[str, np.ndarray] = {}
         if "mixture" in s.methods:
             lam += e_c[:, None] * _THETA[None, :] - (e_c + e_b)[:, None] * table[n_c]
-            rejected_now["mixture"] = logsumexp(lam + _LOG_W, axis=1) >= threshold
+            rejected_now["mixture"] = _mixture_reaches(lam, threshold)
         if "pooled" in s.methods:
             pooled = stats.conditional_log_lr(cum["n_c"], cum["n_b"], cum["e_c"], cum["e_b"], _THETA)
-            rejected_now["pooled"] = logsumexp(pooled + _LOG_W, axis=1) >= threshold
+            rejected_now["pooled"] = _mixture_reaches(pooled, threshold)
         if "ztest" in s.methods:
             rejected_now["ztest"] = _z(cum) >= Z_CRIT
         for m, now in rejected_now.items():
             fresh = now & (first[m] < 0)
             first[m][fresh] = t + 1
             at_requests[m][fresh] = cum["n_c"][fresh]
-        if all((first[m] >= 0).all() for m in s.methods):
-            break
+        if all((first[m] >= 0).all() for m in s.methods if m != "ztest_final"):
+            if "ztest_final" not in s.methods:
+                break
+    if "ztest_final" in s.methods:  # one look, at the end, on the pooled counts
+        final = _z(cum) >= Z_CRIT
+        first["ztest_final"][final] = s.seconds
+        at_requests["ztest_final"][final] = cum["n_c"][final]
     return {"first_second": first, "challenger_requests": at_requests}
+
+
+def _mixture_reaches(log_lr: np.ndarray, threshold: float) -> np.ndarray:
+    """logsumexp(log_lr + log w, axis=1) >= threshold, row by row.
+
+    logsumexp is at most max_j (log_lr_j + log w_j) + log K, so only the rows where that
+    bound reaches the threshold need the sum (most rows, most seconds, do not).
+    """
+    weighted = log_lr + _LOG_W
+    best = weighted.max(axis=1)
+    out = np.zeros(len(log_lr), dtype=bool)
+    rows = np.flatnonzero(best + math.log(weighted.shape[1]) >= threshold)
+    if len(rows):
+        out[rows] = logsumexp(weighted[rows], axis=1) >= threshold
+    return out
 
 
 def _z(cum: dict) -> np.ndarray:
@@ -147,15 +167,23 @@ def drift(seconds: int, base: float, amplitude: float = 0.10) -> np.ndarray:
     return base * (1 + amplitude * np.linspace(-1, 1, seconds))
 
 
-def aa_scenarios(seconds: int, rate: int) -> list[CountScenario]:
-    methods = ("mixture", "pooled", "ztest")
-    flat = np.full(seconds, 0.01)
-    return [
-        CountScenario(f"A/A stationary 10/90, 1 % errors, {rate} req/s, {seconds} s", seconds, rate,
-                      np.full(seconds, 0.10), flat, methods=methods),
-        CountScenario(f"A/A ramp 5->10->20->50 %, error rate drifting 0.9->1.1 %, {rate} req/s, {seconds} s",
-                      seconds, rate, ramp_share(seconds), drift(seconds, 0.01), methods=methods),
-    ]
+AA_METHODS = ("mixture", "pooled", "ztest", "ztest_final")
+METHOD_NAMES = {
+    "mixture": "conditional mixture (the guardrail), every second",
+    "pooled": "the same mixture on counts pooled across intervals, every second",
+    "ztest": "naive one-sided z-test at alpha on pooled counts, every second",
+    "ztest_final": "the same z-test once, at the end",
+}
+
+
+def aa_scenarios(seconds: int, rate: int, fast_rate: int | None = None) -> list[CountScenario]:
+    """Stationary 10/90, and the ramp with drift (at `rate`, and at `fast_rate` when given)."""
+    out = [CountScenario(f"A/A stationary 10/90, 1 % errors, {rate} req/s, {seconds} s", seconds, rate,
+                         np.full(seconds, 0.10), np.full(seconds, 0.01), methods=AA_METHODS)]
+    for r in (rate, fast_rate) if fast_rate else (rate,):
+        out.append(CountScenario(f"A/A ramp 5->10->20->50 %, error rate drifting 0.9->1.1 %, {r} req/s, {seconds} s",
+                                 seconds, r, ramp_share(seconds), drift(seconds, 0.01), methods=AA_METHODS))
+    return out
 
 
 def error_detection(share: float, seconds: int, rate: int) -> CountScenario:
@@ -196,9 +224,9 @@ def simulate_latency(model: LatencyModel, share: float, seconds: int, rate: int,
     tail_c = np.array([chal_probs[k + 1:].sum() for k in range(len(stats.SPEC_LATENCY_BUCKETS_MS))])[edges]
     warm_challenger = rng.binomial(rate * warmup_seconds, share, size=runs)
     scenario = CountScenario("latency", seconds, rate, np.full(seconds, share), tail_b[:, None], p_challenger=tail_c[:, None])
-    out = simulate_counts(scenario, runs, rng)
-    reqs = out["challenger_requests"]
-    out["challenger_requests"] = np.where(reqs >= 0, reqs + warm_challenger, -1)
+    res = simulate_counts(scenario, runs, rng)
+    reqs = res["challenger_requests"]["mixture"]
+    out = {"first_second": res["first_second"]["mixture"], "challenger_requests": np.where(reqs >= 0, reqs + warm_challenger, -1)}
     out["thresholds_ms"] = {str(stats.SPEC_LATENCY_BUCKETS_MS[k]): int((edges == k).sum()) for k in np.unique(edges)}
     out["tail"] = {"champion": float(np.median(tail_b)), "challenger": float(np.median(tail_c))}
     return out
@@ -228,71 +256,79 @@ def simulate_srm(observed: float, expected: float, seconds: int, rate: int, runs
 
 @dataclass
 class SimSettings:
-    runs: int = 4000
+    runs: int = 4000  # runs of every row (SRM A/A: srm_aa_factor times more, it is cheap)
     seed: int = 1
-    aa_seconds: int = 3600
-    rate: int = 100  # requests a second in every scenario
-    detect_runs: int | None = None  # runs of the detection rows (default: runs)
+    aa_seconds: int = 3600  # looks of the A/A rows (one a second)
+    rate: int = 100  # requests a second in every row
+    fast_rate: int = 1000  # the ramp-plus-drift A/A row again at this rate (pooling's bias grows with traffic)
+    srm_aa_factor: int = 5
+
+
+def _aa_row(name: str, runs: int, looks: int, first: np.ndarray, target: float) -> dict:
+    return {"kind": "aa", "name": name, "runs": runs, "looks": looks, "false_alarms": _rate(first),
+            "false_alarm_runs": int((first >= 0).sum()), "target": f"<= {target}", "met": bool(_rate(first) <= target)}
+
+
+def _detect_row(name: str, runs: int, requests: np.ndarray, budget: int, unit: str = "challenger requests") -> dict:
+    share = _within(requests, budget)
+    return {"kind": "detect", "name": name, "runs": runs, "budget": budget, "unit": unit,
+            "detected_within_budget": share, **{f"{k}_{unit.split()[0]}_requests": v for k, v in _quantiles(requests).items()},
+            "target": f">= 0.9 of runs within {budget} {unit}", "met": bool(share >= 0.9)}
 
 
 def run(settings: SimSettings) -> dict:
     rng = np.random.default_rng(settings.seed)
     runs, rate = settings.runs, settings.rate
-    detect_runs = settings.detect_runs or runs
     started = time.time()
-    out: dict = {"settings": settings.__dict__.copy(), "alpha": ALPHA, "srm_alpha": stats.SRM_ALPHA,
+    out: dict = {"settings": dict(settings.__dict__), "alpha": ALPHA, "srm_alpha": stats.SRM_ALPHA,
                  "alternatives": {"psi_min": float(stats.ALTERNATIVE_PSI[0]), "psi_max": float(stats.ALTERNATIVE_PSI[-1]),
-                                  "points": len(stats.ALTERNATIVE_PSI)},
-                 "srm_concentration": stats.SRM_CONCENTRATION, "rows": []}
+                                  "points": len(stats.ALTERNATIVE_PSI), "weights": "uniform in log psi"},
+                 "srm_concentration": stats.SRM_CONCENTRATION, "methods": METHOD_NAMES, "rows": []}
     rows = out["rows"]
 
-    for scenario in aa_scenarios(settings.aa_seconds, rate):
+    for scenario in aa_scenarios(settings.aa_seconds, rate, settings.fast_rate):
         _log(scenario.name)
-        res = simulate_counts(scenario, runs, rng)
-        rows.append({"kind": "aa", "name": scenario.name, "runs": runs, "looks": scenario.seconds,
-                     "false_rollbacks": {m: _rate(res["first_second"][m]) for m in scenario.methods},
-                     "target": f"<= {ALPHA} (conditional mixture)"})
+        res = simulate_counts(scenario, runs, rng)["first_second"]
+        row = _aa_row(scenario.name, runs, scenario.seconds, res["mixture"], ALPHA)
+        row["others"] = {m: _rate(res[m]) for m in scenario.methods if m != "mixture"}
+        rows.append(row)
 
     for share, budget in ((0.10, 3500), (0.50, 6500)):
         scenario = error_detection(share, seconds=math.ceil(4 * budget / (share * rate)), rate=rate)
         _log(scenario.name)
-        res = simulate_counts(scenario, detect_runs, rng)
-        reqs = res["challenger_requests"]["mixture"]
-        rows.append({"kind": "detect_errors", "name": scenario.name, "runs": detect_runs, "budget": budget,
-                     "detected_within_budget": _within(reqs, budget),
-                     "challenger_requests": _quantiles(reqs), "target": f">= 0.9 within {budget} challenger requests"})
+        reqs = simulate_counts(scenario, runs, rng)["challenger_requests"]["mixture"]
+        rows.append(_detect_row(f"{scenario.name}, {rate} req/s", runs, reqs, budget))
 
-    model = LatencyModel(median_ms=20.0, sigma=0.5)
-    latency_cases = [("+20 % at every quantile (latency x1.2)", 1.2, None),
-                     ("+20 % p99, same median (sigma widened)", 1.0, model.sigma + math.log(1.2) / norm.ppf(0.99)),
-                     ("A/A", 1.0, None)]
-    for label, scale, sigma in latency_cases:
-        name = f"latency p99 {label}, lognormal median {model.median_ms:g} ms sigma {model.sigma:g}, 10/90"
+    widened = 0.5 + math.log(1.2) / norm.ppf(0.99)
+    latency_cases = [  # (label, model, challenger scale, challenger sigma)
+        ("x1.2 (+20 % at every quantile)", LatencyModel(20.0, 0.5), 1.2, None),
+        ("x1.2, p99 just above the 50 ms edge", LatencyModel(16.0, 0.5), 1.2, None),
+        ("x1.2, p99 just below the 100 ms edge", LatencyModel(30.0, 0.5), 1.2, None),
+        (f"+20 % p99 with the same median (sigma 0.5 -> {widened:.3f})", LatencyModel(20.0, 0.5), 1.0, widened),
+    ]
+    for label, model, scale, sigma in latency_cases:
+        name = (f"latency {label}: lognormal median {model.median_ms:g} ms sigma {model.sigma:g}, "
+                f"p99 {model.p99():.1f} -> {model.p99(scale, sigma):.1f} ms, 10/90")
         _log(name)
-        res = simulate_latency(model, 0.10, math.ceil(4 * 2000 / (0.10 * rate)) if label != "A/A" else settings.aa_seconds,
-                               rate, detect_runs, rng, scale=scale, sigma=sigma)
-        reqs = res["challenger_requests"]
-        row = {"kind": "detect_latency" if label != "A/A" else "aa_latency", "name": name, "runs": detect_runs,
-               "champion_p99_ms": model.p99(), "challenger_p99_ms": model.p99(scale, sigma),
-               "thresholds_ms": res["thresholds_ms"], "tail_beyond_threshold": res["tail"]}
-        if label == "A/A":
-            row.update(false_rollbacks=_rate(reqs), looks=settings.aa_seconds, target=f"<= {ALPHA}")
-        else:
-            row.update(budget=2000, detected_within_budget=_within(reqs, 2000), challenger_requests=_quantiles(reqs),
-                       target=">= 0.9 within 2000 challenger requests")
+        res = simulate_latency(model, 0.10, math.ceil(4 * 2000 / (0.10 * rate)), rate, runs, rng, scale=scale, sigma=sigma)
+        row = _detect_row(name, runs, res["challenger_requests"], 2000)
+        row.update(thresholds_ms=res["thresholds_ms"], tail_beyond_threshold=res["tail"])
         rows.append(row)
+    model = LatencyModel(20.0, 0.5)
+    name = f"A/A latency p99: lognormal median 20 ms sigma 0.5, 10/90, {rate} req/s, {settings.aa_seconds} s"
+    _log(name)
+    res = simulate_latency(model, 0.10, settings.aa_seconds, rate, runs, rng)
+    rows.append(_aa_row(name, runs, settings.aa_seconds, res["first_second"], ALPHA))
 
-    for observed, label in ((0.09, "SRM 9 % observed vs 10 % allocated"), (0.10, "SRM A/A 10 % vs 10 %")):
-        _log(label)
-        seconds = math.ceil(4 * 30000 / rate) if observed != 0.10 else settings.aa_seconds
-        res = simulate_srm(observed, 0.10, seconds, rate, runs, rng)
-        if observed == 0.10:
-            rows.append({"kind": "aa_srm", "name": label, "runs": runs, "looks": seconds,
-                         "false_alarms": _rate(res["first_second"]), "target": f"<= {stats.SRM_ALPHA}"})
-        else:
-            rows.append({"kind": "detect_srm", "name": label, "runs": runs, "budget": 30000,
-                         "detected_within_budget": _within(res["requests"], 30000),
-                         "requests": _quantiles(res["requests"]), "target": ">= 0.9 within 30000 requests"})
+    name = f"SRM 9 % observed vs 10 % allocated, {rate} req/s"
+    _log(name)
+    res = simulate_srm(0.09, 0.10, math.ceil(4 * 30000 / rate), rate, runs, rng)
+    rows.append(_detect_row(name, runs, res["requests"], 30000, unit="total requests"))
+    srm_runs = runs * settings.srm_aa_factor
+    name = f"A/A SRM 10 % vs 10 %, {rate} req/s, {settings.aa_seconds} s"
+    _log(name)
+    res = simulate_srm(0.10, 0.10, settings.aa_seconds, rate, srm_runs, rng)
+    rows.append(_aa_row(name, srm_runs, settings.aa_seconds, res["first_second"], stats.SRM_ALPHA))
     out["seconds"] = round(time.time() - started, 1)
     return out
 
@@ -300,32 +336,32 @@ def run(settings: SimSettings) -> dict:
 def summary_lines(result: dict) -> list[str]:
     lines = []
     for row in result["rows"]:
+        met = "met" if row["met"] else "MISSED"
         if row["kind"] == "aa":
-            fr = row["false_rollbacks"]
-            lines.append(f"{row['name']}: false rollbacks mixture {fr['mixture']:.4f}, pooled {fr['pooled']:.4f}, "
-                         f"naive z-test {fr['ztest']:.4f} ({row['runs']} runs, {row['looks']} looks; target {row['target']})")
-        elif row["kind"] in ("aa_latency",):
-            lines.append(f"{row['name']}: false rollbacks {row['false_rollbacks']:.4f} ({row['runs']} runs; target {row['target']})")
-        elif row["kind"] == "aa_srm":
-            lines.append(f"{row['name']}: false alarms {row['false_alarms']:.4f} ({row['runs']} runs, {row['looks']} looks; target {row['target']})")
+            others = "".join(f"; {m} {v:.4f}" for m, v in row.get("others", {}).items())
+            lines.append(f"{row['name']}: false alarms {row['false_alarms']:.4f} ({row['false_alarm_runs']}/{row['runs']} runs, "
+                         f"{row['looks']} looks){others} [target {row['target']}: {met}]")
         else:
-            q = row.get("challenger_requests") or row.get("requests")
-            lines.append(f"{row['name']}: detected within {row['budget']} in {row['detected_within_budget']:.3f} of runs; "
-                         f"median {q['median']}, p90 {q['p90']} ({row['runs']} runs; target {row['target']})")
+            unit = row["unit"].split()[0]
+            lines.append(f"{row['name']}: detected within {row['budget']} {row['unit']} in {row['detected_within_budget']:.3f} "
+                         f"of runs; median {row[f'median_{unit}_requests']}, p90 {row[f'p90_{unit}_requests']} "
+                         f"({row['runs']} runs) [target {row['target']}: {met}]")
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.guardrails_sim", description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=SimSettings.runs)
-    parser.add_argument("--seed", type=int, default=SimSettings.seed)
-    parser.add_argument("--aa-seconds", type=int, default=SimSettings.aa_seconds)
-    parser.add_argument("--rate", type=int, default=SimSettings.rate)
-    parser.add_argument("--detect-runs", type=int)
+    defaults = SimSettings()
+    parser.add_argument("--runs", type=int, default=defaults.runs)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--aa-seconds", type=int, default=defaults.aa_seconds)
+    parser.add_argument("--rate", type=int, default=defaults.rate)
+    parser.add_argument("--fast-rate", type=int, default=defaults.fast_rate)
     parser.add_argument("--out", type=Path, help="write the results JSON here")
     args = parser.parse_args(argv)
-    result = run(SimSettings(args.runs, args.seed, args.aa_seconds, args.rate, args.detect_runs))
+    result = run(SimSettings(args.runs, args.seed, args.aa_seconds, args.rate, args.fast_rate))
     print("\n".join(summary_lines(result)))
+    print(f"({result['seconds']} s)")
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
         print(f"written {args.out}")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from bench import etcd_rows, loadrows, pinning, probe, profile, propagation, proxyless, report, seed, stack, writes
+from bench import etcd_rows, guardrails_sim, loadrows, pinning, probe, profile, propagation, proxyless, report, seed, stack, writes
 from bench.loadrows import LoadTarget
 from bench.nginx import NginxProcess, NginxSettings, NginxUpstream
 from bench.procs import rss_bytes, start_backend, start_refproxy
@@ -589,6 +589,19 @@ class Run:
             log(f"profile ({key}): {result['req_per_s']:.0f} req/s while sampling; top self: {top}")
         router.child.stop()
         self.rows.append(row)
+
+    async def phase_guardrails(self) -> None:
+        """The guardrail tests' simulation (bench/guardrails_sim.py), no processes: CPU only."""
+        settings = guardrails_sim.SimSettings(runs=300, aa_seconds=600) if self.s.quick else guardrails_sim.SimSettings()
+        result = await asyncio.to_thread(guardrails_sim.run, settings)
+        for row, line in zip(result["rows"], guardrails_sim.summary_lines(result)):
+            # "runs" of a harness row lists load runs; the simulation's count goes by another name.
+            fields = {("simulated_runs" if k == "runs" else k): v for k, v in row.items()}
+            self.rows.append({**fields, "kind": "guardrails", "status": "ok", "summary": line})
+            measured = (f"{row['false_alarms']:.4f} ({row['false_alarm_runs']}/{row['runs']} runs)" if "false_alarms" in row
+                        else f"{row['detected_within_budget']:.3f} of runs")
+            self.target(f"guardrails: {row['name']}", measured, row["target"], row["met"])
+        log(f"guardrails simulation: {result['seconds']} s")
 
     def target(self, name: str, measured: str, bound: str, ok: bool | None) -> None:
         verdict = "n/a" if ok is None else ("met" if ok else "MISSED")

@@ -127,6 +127,8 @@ def detail_lines(results: dict) -> list[str]:
                                f"+-{c['bound']:.0f})" for name, c in row["checks"].items())
             lines.append(f"- {row['name']}: {checks}; 90/10 load runs within the bound: "
                          f"{row['split_runs_within_bound']}")
+        elif kind == "guardrails":
+            lines.append(f"- {row['summary']}")
         elif kind == "profile":
             for key in ("python", "gil"):
                 prof = row.get(key) or {}

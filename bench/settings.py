@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bench.h2load import LoadSettings
 
-PHASES = ("etcd", "load", "client", "precision", "propagation", "writes", "scale", "profile")
+PHASES = ("etcd", "load", "client", "precision", "propagation", "writes", "scale", "profile", "guardrails")
 
 
 @dataclass(frozen=True)
