@@ -8,8 +8,10 @@ one revision or the next, never a mix. When etcd is unreachable the last table s
 the task reconnects with capped exponential backoff, resuming from the last revision seen
 + 1; when that revision was compacted it reloads the snapshot.
 
-The watch covers the key range from the first to the last of the two prefixes, so both
-arrive on one stream in revision order; keys in between (history) are skipped here.
+Two watches on one stream, one per prefix (SPEC section 6: routers watch deployments and
+models, not history or idempotency records, which lie between and beside them); etcd sends
+one stream's changes in revision order. Each resumes from the last revision seen for its
+own prefix + 1, so nothing is missed or applied twice after a break.
 """
 
 from __future__ import annotations
@@ -198,8 +200,8 @@ class ConfigSync:
         self.watch_failures = 0
         self.tables_built = 0
         self.swapped_at = 0.0   # perf_counter time of the last swap
-        lo, hi = sorted([layout.models, layout.deployments])
-        self._watch_key, self._watch_end = lo, prefix_range_end(hi)
+        self._prefixes = (layout.models, layout.deployments)
+        self._seen = [0, 0]  # per prefix: every change up to this revision is applied
 
     async def start(self) -> None:
         """Start following etcd in the background; returns at once (await `ready`)."""
@@ -228,8 +230,11 @@ class ConfigSync:
                     await self._load_snapshot()
                     need_snapshot = False
                     backoff.reset()
-                async for batch in self._etcd.watch_range(self._watch_key, self._watch_end, self.revision + 1):
+                ranges = [(prefix, prefix_range_end(prefix), seen + 1)
+                          for prefix, seen in zip(self._prefixes, self._seen)]
+                async for index, batch in self._etcd.watch_ranges(ranges):
                     received = time.perf_counter()
+                    self._seen[index] = max(self._seen[index], batch.seen_revision)
                     self._apply_batch(batch)
                     backoff.reset()
                     if self.swapped_at >= received and log.isEnabledFor(logging.DEBUG):
@@ -238,7 +243,7 @@ class ConfigSync:
                                   batch.seen_revision, received, self.swapped_at)
             except WatchCompacted as err:
                 log.warning("config watch: revision %d compacted (up to %d); reloading the snapshot",
-                            self.revision + 1, err.compact_revision)
+                            min(self._seen) + 1, err.compact_revision)
                 need_snapshot = True
             except EtcdError as err:  # EtcdUnavailable and any other etcd error: retry
                 self.watch_failures += 1
@@ -258,6 +263,7 @@ class ConfigSync:
                                           old.deployments):
             book.put_deployment(deployment)
         self._book = book
+        self._seen = [revision, revision]
         self.snapshots += 1
         self._swap(revision, also_changed=self.table.routes.keys() if self.table is not None else ())
         log.info("config snapshot at revision %d: %d deployments, %d models",
@@ -283,10 +289,11 @@ class ConfigSync:
         changed = False
         for event in batch.events:
             changed |= self._apply_event(event)
+        revision = max(self.revision, batch.seen_revision)
         if changed:
-            self._swap(batch.seen_revision)
+            self._swap(revision)
         else:
-            self.revision = batch.seen_revision
+            self.revision = revision
 
     def _apply_event(self, event: Event) -> bool:
         """Update the book from one event; True if the config changed."""
@@ -296,7 +303,7 @@ class ConfigSync:
         elif event.key.startswith(layout.models):
             prefix, parse, put, delete = layout.models, parse_model, book.put_model, book.delete_model
         else:
-            return False  # history and other keys inside the watched range
+            return False
         name = event.key[len(prefix):]
         if "/" in name:
             return False

@@ -2,9 +2,10 @@
 
 The record lives at layout.router(router_id) under a lease (TTL ~5 s) that a background
 task keeps alive, so a router that dies disappears within the TTL and one that stops
-revokes it at once. Another task rewrites the record at least every second with fresh
-counters, and within a few ms of notify_applied() (the routing table changed), so the
-status shows propagation as it happens. If the lease is lost (etcd unreachable for longer
+revokes it at once. Another task rewrites the record every second while its counters
+change (every idle_rewrite_s while nothing changes: an idle router does not load etcd),
+and within a few ms of notify_applied() (the routing table changed), so the status shows
+propagation as it happens. If the lease is lost (etcd unreachable for longer
 than the TTL), a new one is granted and the record rewritten once etcd answers again.
 
 The record (tsplit/status.py sums the counters; the agreed format):
@@ -51,6 +52,9 @@ class RegistrationSettings:
     # deployments a record is ~20 bytes per deployment, and every write is a put etcd
     # fsyncs, so a write per change would load etcd for the control plane's writes.
     min_write_gap_s: float = 0.05
+    # A record whose applied map and counters are as last written is rewritten (its
+    # updated_at) only this often.
+    idle_rewrite_s: float = 10.0
     backoff_start_s: float = 0.05
     backoff_cap_s: float = 1.0
     # etcd refuses requests over 1.5 MiB by default; past this the counters are left out
@@ -104,7 +108,9 @@ class Registration:
         self.lease_id: int | None = None
         # For metrics and tests.
         self.writes = 0
+        self.skipped = 0  # periodic writes left out: nothing changed
         self.leases_granted = 0
+        self._last_content, self._last_put, self._last_lease = b"", float("-inf"), None
 
     async def start(self) -> None:
         """Register once (unless etcd is unreachable: then the background task keeps
@@ -183,9 +189,15 @@ class Registration:
             log.info("router %s registered under lease %x", self._identity["router_id"], self.lease_id)
         return self.lease_id
 
-    async def _write(self) -> None:
+    async def _write(self, changed: bool = True) -> None:
         lease = await self._ensure_lease()
         value = self._encode()
+        content = value[value.index(b',"applied":'):]  # all but updated_at
+        now = asyncio.get_running_loop().time()
+        if (not changed and content == self._last_content and lease == self._last_lease
+                and now - self._last_put < self._settings.idle_rewrite_s):
+            self.skipped += 1
+            return
         try:
             await self._etcd.put(self.key, value, lease=lease)
         except EtcdUnavailable:
@@ -198,6 +210,7 @@ class Registration:
                 self.lease_id = None
             await self._etcd.put(self.key, value, lease=await self._ensure_lease())
         self.writes += 1
+        self._last_content, self._last_put, self._last_lease = content, now, self.lease_id
 
     async def _write_loop(self) -> None:
         settings = self._settings
@@ -215,9 +228,10 @@ class Registration:
             gap = last_write + settings.min_write_gap_s - loop.time()
             if gap > 0:
                 await asyncio.sleep(gap)
+            changed = self._changed.is_set()
             self._changed.clear()
             try:
-                await self._write()
+                await self._write(changed)
                 backoff.reset()
             except EtcdError as err:
                 delay = backoff.next()

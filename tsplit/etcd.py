@@ -327,15 +327,24 @@ class Etcd:
         stream breaks (member down, no leader): the caller resumes from the last revision
         it saw + 1. Progress notifications arrive as batches with no events.
         """
+        async for _, batch in self.watch_ranges([(key, range_end, start_revision)]):
+            yield batch
+
+    async def watch_ranges(
+        self, ranges: Sequence[tuple[str, bytes, int]],
+    ) -> AsyncIterator[tuple[int, WatchBatch]]:
+        """Changes to several key ranges [key, range_end), each from its own start
+        revision, on one stream: (index of the range, batch), forever. etcd sends one
+        stream's changes in revision order; each range's batches are what watch_range
+        would yield for it (resume each from the last revision seen for it + 1)."""
         # "hasleader" makes etcd cancel the watch when its member loses the leader, instead
         # of leaving us on a member that will never see new writes.
         call = self._watch.Watch(metadata=(("hasleader", "true"),))
-        create = pb.WatchCreateRequest(
-            key=key.encode(), range_end=range_end,
-            start_revision=start_revision, progress_notify=True,
-        )
+        ids: dict[int, int] = {}  # etcd's watch_id -> index in ranges, in creation order
         try:
-            await call.write(pb.WatchRequest(create_request=create))
+            for key, range_end, start_revision in ranges:
+                await call.write(pb.WatchRequest(create_request=pb.WatchCreateRequest(
+                    key=key.encode(), range_end=range_end, start_revision=start_revision, progress_notify=True)))
             while True:
                 resp = await call.read()
                 if resp is grpc.aio.EOF:
@@ -344,13 +353,18 @@ class Etcd:
                     raise WatchCompacted(resp.compact_revision)
                 if resp.canceled:
                     raise EtcdUnavailable(f"etcd canceled the watch: {resp.cancel_reason or 'no reason'}")
-                if resp.created and not resp.events:
-                    continue
+                if resp.created:
+                    ids[resp.watch_id] = len(ids)
+                    if not resp.events:
+                        continue
                 events = tuple(
                     Event("delete" if ev.type == ev.DELETE else "put", ev.kv.key.decode(), ev.kv.value, ev.kv.mod_revision)
                     for ev in resp.events
                 )
-                yield WatchBatch(resp.header.revision, events)
+                if resp.watch_id in ids:
+                    yield ids[resp.watch_id], WatchBatch(resp.header.revision, events)
+                elif len(ranges) == 1:  # a progress notification of the whole stream (watch_id -1)
+                    yield 0, WatchBatch(resp.header.revision, events)
         except grpc.aio.AioRpcError as err:
             raise _map_error(err) from err
         finally:

@@ -347,3 +347,22 @@ def test_incremental_book_equals_a_full_build(batches):
         full = build_routing_table(book.deployments.values(), dict(book.models), revision)
         assert dict(incremental.routes) == dict(full.routes)
         assert sorted(incremental.problems) == sorted(full.problems)
+
+
+async def test_history_records_and_router_keys_never_reach_the_watch(etcd, layout, sync_factory):
+    """SPEC section 6: routers watch deployments and models only. The watch of a range that
+    spans history would see these writes (and advance its revision); ours sees none."""
+    await put_resource(etcd, layout, model("mod_champ"))
+    await put_resource(etcd, layout, deployment("dep_w"))
+    sync, tables = await sync_factory()
+    await asyncio.wait_for(sync.ready.wait(), 5)
+    watched = sync.revision
+    for n in range(2, 12):
+        await etcd.put(layout.history_version("dep_w", n), b"{}")
+        await etcd.put(layout.request("dep_w", f"r-{n}"), b"{}")
+        await etcd.put(layout.router(f"r-{n}"), b"{}")
+    await asyncio.sleep(0.3)
+    assert sync.revision == watched and sync.tables_built == 1
+    revision = await put_resource(etcd, layout, deployment("dep_w", 2))
+    await tables.wait_for(lambda t: version_of(t, "dep_w") == 2)
+    assert sync.revision == revision

@@ -237,3 +237,19 @@ def test_bad_arguments_are_refused():
         Registration(None, None, "r-1", "proxy", "", "", dict, dict)
     with pytest.raises(ValueError, match="router_id"):
         Registration(None, None, "a/b", "router", "", "", dict, dict)
+
+
+async def test_an_idle_routers_record_is_not_rewritten_until_something_changes(etcd, layout, register):
+    from dataclasses import replace
+    settings = replace(FAST, idle_rewrite_s=60.0)
+    reg, source = await register(settings=settings)
+    _, kv = await read_record(etcd, layout)
+    await asyncio.sleep(settings.write_interval_s * 4)
+    _, idle = await read_record(etcd, layout)
+    assert idle.mod_revision == kv.mod_revision and reg.skipped >= 2
+    source.requests = 5
+
+    async def rewritten():
+        record, _ = await read_record(etcd, layout)
+        return record["stats"]["dep_a"]["champion"]["requests"] == 5
+    await eventually(rewritten, timeout=settings.write_interval_s * 3 + 1)
