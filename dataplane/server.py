@@ -41,6 +41,7 @@ from dataplane.registration import Registration
 from dataplane.router import NOT_READY_MESSAGE, SERVER_NAME, SERVICE, BackendPool, InferenceRouter
 from tsplit import package_version
 from dataplane.stats import MetricsServer, RouterStats, StatsCollector, settle_on_loop
+from dataplane.supervision import RestartBackoff, spawn_child
 from dataplane.sync_transport import SyncInferenceRouter, SyncServer
 from tsplit.etcd import Etcd, parse_endpoints
 from tsplit.etcd_server import free_port
@@ -426,7 +427,9 @@ def supervise_workers(settings: RouterSettings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    children = [subprocess.Popen(argv) for argv in argvs]
+    children = [spawn_child(argv) for argv in argvs]
+    born = [time.monotonic()] * len(children)
+    backoffs = [RestartBackoff() for _ in children]
     log.info("router workers: %d on %s (pids %s)", len(children), join_host_port(host, port),
              [c.pid for c in children])
     restart_at: dict[int, float] = {}
@@ -436,12 +439,13 @@ def supervise_workers(settings: RouterSettings) -> int:
             if stopping or child.poll() is None:
                 continue
             if i not in restart_at:
-                log.error("router worker %d (pid %d) exited with %s; restarting in 1 s", i, child.pid,
-                          child.returncode)
-                restart_at[i] = time.monotonic() + 1.0
+                delay = backoffs[i].delay(time.monotonic() - born[i])
+                log.error("router worker %d (pid %d) exited with %s; restarting in %.0f s", i, child.pid,
+                          child.returncode, delay)
+                restart_at[i] = time.monotonic() + delay
             elif time.monotonic() >= restart_at[i]:
                 del restart_at[i]
-                children[i] = subprocess.Popen(argvs[i])
+                children[i], born[i] = spawn_child(argvs[i]), time.monotonic()
     for child in children:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)

@@ -3,15 +3,20 @@
 It drives the official etcd API stubs that aetcd ships (``aetcd.rpc``) over one grpc.aio
 channel. We do not use ``aetcd.Client`` itself: it connects to a single host:port while
 ``--etcd`` names a whole cluster, and the watch loop (resume from a revision, notice a
-compaction or a dead stream) must be ours to test. One channel lists every member; grpc's
-pick_first policy moves to the next member when one fails.
+compaction or a dead stream) must be ours to test.
+
+The client talks to one member at a time, over a channel to that member's host:port (grpc
+resolves the name whenever it reconnects). Every call carries etcd's "hasleader" metadata,
+so a member cut off from the quorum answers at once that it has no leader (and cancels its
+watches) instead of hanging; on that, or any failure that means "unavailable", the client
+moves to the next member for the calls that follow (the failed call still fails: the
+caller retries, as it must for a write whose answer was lost).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import socket
+import logging
 from dataclasses import dataclass
 from typing import AsyncIterator, Iterable, Sequence
 
@@ -19,7 +24,10 @@ import grpc
 from aetcd.rpc import rpc_pb2 as pb
 from aetcd.rpc import rpc_pb2_grpc as pb_grpc
 
+log = logging.getLogger(__name__)
+
 DEFAULT_TIMEOUT_S = 3.0
+_REQUIRE_LEADER = (("hasleader", "true"),)
 
 _UNAVAILABLE_CODES = {
     grpc.StatusCode.UNAVAILABLE,
@@ -35,8 +43,9 @@ _CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 5000),
     ("grpc.keepalive_permit_without_calls", 0),
     # etcd restarts take a second or two: reconnect fast instead of grpc's 1..120 s backoff.
+    # (No min_reconnect_backoff_ms: grpc also takes it as the least time a connection
+    # attempt gets, and a loaded member may take longer than 100 ms to accept.)
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.enable_retries", 0),
@@ -133,22 +142,6 @@ def parse_endpoints(text: str | Sequence[str]) -> list[str]:
     return endpoints
 
 
-def _channel_target(endpoints: Sequence[str]) -> str:
-    if len(endpoints) == 1:
-        return endpoints[0]
-    addresses = []
-    for endpoint in endpoints:
-        host, _, port = endpoint.rpartition(":")
-        host = host.strip("[]")
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            ip = ipaddress.ip_address(socket.getaddrinfo(host, int(port), socket.AF_INET)[0][4][0])
-        addresses.append(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
-    scheme = "ipv6" if all(a.startswith("[") for a in addresses) else "ipv4"
-    return f"{scheme}:{','.join(addresses)}"
-
-
 # etcd's own texts (server/etcdserver/api/v3rpc/rpctypes) and grpc's size limits.
 _STORAGE_FULL_TEXTS = ("database space exceeded", "request is too large", "message larger than max")
 
@@ -198,13 +191,42 @@ class Etcd:
     def __init__(self, endpoints: str | Sequence[str], timeout: float = DEFAULT_TIMEOUT_S):
         self.endpoints = parse_endpoints(endpoints)
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(_channel_target(self.endpoints), options=_CHANNEL_OPTIONS)
+        self.switches = 0  # times the client moved to another member (metrics, tests)
+        self._retired: set[asyncio.Task] = set()
+        self._open(0)
+
+    @property
+    def member(self) -> str:
+        """The endpoint the client talks to now."""
+        return self.endpoints[self._member]
+
+    def _open(self, index: int) -> None:
+        self._member = index % len(self.endpoints)
+        self._channel = grpc.aio.insecure_channel(self.member, options=_CHANNEL_OPTIONS)
         self._kv = pb_grpc.KVStub(self._channel)
         self._watch = pb_grpc.WatchStub(self._channel)
         self._lease = pb_grpc.LeaseStub(self._channel)
         self._maintenance = pb_grpc.MaintenanceStub(self._channel)
 
+    def _failed(self, channel: grpc.aio.Channel, error: EtcdError) -> None:
+        """A call on channel failed with error: move to the next member (once per channel,
+        however many calls saw it fail). The old channel closes once its calls are done."""
+        if not isinstance(error, EtcdUnavailable) or channel is not self._channel or len(self.endpoints) == 1:
+            return
+        failed = self.member
+        self._open(self._member + 1)
+        self.switches += 1
+        log.warning("etcd member %s failed (%s); moving to %s", failed, error, self.member)
+        try:
+            task = asyncio.get_running_loop().create_task(channel.close(self.timeout))
+        except RuntimeError:  # no running loop: nothing is in flight
+            return
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+
     async def close(self) -> None:
+        for task in list(self._retired):
+            task.cancel()
         await self._channel.close()
 
     async def __aenter__(self) -> "Etcd":
@@ -213,14 +235,18 @@ class Etcd:
     async def __aexit__(self, *exc) -> None:
         await self.close()
 
-    async def _unary(self, method, request, timeout: float | None = None):
+    async def _unary(self, stub: str, name: str, request, timeout: float | None = None):
+        channel = self._channel
         try:
-            return await method(request, timeout=timeout or self.timeout)
+            return await getattr(getattr(self, stub), name)(
+                request, timeout=timeout or self.timeout, metadata=_REQUIRE_LEADER)
         except grpc.aio.AioRpcError as err:
-            raise _map_error(err) from err
+            error = _map_error(err)
+            self._failed(channel, error)
+            raise error from err
 
     async def get(self, key: str) -> KeyValue | None:
-        resp = await self._unary(self._kv.Range, pb.RangeRequest(key=key.encode()))
+        resp = await self._unary("_kv", "Range", pb.RangeRequest(key=key.encode()))
         return _kv(resp.kvs[0]) if resp.kvs else None
 
     async def get_prefix(self, prefix: str, keys_only: bool = False) -> tuple[list[KeyValue], int]:
@@ -229,7 +255,7 @@ class Etcd:
             key=prefix.encode(), range_end=prefix_range_end(prefix), keys_only=keys_only,
             sort_order=pb.RangeRequest.ASCEND, sort_target=pb.RangeRequest.KEY,
         )
-        resp = await self._unary(self._kv.Range, request, timeout=max(self.timeout, 10.0))
+        resp = await self._unary("_kv", "Range", request, timeout=max(self.timeout, 10.0))
         return [_kv(kv) for kv in resp.kvs], resp.header.revision
 
     async def get_range(self, start: str, prefix: str, limit: int) -> tuple[list[KeyValue], bool]:
@@ -238,13 +264,13 @@ class Etcd:
             key=start.encode(), range_end=prefix_range_end(prefix), limit=limit,
             sort_order=pb.RangeRequest.ASCEND, sort_target=pb.RangeRequest.KEY,
         )
-        resp = await self._unary(self._kv.Range, request, timeout=max(self.timeout, 10.0))
+        resp = await self._unary("_kv", "Range", request, timeout=max(self.timeout, 10.0))
         return [_kv(kv) for kv in resp.kvs], resp.more
 
     async def alarms(self) -> list[str]:
         """The cluster's raised alarms by name ("NOSPACE", "CORRUPT"), one per member raising it."""
         resp = await self._unary(
-            self._maintenance.Alarm, pb.AlarmRequest(action=pb.AlarmRequest.GET, alarm=pb.NONE))
+            "_maintenance", "Alarm", pb.AlarmRequest(action=pb.AlarmRequest.GET, alarm=pb.NONE))
         return [pb.AlarmType.Name(a.alarm) for a in resp.alarms]
 
     async def get_prefixes(self, prefixes: Sequence[str]) -> tuple[list[list[KeyValue]], int]:
@@ -257,25 +283,25 @@ class Etcd:
             for prefix in prefixes
         ]
         request = pb.TxnRequest(compare=[], success=ops)
-        resp = await self._unary(self._kv.Txn, request, timeout=max(self.timeout, 10.0))
+        resp = await self._unary("_kv", "Txn", request, timeout=max(self.timeout, 10.0))
         ranges = [[_kv(kv) for kv in op.response_range.kvs] for op in resp.responses]
         return ranges, resp.header.revision
 
     async def revision(self) -> int:
-        resp = await self._unary(self._kv.Range, pb.RangeRequest(key=b"\0", count_only=True))
+        resp = await self._unary("_kv", "Range", pb.RangeRequest(key=b"\0", count_only=True))
         return resp.header.revision
 
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
-        resp = await self._unary(self._kv.Put, pb.PutRequest(key=key.encode(), value=value, lease=lease))
+        resp = await self._unary("_kv", "Put", pb.PutRequest(key=key.encode(), value=value, lease=lease))
         return resp.header.revision
 
     async def delete(self, key: str) -> int:
-        resp = await self._unary(self._kv.DeleteRange, pb.DeleteRangeRequest(key=key.encode()))
+        resp = await self._unary("_kv", "DeleteRange", pb.DeleteRangeRequest(key=key.encode()))
         return resp.header.revision
 
     async def delete_prefix(self, prefix: str) -> int:
         request = pb.DeleteRangeRequest(key=prefix.encode(), range_end=prefix_range_end(prefix))
-        resp = await self._unary(self._kv.DeleteRange, request)
+        resp = await self._unary("_kv", "DeleteRange", request)
         return resp.header.revision
 
     async def txn(
@@ -285,35 +311,40 @@ class Etcd:
         failure: Iterable[pb.RequestOp] = (),
     ) -> TxnResult:
         request = pb.TxnRequest(compare=list(compare), success=list(success), failure=list(failure))
-        resp = await self._unary(self._kv.Txn, request)
+        resp = await self._unary("_kv", "Txn", request)
         return TxnResult(resp.succeeded, resp.header.revision, tuple(resp.responses))
 
     async def compact(self, revision: int, physical: bool = True) -> None:
-        await self._unary(self._kv.Compact, pb.CompactionRequest(revision=revision, physical=physical), timeout=30)
+        await self._unary("_kv", "Compact", pb.CompactionRequest(revision=revision, physical=physical), timeout=30)
 
     async def defragment(self) -> None:
-        await self._unary(self._maintenance.Defragment, pb.DefragmentRequest(), timeout=60)
+        await self._unary("_maintenance", "Defragment", pb.DefragmentRequest(), timeout=60)
 
     async def lease_grant(self, ttl: int) -> int:
-        resp = await self._unary(self._lease.LeaseGrant, pb.LeaseGrantRequest(TTL=ttl))
+        resp = await self._unary("_lease", "LeaseGrant", pb.LeaseGrantRequest(TTL=ttl))
         return resp.ID
 
     async def lease_revoke(self, lease_id: int) -> None:
-        await self._unary(self._lease.LeaseRevoke, pb.LeaseRevokeRequest(ID=lease_id))
+        await self._unary("_lease", "LeaseRevoke", pb.LeaseRevokeRequest(ID=lease_id))
 
     async def lease_keepalive(self, lease_id: int) -> int:
         """Refresh a lease once; the remaining TTL, 0 when the lease is gone."""
-        call = self._lease.LeaseKeepAlive(timeout=self.timeout)
+        channel = self._channel
+        call = self._lease.LeaseKeepAlive(timeout=self.timeout, metadata=_REQUIRE_LEADER)
         try:
             await call.write(pb.LeaseKeepAliveRequest(ID=lease_id))
             resp = await call.read()
             await call.done_writing()
         except grpc.aio.AioRpcError as err:
-            raise _map_error(err) from err
+            error = _map_error(err)
+            self._failed(channel, error)
+            raise error from err
         finally:
             call.cancel()
         if resp is grpc.aio.EOF:
-            raise EtcdUnavailable("lease keepalive stream ended")
+            error = EtcdUnavailable("lease keepalive stream ended")
+            self._failed(channel, error)
+            raise error
         return resp.TTL
 
     def watch_prefix(self, prefix: str, start_revision: int) -> AsyncIterator[WatchBatch]:
@@ -339,7 +370,8 @@ class Etcd:
         would yield for it (resume each from the last revision seen for it + 1)."""
         # "hasleader" makes etcd cancel the watch when its member loses the leader, instead
         # of leaving us on a member that will never see new writes.
-        call = self._watch.Watch(metadata=(("hasleader", "true"),))
+        channel = self._channel
+        call = self._watch.Watch(metadata=_REQUIRE_LEADER)
         ids: dict[int, int] = {}  # etcd's watch_id -> index in ranges, in creation order
         try:
             for key, range_end, start_revision in ranges:
@@ -366,7 +398,12 @@ class Etcd:
                 elif len(ranges) == 1:  # a progress notification of the whole stream (watch_id -1)
                     yield 0, WatchBatch(resp.header.revision, events)
         except grpc.aio.AioRpcError as err:
-            raise _map_error(err) from err
+            error = _map_error(err)
+            self._failed(channel, error)
+            raise error from err
+        except EtcdUnavailable as err:  # the stream ended or etcd canceled it (no leader)
+            self._failed(channel, err)
+            raise
         finally:
             call.cancel()
 

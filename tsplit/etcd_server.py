@@ -86,6 +86,10 @@ class EtcdMember:
     initial_cluster: str = ""  # empty: a single-member cluster
     log_path: Path | None = None
     quota_backend_bytes: int | None = None  # etcd's space quota (default 2 GiB); past it, NOSPACE
+    # The peer URL the others dial (default: the one it listens on); a relay there (a
+    # tsplit.testing.CuttableLink) can cut the member off from its peers.
+    advertise_peer_url: str = ""
+    extra_args: tuple[str, ...] = ()
     process: subprocess.Popen | None = None
 
     @property
@@ -93,8 +97,12 @@ class EtcdMember:
         return f"127.0.0.1:{self.client_port}"
 
     @property
-    def peer_url(self) -> str:
+    def listen_peer_url(self) -> str:
         return f"http://127.0.0.1:{self.peer_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return self.advertise_peer_url or self.listen_peer_url
 
     def command(self) -> list[str]:
         return [
@@ -103,7 +111,7 @@ class EtcdMember:
             "--data-dir", str(self.data_dir),
             "--listen-client-urls", f"http://{self.endpoint}",
             "--advertise-client-urls", f"http://{self.endpoint}",
-            "--listen-peer-urls", self.peer_url,
+            "--listen-peer-urls", self.listen_peer_url,
             "--initial-advertise-peer-urls", self.peer_url,
             "--initial-cluster", self.initial_cluster or f"{self.name}={self.peer_url}",
             "--initial-cluster-state", "new",
@@ -115,6 +123,7 @@ class EtcdMember:
             "--logger", "zap",
             "--log-level", "warn",
             *(["--quota-backend-bytes", str(self.quota_backend_bytes)] if self.quota_backend_bytes else []),
+            *self.extra_args,
         ]
 
     def start(self, wait: bool = True, timeout: float = 20.0) -> "EtcdMember":

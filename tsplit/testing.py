@@ -12,6 +12,7 @@ class CuttableLink:
     def __init__(self, target: str, connect_delay_s: float = 0.0):
         host, _, port = target.rpartition(":")
         self.connect_delay_s = connect_delay_s  # each connection waits this long before it is relayed
+        self.refused_senders: set[str] = set()
         self._target = (host, int(port))
         self._open: set[asyncio.StreamWriter] = set()
         self._cut = False
@@ -30,6 +31,14 @@ class CuttableLink:
 
     def restore(self) -> None:
         self._cut = False
+        self.refused_senders.clear()
+
+    def refuse_sender(self, member_id: str) -> None:
+        """Drop every connection and refuse new ones whose first request says it comes from
+        etcd member member_id (etcd's peer requests carry X-Server-From: <id in hex>)."""
+        self.refused_senders.add(member_id.lower())
+        for writer in list(self._open):
+            writer.transport.abort()
 
     async def close(self) -> None:
         self.cut()
@@ -42,12 +51,24 @@ class CuttableLink:
             return
         if self.connect_delay_s:
             await asyncio.sleep(self.connect_delay_s)  # a server slow to come up: its handshake waits
+        first = b""
+        if self.refused_senders:  # read the request's head to see who sends it (bounded)
+            try:
+                first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+                writer.transport.abort()
+                return
+            head = first.decode("latin-1").lower()
+            if any(f"x-server-from: {member}\r\n" in head for member in self.refused_senders):
+                writer.transport.abort()
+                return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._target)
         except OSError:
             writer.transport.abort()
             return
         self._open.update((writer, up_writer))
+        up_writer.write(first)
         try:
             await asyncio.gather(self._relay(reader, up_writer), self._relay(up_reader, writer))
         finally:

@@ -68,6 +68,22 @@ class Child:
                 self.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
         self.info["pid"] = self.process.pid
+        self.info["started"] = process_start_time(self.process.pid)
+
+
+def process_start_time(pid: int) -> int | None:
+    """When pid started, in clock ticks since boot (/proc/PID/stat field 22): with the pid,
+    it names one process (a pid is reused, its start time is not). None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def still_ours(pid: int, started: int | None) -> bool:
+    """pid is the process stack.json recorded (its start time matches, when recorded)."""
+    return started is None or process_start_time(pid) == started
 
 
 def _wait_healthy(children: list[Child], logs: Path, deadline: float) -> None:
@@ -166,7 +182,8 @@ def up(options: UpOptions, log: Callable[[str], None]) -> tuple[dict[str, Any], 
             etcd_info["endpoints"] = options.etcd.split(",")
         else:
             member = EtcdMember(data_dir=d / "etcd", log_path=logs / "etcd.log").start(wait=False)
-            etcd_info.update(endpoints=[member.endpoint], pid=member.process.pid)
+            etcd_info.update(endpoints=[member.endpoint], pid=member.process.pid,
+                             started=process_start_time(member.process.pid))
             started.append(Child("etcd", member.command(), lambda m=member: wait_for_etcd_health(m.endpoint, 0.2),
                                  info=etcd_info, process=member.process))
             log(f"etcd        {member.endpoint} (pid {member.process.pid})")
@@ -252,13 +269,17 @@ def register_demo_models(cp_address: str, token: str, models: list[Child]) -> li
     return registered
 
 
+def _stack_processes(stack: dict[str, Any]) -> list[tuple[int, int | None]]:
+    """Every (pid, start time) in stack.json, in the order to stop them (clients of etcd
+    first, etcd last)."""
+    entries = [*stack.get("demo_models", []), *stack.get("routers", []), stack.get("gateway", {}),
+               stack.get("controlplane", {}), stack.get("etcd", {})]
+    return [(e["pid"], e.get("started")) for e in entries if e.get("pid")]
+
+
 def _stack_pids(stack: dict[str, Any]) -> list[int]:
-    """Every pid in stack.json, in the order to stop them (clients of etcd first, etcd last)."""
-    pids = [m.get("pid") for m in stack.get("demo_models", [])]
-    pids += [r.get("pid") for r in stack.get("routers", [])]
-    pids += [stack.get("gateway", {}).get("pid"), stack.get("controlplane", {}).get("pid"),
-             stack.get("etcd", {}).get("pid")]
-    return [p for p in pids if p]
+    """Every pid in stack.json that is still the process it recorded."""
+    return [pid for pid, started in _stack_processes(stack) if still_ours(pid, started)]
 
 
 def down(directory: Path, log: Callable[[str], None]) -> int:
@@ -268,7 +289,10 @@ def down(directory: Path, log: Callable[[str], None]) -> int:
         raise CliError(f"no stack in {directory} (no stack.json)")
     stack = json.loads(path.read_text())
     stopped = 0
-    for pid in _stack_pids(stack):
+    for pid, started in _stack_processes(stack):
+        if not still_ours(pid, started):  # it exited and the pid now names another process
+            log(f"pid {pid} is no longer the stack's process; left alone")
+            continue
         if stop_pid(pid):
             stopped += 1
             log(f"stopped pid {pid}")
