@@ -15,6 +15,8 @@ from grpc_reflection.v1alpha import reflection
 
 from controlplane.auth import TokenVerifier
 from controlplane import event_loop
+from controlplane.guardrails.election import LeaderElection
+from controlplane.guardrails.judge import Judge
 from controlplane.interceptors import ControlPlaneInterceptor, VerifiedTokens
 from controlplane.service import ControlPlaneService
 from controlplane.settings import ControlPlaneSettings, SettingsError, settings_from_args
@@ -34,6 +36,9 @@ class ControlPlaneServer:
     def __init__(self, server: grpc.aio.Server, health_servicer, etcd: Etcd, host: str, port: int, grace_s: float):
         self._server, self._health, self._etcd = server, health_servicer, etcd
         self.host, self.port, self.grace_s = host, port, grace_s
+        self.election: LeaderElection | None = None  # the guardrail judge's, None when off
+        self.judge: Judge | None = None
+        self._election_task: asyncio.Task | None = None
 
     @property
     def address(self) -> str:
@@ -42,6 +47,9 @@ class ControlPlaneServer:
     async def stop(self, grace_s: float | None = None) -> None:
         """NOT_SERVING at once, then in-flight calls get grace_s seconds to finish."""
         await self._health.enter_graceful_shutdown()
+        if self._election_task is not None:  # resigns: the next replica takes over at once
+            self._election_task.cancel()
+            await asyncio.gather(self._election_task, return_exceptions=True)
         await self._server.stop(self.grace_s if grace_s is None else grace_s)
         await self._etcd.close()
 
@@ -69,7 +77,15 @@ async def start_controlplane(settings: ControlPlaneSettings) -> ControlPlaneServ
         await etcd.close()
         raise OSError(f"cannot listen on {settings.listen}: {err}") from None
     await server.start()
-    return ControlPlaneServer(server, health_servicer, etcd, host, port, settings.grace_s)
+    cp = ControlPlaneServer(server, health_servicer, etcd, host, port, settings.grace_s)
+    if settings.guardrails:
+        layout = Layout(settings.etcd_prefix)
+        identity = f"controlplane {host}:{port}"
+        judge = Judge(etcd, layout, store, identity=identity)
+        cp.judge = judge
+        cp.election = LeaderElection(etcd, layout.leader("guardrails"), identity, settings.guardrails_lease_ttl_s)
+        cp._election_task = asyncio.get_running_loop().create_task(cp.election.run(judge.run), name="guardrails")
+    return cp
 
 
 async def serve(settings: ControlPlaneSettings) -> int:

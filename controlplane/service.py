@@ -245,7 +245,8 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
 
     async def GetDeploymentStatus(self, request: pb.GetDeploymentStatusRequest, context) -> pb.DeploymentStatus:
         deployment = await self.store.get_deployment(current_principal().org_id, _checked_slug(request.deployment_id))
-        status = summarize_deployment_status(deployment, await self.store.router_records())
+        guardrail_state = await self.store.guardrail_state(deployment.deployment_id) if deployment.guardrails else None
+        status = summarize_deployment_status(deployment, await self.store.router_records(), guardrail_state)
         answer = json_format.ParseDict(status, pb.DeploymentStatus(), ignore_unknown_fields=True)
         answer.etcd_alarms.extend(await self.store.etcd_alarms())
         return answer

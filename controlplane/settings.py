@@ -31,6 +31,8 @@ class ControlPlaneSettings:
     etcd_prefix: str = DEFAULT_PREFIX
     grace_s: float = DEFAULT_GRACE_S
     store: StoreSettings = field(default_factory=StoreSettings)
+    guardrails: bool = True  # campaign for {prefix}/leader/guardrails and judge while holding it
+    guardrails_lease_ttl_s: int = 5
 
 
 # (flag, environment variable, help)
@@ -43,6 +45,8 @@ _OPTIONS = (
     ("--jwt-issuer", "TSPLIT_JWT_ISSUER", "required token issuer (iss), when set"),
     ("--jwt-audience", "TSPLIT_JWT_AUDIENCE", "required token audience (aud), when set"),
     ("--grace", "TSPLIT_CONTROLPLANE_GRACE", f"seconds in-flight calls get on shutdown (default {DEFAULT_GRACE_S:g})"),
+    ("--guardrails", "TSPLIT_CONTROLPLANE_GUARDRAILS",
+     "on or off: judge guardrails when this replica holds the leader key (default on)"),
 )
 
 
@@ -100,4 +104,8 @@ def settings_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, 
         public_key_path=_existing_file(public_key, "--jwt-public-key") if public_key else None,
         jwks_path=_existing_file(jwks, "--jwks") if jwks else None,
         issuer=pick("--jwt-issuer"), audience=pick("--jwt-audience"))
-    return ControlPlaneSettings(auth=auth, listen=listen, etcd_endpoints=endpoints, etcd_prefix=prefix, grace_s=grace_s)
+    guardrails = (pick("--guardrails") or "on").lower()
+    if guardrails not in ("on", "off"):
+        raise SettingsError(f"--guardrails {guardrails!r} must be on or off")
+    return ControlPlaneSettings(auth=auth, listen=listen, etcd_endpoints=endpoints, etcd_prefix=prefix, grace_s=grace_s,
+                                guardrails=guardrails == "on")

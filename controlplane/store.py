@@ -257,6 +257,14 @@ class ControlPlaneStore:
         """etcd's raised alarms, each once ("NOSPACE": every write answers storage_full)."""
         return list(dict.fromkeys(await self._read(self.etcd.alarms())))
 
+    async def guardrail_state(self, slug: str) -> dict[str, Any] | None:
+        """The guardrail judge's published view of a deployment, None when there is none."""
+        kv = await self._get(self.layout.guardrail_state(slug))
+        try:
+            return loads(kv.value) if kv is not None else None
+        except ValueError:
+            return None
+
     # Writes. Each takes deadline_s, the most it may take in all (the caller's gRPC deadline);
     # settings.retry_deadline_s caps it. Every etcd call ends by that deadline, so the answer
     # (commit_unknown at worst) always comes before the caller gives up.

@@ -52,6 +52,18 @@ class Layout:
         """Marks a deleted deployment so its slug is never reused."""
         return f"{self.prefix}/deleted/{slug}"
 
+    def leader(self, role: str) -> str:
+        """Lease-bound: the replica that holds a role (e.g. "guardrails")."""
+        return f"{self.prefix}/leader/{role}"
+
+    @property
+    def guardrail_states(self) -> str:
+        return f"{self.prefix}/guardrails/"
+
+    def guardrail_state(self, slug: str) -> str:
+        """Lease-bound (the judge's lease): the guardrail judge's view of a deployment."""
+        return f"{self.guardrail_states}{slug}"
+
     def slug_of(self, key: str) -> str:
         """The last path segment of a key: a slug, model id or router id."""
         return key.rsplit("/", 1)[-1]

@@ -147,10 +147,33 @@ def _router_rows(deployment: Deployment, router_records: Iterable[Mapping[str, A
     return sorted(rows, key=lambda row: row["router_id"])
 
 
-def summarize_deployment_status(deployment: Deployment, router_records: list[dict]) -> dict[str, Any]:
+def _guardrail_rows(deployment: Deployment, state: Any) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(the deployment's `guardrails` status, each challenger's `guardrail` object) from
+    the judge's published state ({prefix}/guardrails/{slug}); no state yet (no judge has
+    looked): every challenger watching, nothing measured."""
+    if deployment.guardrails is None:
+        return None, {}
+    state = _mapping(state)
+    challengers = _mapping(state.get("challengers"))
+    srm = _mapping(state.get("srm"))
+    rows = {}
+    for c in deployment.active_challengers:
+        row = challengers.get(c.id)
+        rows[c.id] = dict(row) if isinstance(row, Mapping) else {
+            "state": "watching", "error_ratio": None, "p_value": None, "latency_exceedance": None,
+            "requests_since_change": 0}
+    summary = {"policy": deployment.guardrails.to_json(), "judge": state.get("judge"),
+               "judged_cache_version": state.get("judged_cache_version"),
+               "srm": bool(srm.get("flagged", False)), "srm_p_value": srm.get("p_value")}
+    return summary, rows
+
+
+def summarize_deployment_status(deployment: Deployment, router_records: list[dict],
+                                guardrail_state: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The status JSON of SPEC section 4: router sync and per-variant stats summed over
     the live routers' records. Rows: the champion, then each active challenger in the
-    deployment's order; field names match tsplit.v1.DeploymentStatus."""
+    deployment's order; field names match tsplit.v1.DeploymentStatus. guardrail_state is
+    the judge's published state of the deployment, when there is one."""
     router_records = _records(router_records)
     variants = [(CHAMPION, deployment.champion_model_id)] + [
         (c.id, c.model_id) for c in deployment.active_challengers]
@@ -164,13 +187,19 @@ def summarize_deployment_status(deployment: Deployment, router_records: list[dic
     champion_pct = 100 if deployment.shadow_mode else pct_to_json(deployment.champion_bp)
     rows = [totals[CHAMPION].row(CHAMPION, deployment.champion_model_id, champion_pct)]
     rows += [totals[c.id].row(c.id, c.model_id, c.traffic_pct) for c in deployment.active_challengers]
-    return {
+    guardrails, guardrail_rows = _guardrail_rows(deployment, guardrail_state)
+    for row in rows[1:]:
+        row["guardrail"] = guardrail_rows.get(row["variant"])
+    status = {
         "deployment_id": deployment.deployment_id,
         "cache_version": deployment.cache_version,
         "shadow_mode": deployment.shadow_mode,
         "routers": _router_rows(deployment, router_records),
         "variants": rows,
     }
+    if guardrails is not None:
+        status["guardrails"] = guardrails
+    return status
 
 
 def router_sync_summary(deployment: Deployment, router_records: list[dict]) -> tuple[int, int, list[str]]:

@@ -52,16 +52,16 @@ def cmd_get(args, ctx: CliContext) -> int:
             state.deployments.values(), key=lambda d: d.deployment_id)
         sync = {d.deployment_id: router_sync_summary(d, state.routers) for d in chosen}
         if _json(args):
-            _out({"deployments": [{"config": d.to_json(), "status": summarize_deployment_status(d, state.routers)}
-                                  for d in chosen]})
+            _out({"deployments": [{"config": d.to_json(), "status": summarize_deployment_status(
+                d, state.routers, state.guardrails.get(d.deployment_id))} for d in chosen]})
             return None
         if not chosen:
             return f"no deployments (etcd {ctx.etcd_endpoints}, prefix {ctx.etcd_prefix})"
         if not args.slug:
             return render.deployments_summary(chosen, state.models, sync)
         d = chosen[0]
-        return render.deployment_view(d, summarize_deployment_status(d, state.routers), state.models,
-                                      sync[d.deployment_id])
+        return render.deployment_view(d, summarize_deployment_status(d, state.routers, state.guardrails.get(d.deployment_id)),
+                                      state.models, sync[d.deployment_id])
 
     if not args.watch:
         text = render_once()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tsplit.cli.context import CliError
@@ -18,6 +18,7 @@ class ClusterState:
     routers: list[dict[str, Any]]
     revision: int
     alarms: tuple[str, ...] = ()  # etcd's raised alarms ("NOSPACE": every write is refused)
+    guardrails: dict[str, dict[str, Any]] = field(default_factory=dict)  # the judge's state by slug
 
 
 def _parse_all(kvs, layout: Layout, parse) -> dict:
@@ -31,16 +32,16 @@ def _parse_all(kvs, layout: Layout, parse) -> dict:
 
 
 async def read_state(endpoints: str, layout: Layout) -> ClusterState:
-    """Models, deployments and routers, read at one revision (not history or records), and
-    etcd's alarms."""
+    """Models, deployments, routers and the guardrail judge's states, read at one revision
+    (not history or records), and etcd's alarms."""
     async with Etcd(endpoints, timeout=3.0) as etcd:
         try:
-            (models, deployments, router_kvs), revision = await etcd.get_prefixes(
-                [layout.models, layout.deployments, layout.routers])
+            (models, deployments, router_kvs, guardrail_kvs), revision = await etcd.get_prefixes(
+                [layout.models, layout.deployments, layout.routers, layout.guardrail_states])
             alarms = tuple(dict.fromkeys(await etcd.alarms()))
         except EtcdError as err:
             raise CliError(f"etcd at {endpoints} is unreachable: {err}") from err
-    by_kind = {"models": models, "deployments": deployments}
+    by_kind = {"models": models, "deployments": deployments, "guardrails": guardrail_kvs}
     routers = []
     for kv in router_kvs:
         try:
@@ -53,6 +54,7 @@ async def read_state(endpoints: str, layout: Layout) -> ClusterState:
         routers=routers,
         revision=revision,
         alarms=alarms,
+        guardrails=_parse_all(by_kind["guardrails"], layout, dict),
     )
 
 

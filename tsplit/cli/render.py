@@ -77,7 +77,40 @@ def deployment_view(deployment: Deployment, status: dict[str, Any], models: dict
     if stale:
         sync_line += f" (behind: {', '.join(stale)})"
     lines.append(sync_line)
+    if status.get("guardrails"):
+        lines += guardrail_lines(status)
     return "\n".join(lines)
+
+
+def _ratio_text(value: Any) -> str:
+    if not isinstance(value, dict) or value.get("estimate") is None:
+        return "-"
+    interval = value.get("confidence_interval") or [None, None]
+    low, high = ("-" if v is None else f"{v:.2f}" for v in interval)
+    return f"{value['estimate']:.2f} [{low}, {high}]"
+
+
+def _p(value: Any) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def guardrail_lines(status: dict[str, Any]) -> list[str]:
+    """The guardrails part of `tsplit get SLUG`: the policy, SRM and each challenger's tests."""
+    summary = status["guardrails"]
+    policy = summary.get("policy") or {}
+    steps = "/".join(str(s) for s in policy.get("steps") or []) or "none"
+    srm = "FLAGGED (no steps)" if summary.get("srm") else "ok"
+    lines = ["", f"guardrails: alpha {policy.get('alpha')}, steps {steps} after {policy.get('step_after_requests')} "
+                 f"requests, latency q {policy.get('latency_quantile')}; srm {srm}; judge {summary.get('judge') or '-'}"]
+    rows = []
+    for v in status.get("variants", [])[1:]:
+        g = v.get("guardrail") or {}
+        latency = g.get("latency_exceedance") or {}
+        rows.append([v["variant"], g.get("state", "-"), _ratio_text(g.get("error_ratio")), _p(g.get("p_value")),
+                     _ratio_text(latency), _p(latency.get("p_value")), g.get("requests_since_change", 0)])
+    lines.append(table(["challenger", "state", "error ratio [CI]", "p", "slow ratio [CI]", "p (slow)",
+                        "requests since change"], rows))
+    return lines
 
 
 def _weight(pct: Any) -> str:
