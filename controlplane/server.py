@@ -49,7 +49,7 @@ class ControlPlaneServer:
         await self._health.enter_graceful_shutdown()
         if self._election_task is not None:  # resigns: the next replica takes over at once
             self._election_task.cancel()
-            await asyncio.gather(self._election_task, return_exceptions=True)
+            await asyncio.wait({self._election_task}, timeout=2.0)
         await self._server.stop(self.grace_s if grace_s is None else grace_s)
         await self._etcd.close()
 

@@ -101,7 +101,7 @@ def guardrail_lines(status: dict[str, Any]) -> list[str]:
     steps = "/".join(str(s) for s in policy.get("steps") or []) or "none"
     srm = "FLAGGED (no steps)" if summary.get("srm") else "ok"
     lines = ["", f"guardrails: alpha {policy.get('alpha')}, steps {steps} after {policy.get('step_after_requests')} "
-                 f"requests, latency q {policy.get('latency_quantile')}; srm {srm}; judge {summary.get('judge') or '-'}"]
+                 f"requests, latency q {policy.get('latency_quantile') or 'off'}; srm {srm}; judge {summary.get('judge') or '-'}"]
     rows = []
     for v in status.get("variants", [])[1:]:
         g = v.get("guardrail") or {}
