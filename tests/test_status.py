@@ -226,3 +226,26 @@ def test_summing_is_additive_over_routers(per_router):
         assert whole["label_agreement"] == pytest.approx(agree / whole["compared"])
     else:
         assert whole["label_agreement"] is None
+
+
+def test_guardrail_objects_come_from_the_judges_state_and_are_null_without_a_policy():
+    from dataclasses import replace
+
+    from tsplit.resources import GuardrailPolicy
+
+    plain = summarize_deployment_status(deployment(), [])
+    assert "guardrails" not in plain and all(r["guardrail"] is None for r in plain["variants"])
+    guarded = replace(deployment(), guardrails=GuardrailPolicy(steps_bp=(1000, 2500)))
+    judged = {"ch_a": {"state": "srm", "error_ratio": {"estimate": 1.1, "confidence_interval": [0.5, 2.0]},
+                       "p_value": 0.4, "latency_exceedance": None, "requests_since_change": 42}}
+    state = {"judge": "controlplane 127.0.0.1:1", "judged_cache_version": 4, "srm": {"flagged": True, "p_value": 1e-4},
+             "challengers": judged}
+    status = summarize_deployment_status(guarded, [], state)
+    assert row(status, "champion")["guardrail"] is None
+    assert row(status, "ch_a")["guardrail"] == judged["ch_a"]
+    assert row(status, "ch_b")["guardrail"] == {  # not judged yet: watching, nothing measured
+        "state": "watching", "error_ratio": None, "p_value": None, "latency_exceedance": None,
+        "requests_since_change": 0}
+    assert status["guardrails"]["srm"] is True and status["guardrails"]["policy"]["steps"] == [10, 25]
+    message = json_format.ParseDict(status, controlplane_pb2.DeploymentStatus())
+    assert message.variants[1].guardrail["requests_since_change"] == 42

@@ -307,6 +307,7 @@ class Judge:
         self.watches: dict[str, DeploymentWatch] = {}
         self.decisions: list[tuple[str, Decision, int]] = []  # (slug, decision, cache_version written)
         self._published: dict[str, bytes] = {}
+        self._parsed: dict[str, tuple[int, Deployment | None]] = {}  # key -> (mod_revision, config)
 
     async def run(self, lease: int) -> None:
         loop = asyncio.get_running_loop()
@@ -327,13 +328,19 @@ class Judge:
             self.etcd.get_prefixes([self.layout.deployments, self.layout.routers]), self.settings.write_timeout_s)
         deltas = self.deltas.tick(parse_router_records(kv.value for kv in router_kvs))
         guarded: dict[str, Deployment] = {}
+        parsed: dict[str, tuple[int, Deployment | None]] = {}
         for kv in deployment_kvs:
-            try:
-                deployment = Deployment.from_json(loads(kv.value))
-            except (ValueError, KeyError, TypeError):
-                continue
-            if deployment.guardrails is not None:
+            known = self._parsed.get(kv.key)
+            if known is None or known[0] != kv.mod_revision:  # parsed once per version
+                try:
+                    known = (kv.mod_revision, Deployment.from_json(loads(kv.value)))
+                except (ValueError, KeyError, TypeError):
+                    known = (kv.mod_revision, None)
+            parsed[kv.key] = known
+            deployment = known[1]
+            if deployment is not None and deployment.guardrails is not None:
                 guarded[deployment.deployment_id] = deployment
+        self._parsed = parsed
         for slug in [s for s in self.watches if s not in guarded]:
             del self.watches[slug]
         for slug, deployment in guarded.items():
