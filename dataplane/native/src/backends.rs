@@ -11,14 +11,12 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
-pub type Sender = SendRequest<Full<Bytes>>;
+pub type Sender = SendRequest<crate::body::Parts>;
 
 /// Why a backend could not be asked: no answer of any kind came from it.
 #[derive(Debug)]

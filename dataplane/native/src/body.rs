@@ -67,6 +67,48 @@ impl Body for Unary {
     }
 }
 
+/// A request body sent as the parts it is made of (the 5-byte frame prefix, the client's
+/// message as received, the model_name/model_version suffix): no part is copied, so a
+/// large request and its shadow copy share one buffer.
+pub struct Parts {
+    parts: [Bytes; 3],
+    next: usize,
+}
+
+impl Parts {
+    /// One gRPC message made of `message` then `suffix`.
+    pub fn framed(message: Bytes, suffix: &[u8]) -> Parts {
+        let mut prefix = [0u8; 5];
+        prefix[1..].copy_from_slice(&((message.len() + suffix.len()) as u32).to_be_bytes());
+        Parts { parts: [Bytes::copy_from_slice(&prefix), message, Bytes::copy_from_slice(suffix)], next: 0 }
+    }
+}
+
+impl Body for Parts {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        while self.next < self.parts.len() {
+            let i = self.next;
+            self.next += 1;
+            let part = std::mem::take(&mut self.parts[i]);
+            if !part.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(part))));
+            }
+        }
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.parts[self.next.min(self.parts.len())..].iter().all(Bytes::is_empty)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.parts[self.next.min(self.parts.len())..].iter().map(|p| p.len() as u64).sum())
+    }
+}
+
 /// How an answer is counted once its status is known.
 pub struct Tally {
     pub counters: Arc<Counters>,

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::time::{timeout_at, Instant};
 
 use crate::backends::{Backends, CallError};
-use crate::body::{empty, Relay, RespBody, Tally, Unary};
+use crate::body::{empty, Parts, Relay, RespBody, Tally, Unary};
 use crate::grpc::{self, answer_headers, put_status, Code, Status};
 use crate::serve::Shared;
 use crate::table::{Route, Variant};
@@ -191,7 +191,7 @@ fn describe(route: &Route, variant: &Variant) -> String {
 }
 
 /// Send one unary call to a variant's backend: the answer's head, or why there is none.
-async fn send(
+pub(crate) async fn send(
     backends: &Backends,
     variant: &Variant,
     path: &str,
@@ -203,7 +203,7 @@ async fn send(
     let mut sender = endpoint.sender(deadline).await?;
     let mut request = Request::post(format!("http://{}{}", variant.endpoint, path))
         .version(http::Version::HTTP_2)
-        .body(Full::new(grpc::frame_parts(message, &variant.suffix)))
+        .body(Parts::framed(message.clone(), &variant.suffix))
         .map_err(|e| CallError::Unavailable(format!("bad request: {e}")))?;
     *request.headers_mut() = headers.clone();
     let left = deadline.saturating_duration_since(Instant::now());
@@ -233,13 +233,17 @@ fn send_failure(err: CallError, route: &Route, variant: &Variant) -> Status {
     }
 }
 
-async fn infer(shared: &Shared, backends: &Backends, req: Request<Incoming>) -> Result<Response<RespBody>, Status> {
+async fn infer(
+    shared: &Shared,
+    backends: &Arc<Backends>,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, Status> {
     let started = std::time::Instant::now();
     let call = read_call(shared, req).await?;
     let found = wire::scan_model_ref(&call.message, &wire::INFER_REQUEST).map_err(invalid)?;
     let route = route_of(shared, found.name, "model_name")?;
     let forced = call.headers.get(FORCED_VARIANT_HEADER).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let (variant, _mirror) = match &forced {
+    let (variant, mirror) = match &forced {
         Some(name) if !name.is_empty() => match route.variant(name) {
             Some(v) => (v.clone(), None),
             None => {
@@ -263,6 +267,8 @@ async fn infer(shared: &Shared, backends: &Backends, req: Request<Incoming>) -> 
     };
     let is_forced = forced.as_deref().is_some_and(|f| !f.is_empty());
     let headers = forwardable(&call.headers);
+    // Shadow mode: the copy starts on its own; the champion's answer never waits for it.
+    let shadow = mirror.and_then(|m| crate::mirror::copy_infer(&shared.mirrors, backends, &m, &call.message, &headers));
     let mut variant = variant;
     let mut sent = send(backends, &variant, INFER, &call.message, &headers, call.deadline).await;
     // A challenger that gave no answer (unreachable, or UNAVAILABLE before any answer) is
@@ -285,7 +291,7 @@ async fn infer(shared: &Shared, backends: &Backends, req: Request<Incoming>) -> 
             tally.finish(status.code);
             Ok(error_answer(&status, Some(&extra)))
         }
-        Ok(response) => Ok(relay(response, tally, extra, call.deadline, describe(&route, &variant))),
+        Ok(response) => Ok(relay(response, tally, extra, call.deadline, describe(&route, &variant), shadow)),
     }
 }
 
@@ -296,19 +302,25 @@ fn relay(
     extra: HeaderMap,
     deadline: Instant,
     what: String,
+    shadow: Option<crate::mirror::ChampionAnswer>,
 ) -> Response<RespBody> {
     let (mut parts, body) = response.into_parts();
-    let tally = match head_status_of(&parts.headers) {
+    // A Trailers-Only answer is an error: no pair to score (shadow dropped).
+    let (tally, shadow) = match head_status_of(&parts.headers) {
         Some(code) => {
             tally.finish(code);
-            None
+            (None, None)
         }
-        None => Some(tally),
+        None => (Some(tally), shadow),
     };
     for (k, v) in &extra {
         parts.headers.insert(k, v.clone());
     }
-    Response::from_parts(parts, Relay::boxed(body, deadline, tally, Arc::from(what)))
+    let mut body = Relay::boxed(body, deadline, tally, Arc::from(what));
+    if let Some(shadow) = shadow {
+        body = crate::mirror::Tee::boxed(body, shadow, parts.headers.get("grpc-encoding"));
+    }
+    Response::from_parts(parts, body)
 }
 
 fn head_status_of(headers: &HeaderMap) -> Option<Code> {

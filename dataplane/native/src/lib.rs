@@ -7,6 +7,7 @@
 //!   counted; `backends`: pooled HTTP/2 connections to the model servers.
 //! - `table`: the immutable routing snapshot and the variant choice by slot.
 //! - `wire`: the protobuf scan and rewrite; `grpc`: framing, status, deadlines.
+//! - `mirror`: shadow copies, bounded in flight, and their pairs scored (`compare`).
 //! - `stats`: the per-variant counters; `health`, `reflection`: the gRPC services.
 //! - `oip`: the v2 messages; `compare`: shadow pairs scored; `json_infer`: v2 REST JSON to
 //!   and from ModelInfer; `auth`: `--auth jwt` token verification.
@@ -19,6 +20,7 @@ pub mod dispatch;
 pub mod grpc;
 pub mod health;
 pub mod json_infer;
+pub mod mirror;
 pub mod oip;
 pub mod reflection;
 pub mod serve;

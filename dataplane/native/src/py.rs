@@ -2,6 +2,7 @@
 //! apply_changes, counters, stop. Python objects are touched only at these calls; the
 //! serving threads never take the GIL.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -57,6 +58,15 @@ impl Router {
         self.with_server(|s| {
             let shared = s.shared.clone();
             Ok(py.detach(|| shared.registry.to_json().to_string()))
+        })
+    }
+
+    /// The shadow copies: (in flight, pairs compared on a runtime thread, pairs compared
+    /// on the comparison threads).
+    fn mirrors(&self) -> PyResult<(usize, u64, u64)> {
+        self.with_server(|s| {
+            let m = &s.shared.mirrors;
+            Ok((m.inflight(), m.compared_inline.load(Relaxed), m.compared_off_runtime.load(Relaxed)))
         })
     }
 

@@ -31,6 +31,15 @@ fn default_timeout_s() -> f64 {
 fn default_max_message_bytes() -> usize {
     64 << 20
 }
+fn default_max_inflight_mirrors() -> usize {
+    256
+}
+fn default_mirror_timeout_s() -> f64 {
+    10.0
+}
+fn default_compare_threads() -> usize {
+    1
+}
 fn default_streams() -> u32 {
     4096
 }
@@ -60,6 +69,15 @@ pub struct Config {
     /// gRPC reflection: what the Python side serialized from its descriptor pool.
     #[serde(default)]
     pub reflection: crate::reflection::ReflectionSpec,
+    /// Shadow copies in flight in the whole router (every thread); past it they are dropped.
+    #[serde(default = "default_max_inflight_mirrors")]
+    pub max_inflight_mirrors: usize,
+    /// The deadline of a shadow copy.
+    #[serde(default = "default_mirror_timeout_s")]
+    pub mirror_timeout_s: f64,
+    /// Threads that compare large shadow pairs (at the lowest CPU priority).
+    #[serde(default = "default_compare_threads")]
+    pub compare_threads: usize,
 }
 
 /// What every runtime thread shares.
@@ -68,6 +86,7 @@ pub struct Shared {
     /// None until the first full snapshot is applied.
     pub table: ArcSwapOption<Table>,
     pub registry: CountersRegistry,
+    pub mirrors: Arc<crate::mirror::Mirrors>,
     pub stopping: AtomicBool,
     pub reflection: crate::reflection::Reflection,
     grace_ms: AtomicU64,
@@ -121,11 +140,17 @@ impl Server {
             listeners.push(listener(SocketAddr::new(ip, port))?);
         }
         let (serving, _) = watch::channel(false);
+        let mirrors = crate::mirror::Mirrors::new(
+            config.max_inflight_mirrors,
+            Duration::from_secs_f64(config.mirror_timeout_s.max(0.0)),
+            config.compare_threads,
+        );
         let shared = Arc::new(Shared {
             reflection: crate::reflection::Reflection::new(&config.reflection),
             config,
             table: ArcSwapOption::empty(),
             registry: CountersRegistry::default(),
+            mirrors,
             stopping: AtomicBool::new(false),
             grace_ms: AtomicU64::new(10_000),
             serving,

@@ -46,8 +46,8 @@ pub struct Counters {
     pub exact_matches: AtomicU64,
     pub label_agree: AtomicU64,
     pub label_total: AtomicU64,
-    /// Sum of |diff| in millionths (atomics hold integers).
-    pub abs_diff_sum_micro: AtomicU64,
+    /// Sum of |diff|: the bits of an f64 (add_abs_diff).
+    pub abs_diff_sum_bits: AtomicU64,
     pub abs_diff_count: AtomicU64,
 }
 
@@ -71,7 +71,7 @@ impl Counters {
             exact_matches: AtomicU64::new(0),
             label_agree: AtomicU64::new(0),
             label_total: AtomicU64::new(0),
-            abs_diff_sum_micro: AtomicU64::new(0),
+            abs_diff_sum_bits: AtomicU64::new(0),
             abs_diff_count: AtomicU64::new(0),
         }
     }
@@ -87,6 +87,12 @@ impl Counters {
             self.errors.fetch_add(1, Relaxed);
             self.errors_by_code[(code.0 as usize).min(16)].fetch_add(1, Relaxed);
         }
+    }
+
+    /// Add to the sum of |diff| (an f64 in an atomic: compare-and-swap of its bits).
+    pub fn add_abs_diff(&self, value: f64) {
+        let add = |bits: u64| Some((f64::from_bits(bits) + value).to_bits());
+        let _ = self.abs_diff_sum_bits.fetch_update(Relaxed, Relaxed, add);
     }
 
     fn to_json(&self) -> Value {
@@ -117,7 +123,7 @@ impl Counters {
             "exact_matches": get(&self.exact_matches),
             "label_agree": get(&self.label_agree),
             "label_total": get(&self.label_total),
-            "abs_diff_sum": get(&self.abs_diff_sum_micro) as f64 / 1e6,
+            "abs_diff_sum": f64::from_bits(get(&self.abs_diff_sum_bits)),
             "abs_diff_count": get(&self.abs_diff_count),
         })
     }
