@@ -31,6 +31,7 @@ from scipy.special import logsumexp
 from scipy.stats import lognorm, norm
 
 from controlplane.guardrails import stats
+from tsplit.status import LATENCY_BUCKETS_MS
 
 ALPHA = 0.01
 Z_CRIT = float(norm.ppf(1 - ALPHA))  # the naive test's critical value, looked at every second
@@ -200,7 +201,7 @@ class LatencyModel:
 
     def bucket_probs(self, scale: float = 1.0, sigma: float | None = None) -> np.ndarray:
         dist = lognorm(s=self.sigma if sigma is None else sigma, scale=self.median_ms * scale)
-        cdf = dist.cdf(np.asarray(stats.SPEC_LATENCY_BUCKETS_MS, dtype=float))
+        cdf = dist.cdf(np.asarray(LATENCY_BUCKETS_MS, dtype=float))
         return np.diff(np.concatenate([[0.0], cdf, [1.0]]))
 
     def p99(self, scale: float = 1.0, sigma: float | None = None) -> float:
@@ -220,14 +221,14 @@ def simulate_latency(model: LatencyModel, share: float, seconds: int, rate: int,
     chal_probs = model.bucket_probs(scale, sigma)
     warm = rng.multinomial(rng.binomial(rate * warmup_seconds, 1 - share, size=runs), champ_probs)
     edges = np.array([stats.snapped_latency_threshold(row, quantile) for row in warm])
-    tail_b = np.array([champ_probs[k + 1:].sum() for k in range(len(stats.SPEC_LATENCY_BUCKETS_MS))])[edges]
-    tail_c = np.array([chal_probs[k + 1:].sum() for k in range(len(stats.SPEC_LATENCY_BUCKETS_MS))])[edges]
+    tail_b = np.array([champ_probs[k + 1:].sum() for k in range(len(LATENCY_BUCKETS_MS))])[edges]
+    tail_c = np.array([chal_probs[k + 1:].sum() for k in range(len(LATENCY_BUCKETS_MS))])[edges]
     warm_challenger = rng.binomial(rate * warmup_seconds, share, size=runs)
     scenario = CountScenario("latency", seconds, rate, np.full(seconds, share), tail_b[:, None], p_challenger=tail_c[:, None])
     res = simulate_counts(scenario, runs, rng)
     reqs = res["challenger_requests"]["mixture"]
     out = {"first_second": res["first_second"]["mixture"], "challenger_requests": np.where(reqs >= 0, reqs + warm_challenger, -1)}
-    out["thresholds_ms"] = {str(stats.SPEC_LATENCY_BUCKETS_MS[k]): int((edges == k).sum()) for k in np.unique(edges)}
+    out["thresholds_ms"] = {str(LATENCY_BUCKETS_MS[k]): int((edges == k).sum()) for k in np.unique(edges)}
     out["tail"] = {"champion": float(np.median(tail_b)), "challenger": float(np.median(tail_c))}
     return out
 

@@ -21,13 +21,11 @@ from tsplit.resources import Deployment, pct_to_json
 
 log = logging.getLogger(__name__)
 
-# Upper bounds (ms, inclusive, as Prometheus' "le") of the latency histogram buckets; the
-# counts list has one more entry for +inf. Fine below 10 ms, where a router's own overhead
-# and a fast model live, coarse above.
-LATENCY_BUCKETS_MS: tuple[float, ...] = (
-    0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750,
-    1000, 2000, 5000, 10000, 30000,
-)
+# Upper bounds (ms, inclusive, as Prometheus' "le") of the latency histogram buckets, exactly
+# SPEC section 4's (the native core's stats.rs has the same 12); the counts list has one more
+# entry for the overflow (+inf). The one source of truth on the Python side: the router's
+# counters, its Prometheus buckets, the status and the guardrail judge all read it.
+LATENCY_BUCKETS_MS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
 CHAMPION = "champion"
 

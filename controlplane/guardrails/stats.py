@@ -66,7 +66,7 @@ Interface (what the judge uses):
 - `replay(intervals, alpha) -> ErrorRateTest`; `replay_evidence(evidence) -> test` rebuilds
   any of the three tests from its `to_json(include_series=True)` and gives the same decision.
 - `LatencyTest(alpha, quantile, champion_counts=None, warmup_answers=None,
-  bucket_edges_ms=SPEC_LATENCY_BUCKETS_MS)` (pass the edges the router records carry, as
+  bucket_edges_ms=LATENCY_BUCKETS_MS)` (tsplit.status's, SPEC section 4's; the records carry them as
   `latency_buckets_ms`): `.update(challenger_counts_delta, champion_counts_delta)`
   (histogram deltas, one count per edge plus the overflow),
   `.ready`, `.latency_threshold_ms`, and the same `.rejected`, `.p_value`, `.statistic`,
@@ -88,6 +88,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import gammaln, logsumexp
 
+from tsplit.status import LATENCY_BUCKETS_MS
+
 LOG_PSI_STEP = math.log(10.0) / 100.0  # lattice step in log psi: 100 points a decade
 _LATTICE_K = np.arange(-300, 301)  # psi from 1e-3 to 1e3
 LATTICE_LOG_PSI = _LATTICE_K * LOG_PSI_STEP
@@ -101,10 +103,6 @@ _CS_K = np.arange(-200, 201)  # candidate psi0 of the confidence sequence: 0.01 
 CS_PSI = np.exp(_CS_K * LOG_PSI_STEP)
 _CS_UP = (_CS_K[:, None] + _ALT_K[None, :]) + _ZERO  # lattice index of psi0 * psi_j
 _CS_DOWN = (_CS_K[:, None] - _ALT_K[None, :]) + _ZERO  # lattice index of psi0 / psi_j
-
-# SPEC section 4's latency histogram: counts at most each edge (ms, above the previous one),
-# and one more count for the overflow. LatencyTest takes the edges of the counts it is fed.
-SPEC_LATENCY_BUCKETS_MS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
 SRM_ALPHA = 0.001
 SRM_CONCENTRATION = 1000.0  # Dirichlet(c * p0): a share's prior sd ~ sqrt(p(1-p)/c)
@@ -360,7 +358,7 @@ class LatencyTest:
         quantile: float,
         champion_counts: Sequence[int] | None = None,
         warmup_answers: int | None = None,
-        bucket_edges_ms: Sequence[float] = SPEC_LATENCY_BUCKETS_MS,
+        bucket_edges_ms: Sequence[float] = LATENCY_BUCKETS_MS,
     ):
         self.alpha = _check_alpha(alpha)
         quantile = float(quantile)
