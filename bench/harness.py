@@ -23,10 +23,10 @@ from pathlib import Path
 
 import httpx
 
-from bench import etcd_rows, guardrails_sim, loadrows, pinning, probe, profile, propagation, proxyless, report, seed, stack, writes
+from bench import etcd_rows, guardrails_sim, loadrows, native_rows, pinning, probe, profile, propagation, proxyless, report, seed, stack, writes
 from bench.loadrows import LoadTarget
 from bench.nginx import NginxProcess, NginxSettings, NginxUpstream
-from bench.procs import rss_bytes, start_backend, start_refproxy
+from bench.procs import rss_bytes, start_backend, start_refproxy, tree_cpu_seconds
 from bench.settings import PHASES, BenchSettings, quick_settings
 from bench.stats import median_or_none, percentile, ratio, within_binomial_bound, binomial_bound
 from tsplit.etcd import Etcd
@@ -97,10 +97,11 @@ class Run:
         await seed.write_models(self.etcd, layout, seed.bench_models(self.backends))
         await seed.write_deployments(self.etcd, layout, seed.bench_deployments())
 
-    def nginx(self, name: str, upstreams: tuple[NginxUpstream, ...], mirrors: tuple[str, ...] = ()) -> str:
+    def nginx(self, name: str, upstreams: tuple[NginxUpstream, ...], mirrors: tuple[str, ...] = (),
+              **settings) -> str:
         port = free_port()
         proc = NginxProcess(NginxSettings(f"127.0.0.1:{port}", upstreams, self.work / f"nginx-{name}",
-                                          mirrors=mirrors)).start()
+                                          mirrors=mirrors, **settings)).start()
         self.stoppers.append(proc)
         from tsplit.etcd_server import wait_for_port
         if not wait_for_port("127.0.0.1", port, 10):
@@ -234,8 +235,13 @@ class Run:
         for rep in range(self.s.repeats):
             for t, row in live:
                 try:
+                    pid = self.proxy_pids.get(t.address)
+                    cpu_before = tree_cpu_seconds(pid) if pid else None
                     with self._placement(t):
                         result = await loadrows.run_once(t, self.work)
+                    if pid:  # the proxy's whole process tree, from /proc: CPU per answered request
+                        result["cpu_us_per_req"] = ratio((tree_cpu_seconds(pid) - cpu_before) * 1e6,
+                                                         result["status_2xx"] or None)
                     row["runs"].append(result)
                     log(f"{row['name']:<40} rep {rep + 1}: {result['req_per_s']:8.0f} req/s  "
                         f"p50 {result['p50_ms'] or 0:6.2f} ms  p99 {result['p99_ms'] or 0:6.2f} ms  "
@@ -245,7 +251,8 @@ class Run:
                     row["status"] = _failure(err)
         for _, row in live:
             runs = row["runs"]
-            row["median"] = {k: median_or_none([r[k] for r in runs]) for k in ("req_per_s", "p50_ms", "p99_ms")}
+            row["median"] = {k: median_or_none([r.get(k) for r in runs])
+                             for k in ("req_per_s", "p50_ms", "p99_ms", "cpu_us_per_req")}
             row["errors"] = sum(r["errors"] for r in runs) + row["sample"]["sent"] - row["sample"]["ok"]
             row["mirrored"] = sum(r["mirrored"] for r in runs)
         return rows
@@ -315,6 +322,10 @@ class Run:
         self._shadow_target("2 shadow p99", off, on)
         if own_off:
             self._shadow_target("2 shadow p99, router on its own core", own_off, own_on)
+
+    async def phase_native(self) -> None:
+        """The native router beside nginx, the Python router and a direct call (bench/native_rows.py)."""
+        await native_rows.phase(self)
 
     async def phase_client(self) -> None:
         """The proxyless client beside a direct call and a router, all from one Python load

@@ -119,3 +119,25 @@ def start_refproxy(work_dir: Path, mode: str, backend: str, timeout: float = 15.
     child = Child(f"refproxy {mode}", cmd, work_dir / f"refproxy-{mode}.log").start()
     wait_for_listen(child, port, timeout)
     return child, f"127.0.0.1:{port}"
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks_of_stat(stat: str) -> int:
+    """utime + stime (clock ticks) from one /proc/<pid>/stat line; the command name in
+    parentheses may hold spaces and parentheses, so fields count from the last ')'."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by pid and every live descendant: a proxy's whole
+    process tree (nginx's master and workers, a router and its children)."""
+    ticks = 0
+    for p in [pid, *descendants(pid)]:
+        try:
+            ticks += cpu_ticks_of_stat(Path(f"/proc/{p}/stat").read_text())
+        except (OSError, IndexError, ValueError):
+            continue
+    return ticks / _CLOCK_TICKS

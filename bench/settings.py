@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bench.h2load import LoadSettings
 
-PHASES = ("etcd", "load", "client", "precision", "propagation", "writes", "scale", "profile", "guardrails")
+PHASES = ("etcd", "load", "native", "client", "precision", "propagation", "writes", "scale", "profile", "guardrails")
 
 
 @dataclass(frozen=True)
