@@ -41,6 +41,7 @@ ACTION_FIELDS: dict[str, tuple[str, ...]] = {
     "remove_challenger": ("challenger_id",),
     "update_traffic": ("challenger_id", "traffic_pct"),
     "toggle_shadow": ("shadow_mode",),
+    "promote_challenger": ("challenger_id",),
 }
 _ACTION_BODY_FIELDS = ("action", "model_id", "challenger_id", "traffic_pct", "shadow_mode")
 _ACTION_NAMES = ", ".join(ACTION_FIELDS)
@@ -262,7 +263,9 @@ def apply_traffic_action(deployment: Deployment, action: TrafficAction,
     """(new deployment, the challenger the action touched); None for toggle_shadow.
 
     `models` are the caller's org's registered models by id. A no-op (same share, same
-    shadow mode) returns a deployment equal to the input.
+    shadow mode) returns a deployment equal to the input. The allocation follows every
+    change (tsplit.resources.Deployment): only the slots whose owner must change move, to
+    or from the champion; a promoted challenger's slots stay with its model, now champion.
     """
     if action.action == "add_challenger":
         assert action.model_id is not None and action.traffic_bp is not None
@@ -289,6 +292,14 @@ def apply_traffic_action(deployment: Deployment, action: TrafficAction,
     if action.action == "toggle_shadow":
         assert action.shadow_mode is not None
         return replace(deployment, shadow_mode=action.shadow_mode), None
+    if action.action == "promote_challenger":
+        assert action.challenger_id is not None
+        promoted = replace(_active_challenger(deployment, action.challenger_id), is_active=False)
+        if promoted.model_id not in models:
+            raise ApiError(TRAFFIC_ERROR, f"challenger_id {_show(promoted.id)} names model {promoted.model_id}, "
+                                          "which is not registered; it cannot become the champion")
+        # The old champion is dropped; the challenger's slots become the new champion's.
+        return replace(_replace_challenger(deployment, promoted), champion_model_id=promoted.model_id), promoted
     raise ApiError(TRAFFIC_ERROR, f"action {_show(action.action)} is unknown; use one of {_ACTION_NAMES}")
 
 
@@ -400,22 +411,26 @@ def parse_rollback(body: Mapping[str, Any]) -> int:
     return positive_int(body["to_version"], "to_version")
 
 
-def rollback_to(deployment: Deployment, target: Deployment) -> Deployment:
-    """The deployment with `target`'s challengers and shadow mode (target: an older version).
-
-    Challengers added since the target version are kept, inactive, so their ids stay known.
+def rollback_to(deployment: Deployment, target: Deployment, models: Mapping[str, Model] | None = None) -> Deployment:
+    """The deployment with `target`'s champion, challengers and shadow mode (target: an
+    older version). Challengers added since the target version are kept, inactive, so
+    their ids stay known. The allocation moves from the current one, only the slots whose
+    owner must change. `models` (the org's registered models), when given, must hold the
+    target's champion and active challengers.
     """
-    if target.champion_model_id != deployment.champion_model_id:
-        raise ApiError(TRAFFIC_ERROR, f"to_version {target.cache_version} has champion "
-                                      f"{target.champion_model_id}, not {deployment.champion_model_id}; "
-                                      "rollback cannot change the champion")
     in_target = {c.id for c in target.challengers}
     added_since = tuple(replace(c, is_active=False) for c in deployment.challengers if c.id not in in_target)
-    result = deployment.with_challengers(target.challengers + added_since, shadow_mode=target.shadow_mode)
+    result = deployment.with_challengers(target.challengers + added_since, shadow_mode=target.shadow_mode,
+                                         champion_model_id=target.champion_model_id)
     active_models = [c.model_id for c in result.active_challengers]
-    if len(set(active_models)) != len(active_models) or deployment.champion_model_id in active_models:
+    if len(set(active_models)) != len(active_models) or target.champion_model_id in active_models:
         raise ApiError(TRAFFIC_ERROR, f"to_version {target.cache_version} has two active challengers of "
                                       "one model, or the champion as a challenger")
+    if models is not None:
+        for model_id in (target.champion_model_id, *active_models):
+            if model_id not in models:
+                raise ApiError(TRAFFIC_ERROR, f"to_version {target.cache_version} names model {model_id}, "
+                                              "which is no longer registered")
     _check_total(result, "to_version")
     return result
 

@@ -58,6 +58,9 @@ def fill_deployment(message: pb.Deployment, deployment: Deployment) -> pb.Deploy
         add(id=c.id, model_id=c.model_id, traffic_pct=c.traffic_pct, is_active=c.is_active)
     if deployment.guardrails is not None:
         message.guardrails.update(deployment.guardrails.to_json())
+    add_range = message.allocation.add
+    for variant, start, end in deployment.allocation or ():
+        add_range(variant=variant, start=start, end=end)
     return message
 
 
@@ -192,6 +195,8 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
             response.shadow_mode = result.deployment.shadow_mode
         elif result.challenger is not None:
             response.challenger.CopyFrom(challenger_to_proto(result.challenger))
+        if action == "promote_challenger":
+            response.champion_model_id = result.deployment.champion_model_id
         return response
 
     async def ApplyTraffic(self, request: pb.ApplyTrafficRequest, context) -> pb.DeploymentChange:
@@ -222,7 +227,7 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
                 raise ApiError(
                     "invalid_request",
                     f"to_version {to_version} does not exist (versions are 1 to {deployment.cache_version})")
-            return rollback_to(deployment, target), None
+            return rollback_to(deployment, target, models), None
 
         # solo: the target version is read from etcd, so no uncommitted version may precede it.
         return _change_to_proto(await self._change(request, context, mutate, "rollback", body, solo=True))

@@ -1,49 +1,40 @@
-"""The routing core: which variant answers a request, and which challengers get a mirror.
+"""The routing core: which variant answers a request, and which challenger gets a mirror.
 
 Pure (no gRPC, no etcd) so it can run in-process in a client. A RoutingTable is built
 once per config change and never mutated; the router swaps in a new one with a single
 assignment, and the hot path only reads (SPEC section 5).
 
-Weights are basis points (1/10,000). In split mode the champion answers 10,000 minus the
-active challengers' share, each challenger its share; in shadow mode the champion answers
-everything (its weight_bp is 10,000) and each challenger's weight_bp is the share of
-requests it gets a mirrored copy of.
+Every deployment's 10,000 slots have an owner (tsplit.allocation: the config's
+`allocation`, kept by the control plane so that a change moves only the slots whose owner
+must change). A route holds them as `slots`: (start, end, variant index) triples, sorted,
+covering 0..10,000, the index into `variants` (0 is the champion); a challenger that is
+not routed (its model is missing) leaves its slots to the champion. Weights are basis
+points: in split mode each variant's weight_bp is its slot count; in shadow mode the
+champion's is 10,000 (it answers everything) and each challenger's is the share of
+requests it gets a mirrored copy of, its slot count.
 
 Variant choice:
 - `x-tsplit-variant` (forced) names "champion" or an active challenger id; any other name
   raises UnknownVariant, which the router answers with INVALID_ARGUMENT.
-- Without a routing key: one uniform draw over the total weight (10,000).
-- With a routing key: weighted rendezvous hashing. Each variant scores the key with
-  ln(u) / weight, u in (0, 1] from a keyed BLAKE2b of the key (the key of the hash is
-  derived from the variant's name, so every router computes the same u); the best score
-  wins. A key is won by variant i with probability weight_i / total, and since a score
-  only depends on its own variant's weight, a key moves from a to b only when a shrank or
-  b grew. Between two variants the moved share is exactly the weight change; with more,
-  some keys also shift among the others (a challenger grows, the champion shrinks, and a
-  key the champion held moves to a third variant that was its runner-up): for one
-  challenger's change the moved share is 0-24 % over the change (tests/dataplane/
-  test_routing.py). Exactly minimal movement would need per-challenger slots kept in the
-  config, which a name-keyed hash cannot give.
-- An empty routing key counts as no key.
+- The request's slot: tsplit.allocation.slot_of(slug, routing key), the same in every
+  router, the proxyless client and any ops script; without a routing key (or an empty
+  one) a uniformly random slot.
+- Split mode: the slot's owner answers. Shadow mode: the champion answers, and the slot's
+  owner, when it is a challenger, gets a mirrored copy.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
 import random
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Iterable, Iterator, Mapping
 
+from tsplit.allocation import CHAMPION, SLOTS, Allocation, legacy_allocation, slot_of
 from tsplit.resources import BASIS_POINTS, Deployment, Model
 
-CHAMPION = "champion"
-
-_CHOICE_PERSON = b"tsplit.choose"
-_MIRROR_PERSON = b"tsplit.mirror"
-_U_BITS = 53  # a double holds 53 bits exactly
+SlotTriple = tuple[int, int, int]  # (start inclusive, end exclusive, index into DeploymentRoute.variants)
 
 
 class UnknownVariant(LookupError):
@@ -69,17 +60,18 @@ class Variant:
         return self.name == CHAMPION
 
 
-def _keyed_hasher(name: str, person: bytes) -> "hashlib.blake2b":
-    """A BLAKE2b state keyed by the variant's name; copy() it and feed the routing key."""
-    key = hashlib.blake2b(name.encode(), digest_size=32, person=person).digest()
-    return hashlib.blake2b(digest_size=8, key=key, person=person)
-
-
-def _unit(hasher: "hashlib.blake2b", routing_key: bytes) -> float:
-    """A stable u in (0, 1] for this variant and key."""
-    h = hasher.copy()
-    h.update(routing_key)
-    return ((int.from_bytes(h.digest(), "little") >> (64 - _U_BITS)) + 1) / (1 << _U_BITS)
+def slot_triples(allocation: Allocation, variants: tuple[Variant, ...]) -> tuple[SlotTriple, ...]:
+    """An allocation as (start, end, variant index) triples over `variants` (champion
+    first); slots of an owner not among them go to the champion (index 0)."""
+    index = {v.name: i for i, v in enumerate(variants)}
+    triples: list[SlotTriple] = []
+    for owner, start, end in allocation:
+        i = index.get(owner, 0)
+        if triples and triples[-1][2] == i and triples[-1][1] == start:
+            triples[-1] = (triples[-1][0], end, i)
+        else:
+            triples.append((start, end, i))
+    return tuple(triples)
 
 
 @dataclass(frozen=True)
@@ -90,32 +82,25 @@ class DeploymentRoute:
     champion: Variant
     challengers: tuple[Variant, ...] = ()   # active ones only
     rng: Callable[[], float] = field(default=random.random, compare=False, repr=False)
-    # Precomputed at construction so the hot path does one lookup, draw or hash loop.
+    # The slot owners as (start, end, variant index) triples; () lays them out as a config
+    # without an allocation (the champion first, then the challengers in order).
+    slots: tuple[SlotTriple, ...] = ()
+    # Precomputed at construction so the hot path does one lookup or hash and one bisect.
     _by_name: Mapping[str, Variant] = field(init=False, compare=False, repr=False)
-    _split: tuple[Variant, ...] = field(init=False, compare=False, repr=False)
-    _thresholds: tuple[int, ...] = field(init=False, compare=False, repr=False)
-    _total: int = field(init=False, compare=False, repr=False)
-    _choice_hashers: tuple = field(init=False, compare=False, repr=False)
-    _mirror_hashers: tuple = field(init=False, compare=False, repr=False)
+    _starts: tuple[int, ...] = field(init=False, compare=False, repr=False)
+    _owners: tuple[Variant, ...] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._validate()
         variants = (self.champion, *self.challengers)
-        split = tuple(v for v in variants if v.weight_bp > 0) if not self.shadow_mode else ()
-        thresholds, running = [], 0
-        for v in split:
-            running += v.weight_bp
-            thresholds.append(running)
+        self._validate()
+        if not self.slots:
+            layout = legacy_allocation({c.name: c.weight_bp for c in self.challengers})
+            object.__setattr__(self, "slots", slot_triples(layout, variants))
+        self._check_slots(variants)
         values = {
             "_by_name": MappingProxyType({v.name: v for v in variants}),
-            "_split": split,
-            "_thresholds": tuple(thresholds),
-            "_total": running,
-            "_choice_hashers": tuple((v, _keyed_hasher(v.name, _CHOICE_PERSON), 1.0 / v.weight_bp)
-                                     for v in split),
-            "_mirror_hashers": tuple((v, _keyed_hasher(v.name, _MIRROR_PERSON), v.weight_bp)
-                                     for v in self.challengers if v.weight_bp > 0)
-            if self.shadow_mode else (),
+            "_starts": tuple(start for start, _, _ in self.slots),
+            "_owners": tuple(variants[i] for _, _, i in self.slots),
         }
         for name, value in values.items():
             object.__setattr__(self, name, value)
@@ -128,6 +113,8 @@ class DeploymentRoute:
             raise ValueError(f"deployment {self.slug}: challenger names must be unique and not {CHAMPION!r}")
         if any(v.weight_bp < 0 or v.weight_bp > BASIS_POINTS for v in (self.champion, *self.challengers)):
             raise ValueError(f"deployment {self.slug}: every weight_bp must be within 0..{BASIS_POINTS}")
+        if sum(c.weight_bp for c in self.challengers) > BASIS_POINTS:
+            raise ValueError(f"deployment {self.slug}: the challengers' weights sum to over {BASIS_POINTS}")
         if self.shadow_mode:
             if self.champion.weight_bp != BASIS_POINTS:
                 raise ValueError(f"deployment {self.slug}: in shadow mode the champion answers everything "
@@ -135,12 +122,37 @@ class DeploymentRoute:
         elif self.champion.weight_bp + sum(c.weight_bp for c in self.challengers) != BASIS_POINTS:
             raise ValueError(f"deployment {self.slug}: in split mode the weights must sum to {BASIS_POINTS}")
 
+    def _check_slots(self, variants: tuple[Variant, ...]) -> None:
+        position, counts = 0, [0] * len(variants)
+        for start, end, index in self.slots:
+            if start != position or end <= start or not 0 <= index < len(variants):
+                raise ValueError(f"deployment {self.slug}: slots must be sorted (start, end, variant index) "
+                                 f"triples covering 0..{SLOTS} once; wrong at slot {position}")
+            counts[index] += end - start
+            position = end
+        if position != SLOTS:
+            raise ValueError(f"deployment {self.slug}: slots must cover 0..{SLOTS}; they end at {position}")
+        for variant, count in zip(variants[1:], counts[1:]):
+            if count != variant.weight_bp:
+                raise ValueError(f"deployment {self.slug}: challenger {variant.name} owns {count} slots "
+                                 f"but its weight_bp is {variant.weight_bp}")
+
     @property
     def variants(self) -> tuple[Variant, ...]:
         return (self.champion, *self.challengers)
 
     def variant(self, name: str) -> Variant | None:
         return self._by_name.get(name)
+
+    def slot(self, routing_key: bytes | str | None = None) -> int:
+        """The request's slot: the routing key's, or a uniformly random one without a key."""
+        if not routing_key:
+            return int(self.rng() * SLOTS)
+        return slot_of(self.slug, routing_key)
+
+    def owner(self, slot: int) -> Variant:
+        """The variant that owns `slot` (0..9,999)."""
+        return self._owners[bisect_right(self._starts, slot) - 1]
 
     def choose(self, routing_key: bytes | str | None = None, forced: str | None = None) -> Variant:
         """The variant that answers this request (see the module doc)."""
@@ -151,32 +163,16 @@ class DeploymentRoute:
             return found
         if self.shadow_mode:
             return self.champion
-        if not routing_key:
-            return self._split[bisect_right(self._thresholds, int(self.rng() * self._total))]
-        if isinstance(routing_key, str):
-            routing_key = routing_key.encode()
-        best, best_score = self._split[0], -math.inf
-        for variant, hasher, inverse_weight in self._choice_hashers:
-            score = math.log(_unit(hasher, routing_key)) * inverse_weight
-            if score > best_score:
-                best, best_score = variant, score
-        return best
+        return self._owners[bisect_right(self._starts, self.slot(routing_key)) - 1]
 
     def mirrors(self, routing_key: bytes | str | None = None) -> tuple[Variant, ...]:
-        """Shadow mode: the challengers that get a mirrored copy of this request.
-
-        Each with probability weight_bp / 10,000, independently; with a routing key the
-        decision is sticky per key (and a key keeps its mirror when the share grows).
-        Split mode: ().
-        """
-        if not self._mirror_hashers:
+        """Shadow mode: the challenger that gets a mirrored copy of this request, the owner of
+        its slot when that is a challenger (so each gets its weight_bp / 10,000 of requests,
+        sticky per routing key); () otherwise. Split mode: ()."""
+        if not self.shadow_mode or not self.challengers:
             return ()
-        if not routing_key:
-            return tuple(v for v, _, weight in self._mirror_hashers if self.rng() * BASIS_POINTS < weight)
-        if isinstance(routing_key, str):
-            routing_key = routing_key.encode()
-        return tuple(v for v, hasher, weight in self._mirror_hashers
-                     if _unit(hasher, routing_key) * BASIS_POINTS <= weight)
+        owner = self._owners[bisect_right(self._starts, self.slot(routing_key)) - 1]
+        return () if owner is self.champion else (owner,)
 
 
 _ROUTE_BUCKETS = 64
@@ -275,20 +271,22 @@ def build_route(deployment: Deployment, models: Mapping[str, Model],
         model = models.get(c.model_id)
         if model is None:
             problems.append(f"deployment {slug}: challenger {c.id} names model {c.model_id}, which is not "
-                            f"registered; its share goes to the champion")
+                            f"registered; its slots go to the champion")
         elif c.traffic_bp <= 0 or c.traffic_bp > BASIS_POINTS:
             problems.append(f"deployment {slug}: challenger {c.id} has a share of {c.traffic_bp} bp; left out")
         elif c.id == CHAMPION or any(c.id == v.name for v in challengers):
             problems.append(f"deployment {slug}: challenger id {c.id!r} is used twice; the second is left out")
         else:
             challengers.append(_variant(c.id, model, c.traffic_bp))
+    if not deployment.allocation:
+        return None, problems + [f"deployment {slug}: challengers' shares sum to {deployment.challenger_bp} bp, "
+                                 f"over {BASIS_POINTS}; the deployment is not routed"]
     challenger_bp = sum(v.weight_bp for v in challengers)
-    if not deployment.shadow_mode and challenger_bp > BASIS_POINTS:
-        return None, problems + [f"deployment {slug}: challengers' shares sum to {challenger_bp} bp, over "
-                                 f"{BASIS_POINTS}; the deployment is not routed"]
     champion_bp = BASIS_POINTS if deployment.shadow_mode else BASIS_POINTS - challenger_bp
-    route = DeploymentRoute(slug, deployment.cache_version, deployment.shadow_mode,
-                            _variant(CHAMPION, champion_model, champion_bp), tuple(challengers), rng)
+    champion = _variant(CHAMPION, champion_model, champion_bp)
+    slots = slot_triples(deployment.allocation, (champion, *challengers))
+    route = DeploymentRoute(slug, deployment.cache_version, deployment.shadow_mode, champion, tuple(challengers),
+                            rng, slots)
     return route, problems
 
 
@@ -297,7 +295,7 @@ def build_routing_table(deployments: Iterable[Deployment], models: Mapping[str, 
     """The routing table for a full config (every deployment and model at `revision`).
 
     A deployment whose champion model is missing is left out; a challenger whose model is
-    missing is left out of routing, its share going to the champion. Each is reported in
+    missing is left out of routing, its slots going to the champion. Each is reported in
     RoutingTable.problems (the caller logs them). `rng` is a uniform [0, 1) source (tests
     pass a seeded one).
     """

@@ -71,13 +71,17 @@ def test_deployment_message_becomes_the_spec_resource_json():
         deployment_id="dep_xK8m", org_id="org_1", champion_model_id="mod_a1b2c3d4",
         challengers=[pb.Challenger(id="ch_abc123", model_id="mod_nY5kT2Wq", traffic_pct=10.0, is_active=True),
                      pb.Challenger(id="ch_def456", model_id="mod_zzzzzzzz", traffic_pct=12.34, is_active=False)],
-        cache_version=4, updated_at="2026-11-22T13:00:00Z", updated_by="user-1")
+        cache_version=4, updated_at="2026-11-22T13:00:00Z", updated_by="user-1",
+        allocation=[pb.SlotRange(variant="champion", start=0, end=9000),
+                    pb.SlotRange(variant="ch_abc123", start=9000, end=10000)])
     out = message_to_json(deployment)
     assert out == {
         "deployment_id": "dep_xK8m", "org_id": "org_1", "champion_model_id": "mod_a1b2c3d4",
         "challengers": [{"id": "ch_abc123", "model_id": "mod_nY5kT2Wq", "traffic_pct": 10, "is_active": True},
                         {"id": "ch_def456", "model_id": "mod_zzzzzzzz", "traffic_pct": 12.34, "is_active": False}],
-        "shadow_mode": False, "cache_version": 4, "updated_at": "2026-11-22T13:00:00Z", "updated_by": "user-1"}
+        "shadow_mode": False, "cache_version": 4, "updated_at": "2026-11-22T13:00:00Z", "updated_by": "user-1",
+        "allocation": [{"variant": "champion", "start": 0, "end": 9000},
+                       {"variant": "ch_abc123", "start": 9000, "end": 10000}]}
     assert isinstance(out["challengers"][0]["traffic_pct"], int) and isinstance(out["cache_version"], int)
 
 

@@ -131,11 +131,13 @@ def message_to_json(message: Message) -> dict[str, Any]:
 
 def traffic_change_to_json(response: Message) -> dict[str, Any]:
     """A ManageTrafficResponse in the seed page's shape: the challenger the action touched,
-    or ``shadow_mode`` for toggle_shadow."""
+    or ``shadow_mode`` for toggle_shadow; promote_challenger adds ``champion_model_id``."""
     out: dict[str, Any] = {"deployment_id": response.deployment_id, "action": response.action}
     if response.action == "toggle_shadow":
         out["shadow_mode"] = response.shadow_mode
     else:
         out["challenger"] = message_to_json(response.challenger)
+    if response.action == "promote_challenger":
+        out["champion_model_id"] = response.champion_model_id
     out["cache_version"] = response.cache_version
     return out

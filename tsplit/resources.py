@@ -14,6 +14,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
+from tsplit.allocation import (
+    CHAMPION, SLOTS, Allocation, allocation_from_json, allocation_to_json, legacy_allocation, next_allocation)
 
 BASIS_POINTS = 10_000  # 100 %
 BP_PER_PCT = 100
@@ -112,6 +114,13 @@ class GuardrailPolicy:
 
 @dataclass(frozen=True)
 class Deployment:
+    """A deployment's config. `allocation` (the owner of each of 10,000 slots, see
+    tsplit.allocation) always matches the active challengers' shares: constructing a
+    Deployment, `dataclasses.replace` included, moves the allocation it is given to the
+    new shares with next_allocation (only the slots whose owner must change), and lays one
+    out with legacy_allocation when given none (a config stored before allocations). When
+    the shares do not fit in 10,000 slots (a config no check would store) it is ()."""
+
     deployment_id: str
     org_id: str
     champion_model_id: str
@@ -121,6 +130,26 @@ class Deployment:
     updated_at: str = ""
     updated_by: str = ""
     guardrails: GuardrailPolicy | None = None  # absent from the JSON when None
+    allocation: Allocation | None = None
+
+    def __post_init__(self) -> None:
+        weights = self.slot_weights()
+        if sum(weights.values()) > SLOTS:
+            allocation: Allocation = ()
+        elif self.allocation:
+            allocation = next_allocation(self.allocation, weights)
+        else:
+            allocation = legacy_allocation(weights)
+        object.__setattr__(self, "allocation", allocation)
+
+    def slot_weights(self) -> dict[str, int]:
+        """The slots each active challenger owns, in list order (the first of a repeated
+        id; none for a share outside 1..10,000 or the id "champion")."""
+        weights: dict[str, int] = {}
+        for c in self.challengers:
+            if c.is_active and 0 < c.traffic_bp <= SLOTS and c.id != CHAMPION and c.id not in weights:
+                weights[c.id] = c.traffic_bp
+        return weights
 
     @property
     def active_challengers(self) -> tuple[Challenger, ...]:
@@ -144,16 +173,16 @@ class Deployment:
 
     def same_traffic(self, other: "Deployment") -> bool:
         """True when routing would not differ (metadata aside)."""
-        return (self.champion_model_id, self.challengers, self.shadow_mode) == (
-            other.champion_model_id, other.challengers, other.shadow_mode)
+        return (self.champion_model_id, self.challengers, self.shadow_mode, self.allocation) == (
+            other.champion_model_id, other.challengers, other.shadow_mode, other.allocation)
 
     def to_json(self) -> dict[str, Any]:
         data = {
             "deployment_id": self.deployment_id, "org_id": self.org_id,
             "champion_model_id": self.champion_model_id,
             "challengers": [c.to_json() for c in self.challengers],
-            "shadow_mode": self.shadow_mode, "cache_version": self.cache_version,
-            "updated_at": self.updated_at, "updated_by": self.updated_by,
+            "shadow_mode": self.shadow_mode, "allocation": allocation_to_json(self.allocation or ()),
+            "cache_version": self.cache_version, "updated_at": self.updated_at, "updated_by": self.updated_by,
         }
         if self.guardrails is not None:
             data["guardrails"] = self.guardrails.to_json()
@@ -168,7 +197,18 @@ class Deployment:
             shadow_mode=bool(data.get("shadow_mode", False)), cache_version=int(data["cache_version"]),
             updated_at=data.get("updated_at", ""), updated_by=data.get("updated_by", ""),
             guardrails=GuardrailPolicy.from_json(data["guardrails"]) if data.get("guardrails") else None,
+            allocation=_stored_allocation(data.get("allocation")),
         )
+
+
+def _stored_allocation(data: Any) -> Allocation | None:
+    """The allocation a config holds; None (lay one out) when it has none or a malformed one."""
+    if data is None:
+        return None
+    try:
+        return allocation_from_json(data)
+    except ValueError:
+        return None
 
 
 def dumps(data: Any) -> bytes:

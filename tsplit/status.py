@@ -17,6 +17,7 @@ import logging
 import math
 from typing import Any, Iterable, Mapping
 
+from tsplit.allocation import slot_counts
 from tsplit.resources import Deployment, pct_to_json
 
 log = logging.getLogger(__name__)
@@ -170,8 +171,9 @@ def summarize_deployment_status(deployment: Deployment, router_records: list[dic
                                 guardrail_state: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The status JSON of SPEC section 4: router sync and per-variant stats summed over
     the live routers' records. Rows: the champion, then each active challenger in the
-    deployment's order; field names match tsplit.v1.DeploymentStatus. guardrail_state is
-    the judge's published state of the deployment, when there is one."""
+    deployment's order, each with the slots it owns; field names match
+    tsplit.v1.DeploymentStatus. guardrail_state is the judge's published state of the
+    deployment, when there is one."""
     router_records = _records(router_records)
     variants = [(CHAMPION, deployment.champion_model_id)] + [
         (c.id, c.model_id) for c in deployment.active_challengers]
@@ -185,6 +187,9 @@ def summarize_deployment_status(deployment: Deployment, router_records: list[dic
     champion_pct = 100 if deployment.shadow_mode else pct_to_json(deployment.champion_bp)
     rows = [totals[CHAMPION].row(CHAMPION, deployment.champion_model_id, champion_pct)]
     rows += [totals[c.id].row(c.id, c.model_id, c.traffic_pct) for c in deployment.active_challengers]
+    slots = slot_counts(deployment.allocation or ())
+    for row in rows:
+        row["slots"] = slots.get(row["variant"], 0)
     guardrails, guardrail_rows = _guardrail_rows(deployment, guardrail_state)
     for row in rows[1:]:
         row["guardrail"] = guardrail_rows.get(row["variant"])

@@ -23,6 +23,7 @@ MESSAGE_SCHEMAS: dict[str, Descriptor] = {
     "ModelList": pb.ListModelsResponse.DESCRIPTOR,
     "Challenger": pb.Challenger.DESCRIPTOR,
     "Deployment": pb.Deployment.DESCRIPTOR,
+    "SlotRange": pb.SlotRange.DESCRIPTOR,
     "DeploymentList": pb.ListDeploymentsResponse.DESCRIPTOR,
     "DeletedDeployment": pb.DeleteDeploymentResponse.DESCRIPTOR,
     "DeploymentChange": pb.DeploymentChange.DESCRIPTOR,
@@ -99,10 +100,12 @@ HAND_WRITTEN_SCHEMAS: dict[str, dict[str, Any]] = {
         _action("remove_challenger", challenger_id=_STR),
         _action("update_traffic", challenger_id=_STR, traffic_pct=_PCT),
         _action("toggle_shadow", shadow_mode={"type": "boolean"}),
+        _action("promote_challenger", challenger_id=_STR),
     ]},
     "TrafficChange": {"oneOf": [
         _change({"enum": ["add_challenger", "remove_challenger", "update_traffic"]}, challenger=_ref("Challenger")),
         _change({"const": "toggle_shadow"}, shadow_mode={"type": "boolean"}),
+        _change({"const": "promote_challenger"}, challenger=_ref("Challenger"), champion_model_id=_STR),
     ]},
     "DesiredState": {"type": "object", "required": ["champion", "shadow_mode", "challengers"],
                      "additionalProperties": False, "properties": {

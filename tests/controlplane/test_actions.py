@@ -13,6 +13,7 @@ from controlplane.actions import (
     parse_traffic_action, rollback_to,
 )
 from tsplit.errors import ApiError
+from tsplit.allocation import SlotRange, moved_slots, slot_counts
 from tsplit.resources import Challenger, Deployment, Model
 
 CHAMPION, MODEL_B, MODEL_C, MODEL_D, UNREGISTERED = "mod_champ", "mod_bbbb", "mod_cccc", "mod_dddd", "mod_none"
@@ -314,9 +315,67 @@ def test_rollback_to_an_equal_config_is_a_no_op():
     assert rollback_to(CURRENT, CURRENT) == CURRENT
 
 
-def test_rollback_cannot_change_the_champion():
-    target = Deployment("dep_xK8m", "org_1", MODEL_B)
-    assert "champion" in rejected(rollback_to, CURRENT, target).message
+def test_rollback_restores_the_champion_of_the_target_version():
+    promoted, _ = apply_traffic_action(CURRENT, TrafficAction("promote_challenger", challenger_id=ACTIVE_C.id), MODELS)
+    rolled = rollback_to(promoted, CURRENT, MODELS)
+    assert rolled.champion_model_id == CHAMPION and rolled.challengers == CURRENT.challengers
+    # ch_c takes 3,000 of the champion's slots back (its old ones, the champion's highest), no more
+    assert moved_slots(promoted.allocation, rolled.allocation) == 3000
+    assert rolled.allocation == CURRENT.allocation
+
+
+def test_rollback_to_a_champion_no_longer_registered_is_refused():
+    target = Deployment("dep_xK8m", "org_1", UNREGISTERED)
+    err = rejected(rollback_to, CURRENT, target, MODELS)
+    assert err.code == "invalid_traffic_config" and UNREGISTERED in err.message and "registered" in err.message
+
+
+# --- promote_challenger and the allocation -------------------------------------------------
+
+def test_promote_makes_the_challengers_model_champion_and_drops_the_old_champion():
+    result, touched = apply_traffic_action(CURRENT, parse_traffic_action(
+        {"action": "promote_challenger", "challenger_id": ACTIVE_C.id}), MODELS)
+    assert result.champion_model_id == MODEL_C
+    assert touched == Challenger(ACTIVE_C.id, MODEL_C, 3000, False)
+    assert result.challengers == (ACTIVE_B, touched, REMOVED_D)  # the old champion is no challenger
+    # CURRENT's allocation (laid out champion first): champion 0-6000, ch_b 6000-7000, ch_c 7000-10000;
+    # ch_c's slots become the champion's, every other slot keeps its owner.
+    assert CURRENT.allocation == (SlotRange("champion", 0, 6000), SlotRange(ACTIVE_B.id, 6000, 7000),
+                                  SlotRange(ACTIVE_C.id, 7000, 10000))
+    assert result.allocation == (SlotRange("champion", 0, 6000), SlotRange(ACTIVE_B.id, 6000, 7000),
+                                 SlotRange("champion", 7000, 10000))
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"action": "promote_challenger", "challenger_id": REMOVED_D.id}, "was removed"),
+    ({"action": "promote_challenger", "challenger_id": "ch_nosuch"}, "not a challenger"),
+    ({"action": "promote_challenger"}, "needs challenger_id"),
+    ({"action": "promote_challenger", "challenger_id": ACTIVE_B.id, "traffic_pct": 5}, "does not take traffic_pct"),
+])
+def test_bad_promotions_are_422_naming_the_field(body, words):
+    err = rejected(lambda: apply_traffic_action(CURRENT, parse_traffic_action(body), MODELS))
+    assert err.code == "invalid_traffic_config" and words in err.message
+
+
+def test_every_action_moves_only_the_slots_whose_owner_must_change():
+    def moved(before, after):
+        return moved_slots(before.allocation, after.allocation)
+
+    def act(deployment, **body):
+        return apply_traffic_action(deployment, parse_traffic_action(body), MODELS)[0]
+
+    grown = act(CURRENT, action="update_traffic", challenger_id=ACTIVE_B.id, traffic_pct=20)
+    assert moved(CURRENT, grown) == 1000 and slot_counts(grown.allocation)[ACTIVE_C.id] == 3000
+    added = act(CURRENT, action="add_challenger", model_id=MODEL_D, traffic_pct=5.5)
+    assert moved(CURRENT, added) == 550
+    removed = act(CURRENT, action="remove_challenger", challenger_id=ACTIVE_C.id)
+    assert moved(CURRENT, removed) == 3000
+    shadow = act(CURRENT, action="toggle_shadow", shadow_mode=True)
+    assert shadow.allocation == CURRENT.allocation
+    applied = apply_desired_state(CURRENT, parse_desired_state(
+        {"champion": CHAMPION, "shadow_mode": False, "challengers": [{"model_id": MODEL_C, "traffic_pct": 25}]},
+        "dep_xK8m"), MODELS)
+    assert moved(CURRENT, applied) == 1000 + 500  # ch_b's 10 % back, ch_c gives 5 %
 
 
 def test_rollback_refuses_a_target_over_the_limit():

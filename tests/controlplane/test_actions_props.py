@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from decimal import Decimal
 
 from hypothesis import HealthCheck, given, settings
@@ -40,11 +41,12 @@ def existing_or_made_up_challenger(data, deployment: Deployment) -> str:
 
 
 def draw_action_body(data, deployment: Deployment) -> dict:
-    action = data.draw(st.sampled_from(["add_challenger", "remove_challenger", "update_traffic", "toggle_shadow"]))
+    action = data.draw(st.sampled_from(["add_challenger", "remove_challenger", "update_traffic", "toggle_shadow",
+                                        "promote_challenger"]))
     if action == "add_challenger":
         model = data.draw(st.sampled_from((*POOL, CHAMPION, "mod_unregistered")))
         return {"action": action, "model_id": model, "traffic_pct": data.draw(pcts)}
-    if action == "remove_challenger":
+    if action in ("remove_challenger", "promote_challenger"):
         return {"action": action, "challenger_id": existing_or_made_up_challenger(data, deployment)}
     if action == "update_traffic":
         return {"action": action, "challenger_id": existing_or_made_up_challenger(data, deployment),
@@ -103,10 +105,37 @@ def assert_invariants(before: Deployment, after: Deployment) -> None:
     active = after.active_challengers
     assert all(100 <= c.traffic_bp <= 5000 for c in active)
     assert len({c.model_id for c in active}) == len(active)
-    assert CHAMPION not in {c.model_id for c in active}
+    assert after.champion_model_id not in {c.model_id for c in active}
     assert len({c.id for c in after.challengers}) == len(after.challengers)
+    assert_allocation_moved_minimally(before, after)
     # the history of challengers only grows: removed ones stay, listed where they were
     assert [c.id for c in after.challengers[:len(before.challengers)]] == [c.id for c in before.challengers]
+
+
+def owner_changes(before: Deployment, after: Deployment) -> list[tuple[str, str, int]]:
+    """(owner before, owner after, slots) for every stretch of slots whose owner changed."""
+    edges = sorted({r.start for r in before.allocation} | {r.start for r in after.allocation})
+    def owner(allocation, slot):
+        return next(r.variant for r in allocation if r.start <= slot < r.end)
+    changes = []
+    for start, end in zip(edges, edges[1:] + [10_000]):
+        a, b = owner(before.allocation, start), owner(after.allocation, start)
+        if a != b:
+            changes.append((a, b, end - start))
+    return changes
+
+
+def assert_allocation_moved_minimally(before: Deployment, after: Deployment) -> None:
+    """Each active challenger owns exactly its basis points, and only the slots whose owner
+    must change moved, each to or from the champion."""
+    counts = Counter()
+    for r in after.allocation:
+        counts[r.variant] += r.end - r.start
+    assert {v: n for v, n in counts.items() if v != "champion"} == {c.id: c.traffic_bp for c in after.active_challengers}
+    changes = owner_changes(before, after)
+    held, wanted = before.slot_weights(), after.slot_weights()
+    assert sum(n for _, _, n in changes) == sum(abs(wanted.get(c, 0) - held.get(c, 0)) for c in set(held) | set(wanted))
+    assert all("champion" in (a, b) for a, b, _ in changes)
 
 
 def run_actions(data, deployment: Deployment, steps: int) -> Deployment:
@@ -162,8 +191,8 @@ desired_challengers = st.lists(st.tuples(st.sampled_from(POOL), st.integers(100,
                                unique_by=lambda t: t[0])
 
 
-def desired_body(challengers, shadow_mode: bool) -> dict:
-    return {"champion": CHAMPION, "shadow_mode": shadow_mode,
+def desired_body(challengers, shadow_mode: bool, champion: str = CHAMPION) -> dict:
+    return {"champion": champion, "shadow_mode": shadow_mode,
             "challengers": [{"model_id": m, "traffic_pct": bp / 100} for m, bp in challengers]}
 
 
@@ -171,8 +200,9 @@ def desired_body(challengers, shadow_mode: bool) -> dict:
 @given(st.data(), st.integers(0, 15), desired_challengers, st.booleans())
 def test_apply_reaches_the_desired_state_and_is_idempotent(data, steps, challengers, shadow_mode):
     deployment = run_actions(data, START, steps)
+    challengers = [(m, bp) for m, bp in challengers if m != deployment.champion_model_id]  # after a promotion
     try:
-        state = parse_desired_state(desired_body(challengers, shadow_mode), "dep_prop")
+        state = parse_desired_state(desired_body(challengers, shadow_mode, deployment.champion_model_id), "dep_prop")
     except ApiError as err:
         assert err.code == "invalid_traffic_config" and sum(bp for _, bp in challengers) > 5000
         return

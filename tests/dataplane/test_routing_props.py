@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given, settings, strategies as st
 
 from dataplane.routing import CHAMPION, DeploymentRoute, Variant, build_routing_table
@@ -77,28 +79,54 @@ def weight_changes(draw) -> tuple[dict[str, int], dict[str, int]]:
     return before, after
 
 
+MODELS = {m: Model(m, "127.0.0.1:1", m) for m in ("mod_c", "mod_x")}
+
+
+def deployment_of(weights: dict[str, int], shadow: bool = False) -> Deployment:
+    return Deployment("dep_p", "org_1", "mod_c", tuple(Challenger(n, "mod_x", bp) for n, bp in weights.items()),
+                      shadow_mode=shadow)
+
+
+def changed(deployment: Deployment, weights: dict[str, int]) -> Deployment:
+    """The deployment with new shares as the control plane makes it (replace moves the allocation)."""
+    known = {c.id for c in deployment.challengers}
+    return replace(deployment, challengers=tuple(
+        replace(c, traffic_bp=weights.get(c.id, c.traffic_bp), is_active=c.id in weights)
+        for c in deployment.challengers) + tuple(Challenger(n, "mod_x", bp) for n, bp in weights.items()
+                                                 if n not in known))
+
+
+def routed(deployment: Deployment) -> DeploymentRoute:
+    return build_routing_table([deployment], MODELS, revision=1).lookup(deployment.deployment_id)
+
+
 @settings(max_examples=150, deadline=None)
-@given(weight_changes(), st.lists(routing_keys, min_size=1, max_size=50, unique=True))
-def test_a_key_moves_only_from_a_shrunk_or_to_a_grown_variant(change, sample):
-    before, after = (route_of(w) for w in change)
-
-    def weight(route, name):
-        found = route.variant(name)
-        return found.weight_bp if found else 0
-
+@given(weight_changes(), st.lists(routing_keys, min_size=1, max_size=50, unique=True), st.booleans())
+def test_a_key_moves_only_with_its_slot_and_only_to_or_from_the_champion(change, sample, shadow):
+    first = deployment_of(change[0], shadow)
+    second = changed(first, change[1])
+    before, after = routed(first), routed(second)
     for key in sample:
-        a, b = before.choose(key).name, after.choose(key).name
+        slot = before.slot(key)
+        a, b = before.owner(slot).name, after.owner(slot).name
+        if shadow:
+            assert [v.name for v in before.mirrors(key)] == ([] if a == CHAMPION else [a])
+        else:
+            assert (before.choose(key).name, after.choose(key).name) == (a, b)
         if a != b:
-            assert weight(after, a) < weight(before, a) or weight(after, b) > weight(before, b)
+            assert CHAMPION in (a, b)
+            grown = second.slot_weights().get(b, 0) > first.slot_weights().get(b, 0)
+            assert grown if b != CHAMPION else second.slot_weights().get(a, 0) < first.slot_weights().get(a, 0)
 
 
 @NO_DEADLINE
 @given(challenger_weights(min_size=1), st.lists(routing_keys, min_size=1, max_size=30))
 def test_a_growing_mirror_share_keeps_every_mirrored_key(weights, sample):
-    grown = {n: min(BASIS_POINTS, bp * 2) for n, bp in weights.items()}
-    small, large = route_of(weights, shadow=True), route_of(grown, shadow=True)
+    small = deployment_of(weights, shadow=True)
+    grown = {n: bp * 2 for n, bp in weights.items()}  # at most 50 % in all, so 100 % doubled
+    large = changed(small, grown)
     for key in sample:
-        assert {v.name for v in small.mirrors(key)} <= {v.name for v in large.mirrors(key)}
+        assert {v.name for v in routed(small).mirrors(key)} <= {v.name for v in routed(large).mirrors(key)}
 
 
 @st.composite

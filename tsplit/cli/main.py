@@ -21,7 +21,7 @@ from typing import Any
 from tsplit.cli import render
 from tsplit.cli.changes import ControlPlaneClient, to_json
 from tsplit.cli.context import CliContext, CliError, resolve
-from tsplit.cli.reads import alarm_text, read_history, read_state
+from tsplit.cli.reads import add_slots_moved, alarm_text, read_history, read_state
 
 log = logging.getLogger("tsplit")
 
@@ -82,6 +82,11 @@ def cmd_history(args, ctx: CliContext) -> int:
     entries, more = asyncio.run(read_history(ctx.require_etcd(), ctx.layout, args.slug, args.after, args.limit))
     if not entries and not args.after:
         raise CliError(f"no history for {args.slug} in etcd at {ctx.etcd_endpoints}")
+    before = None
+    if entries and args.after:  # the version before this page, to count what its first version moved
+        earlier, _ = asyncio.run(read_history(ctx.require_etcd(), ctx.layout, args.slug, args.after - 1, 1))
+        before = earlier[0] if earlier else None
+    add_slots_moved(entries, before)
     if _json(args):
         _out({"versions": entries, "more": more})
         return 0
@@ -91,8 +96,8 @@ def cmd_history(args, ctx: CliContext) -> int:
         split = ", ".join(f"{c['id']} {render._weight(c['traffic_pct'])}%"
                           for c in config.get("challengers", []) if c.get("is_active")) or "champion 100%"
         rows.append([e.get("cache_version"), e.get("action"), e.get("actor"), e.get("at"),
-                     "shadow" if config.get("shadow_mode") else "split", split])
-    print(render.table(["version", "action", "actor", "at", "mode", "challengers"], rows))
+                     "shadow" if config.get("shadow_mode") else "split", split, e.get("slots_moved")])
+    print(render.table(["version", "action", "actor", "at", "mode", "challengers", "slots moved"], rows))
     if more:
         print(f"(more: tsplit history {args.slug} --after {entries[-1].get('cache_version')})")
     return 0

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tsplit.cli.context import CliError
+from tsplit.allocation import moved_slots
 from tsplit.etcd import Etcd, EtcdError
 from tsplit.layout import Layout
 from tsplit.resources import Deployment, Model, loads
@@ -81,3 +82,27 @@ async def read_history(
         entry.setdefault("cache_version", int(layout.slug_of(kv.key)))
         entries.append(entry)
     return entries, more
+
+
+def add_slots_moved(entries: list[dict[str, Any]], before: dict[str, Any] | None = None) -> None:
+    """Set each version's `slots_moved`: how many of the 10,000 slots changed owner since the
+    version before (`before`, the entry preceding the page, or the previous entry; 0 for
+    version 1; None when a config cannot be read). A version stored before allocations
+    existed counts with the allocation laid out for it (champion first)."""
+    previous = None
+    if before is not None:
+        try:
+            previous = Deployment.from_json(before.get("config") or {})
+        except (ValueError, KeyError, TypeError):
+            previous = None
+    for entry in entries:
+        try:
+            current = Deployment.from_json(entry.get("config") or {})
+        except (ValueError, KeyError, TypeError):
+            entry["slots_moved"], previous = None, None
+            continue
+        if previous is not None:
+            entry["slots_moved"] = moved_slots(previous.allocation or (), current.allocation or ())
+        else:
+            entry["slots_moved"] = 0 if current.cache_version == 1 else None
+        previous = current

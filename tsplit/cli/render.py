@@ -56,12 +56,12 @@ def deployment_view(deployment: Deployment, status: dict[str, Any], models: dict
                     sync: tuple[int, int, list[str]]) -> str:
     in_sync, total, stale = sync
     shadow = deployment.shadow_mode
-    headers = ["variant", "model", "weight", "status", "requests", "ok", "errors", "avg ms", "p99 ms", "failovers"]
+    headers = ["variant", "model", "weight", "slots", "status", "requests", "ok", "errors", "avg ms", "p99 ms", "failovers"]
     if shadow:
         headers += ["mirrored", "dropped", "agreement", "exact", "mean |diff|"]
     rows = []
     for v in status.get("variants", []):
-        row = [v["variant"], model_label(v["model_id"], models), _weight(v.get("traffic_pct")),
+        row = [v["variant"], model_label(v["model_id"], models), _weight(v.get("traffic_pct")), v.get("slots", "-"),
                variant_status(v, in_sync, total), v.get("requests", 0), v.get("ok", 0), v.get("errors", 0),
                _ms(v.get("avg_latency_ms")), _ms(v.get("p99_latency_ms")), v.get("failovers", 0)]
         if shadow:

@@ -34,7 +34,7 @@ class Challenger(_message.Message):
     def __init__(self, id: _Optional[str] = ..., model_id: _Optional[str] = ..., traffic_pct: _Optional[float] = ..., is_active: _Optional[bool] = ...) -> None: ...
 
 class Deployment(_message.Message):
-    __slots__ = ("deployment_id", "org_id", "champion_model_id", "challengers", "shadow_mode", "cache_version", "updated_at", "updated_by", "guardrails")
+    __slots__ = ("deployment_id", "org_id", "champion_model_id", "challengers", "shadow_mode", "cache_version", "updated_at", "updated_by", "guardrails", "allocation")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
     CHAMPION_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class Deployment(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
     GUARDRAILS_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATION_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     org_id: str
     champion_model_id: str
@@ -53,7 +54,18 @@ class Deployment(_message.Message):
     updated_at: str
     updated_by: str
     guardrails: _struct_pb2.Struct
-    def __init__(self, deployment_id: _Optional[str] = ..., org_id: _Optional[str] = ..., champion_model_id: _Optional[str] = ..., challengers: _Optional[_Iterable[_Union[Challenger, _Mapping]]] = ..., shadow_mode: _Optional[bool] = ..., cache_version: _Optional[int] = ..., updated_at: _Optional[str] = ..., updated_by: _Optional[str] = ..., guardrails: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    allocation: _containers.RepeatedCompositeFieldContainer[SlotRange]
+    def __init__(self, deployment_id: _Optional[str] = ..., org_id: _Optional[str] = ..., champion_model_id: _Optional[str] = ..., challengers: _Optional[_Iterable[_Union[Challenger, _Mapping]]] = ..., shadow_mode: _Optional[bool] = ..., cache_version: _Optional[int] = ..., updated_at: _Optional[str] = ..., updated_by: _Optional[str] = ..., guardrails: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., allocation: _Optional[_Iterable[_Union[SlotRange, _Mapping]]] = ...) -> None: ...
+
+class SlotRange(_message.Message):
+    __slots__ = ("variant", "start", "end")
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    variant: str
+    start: int
+    end: int
+    def __init__(self, variant: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
 
 class RegisterModelRequest(_message.Message):
     __slots__ = ("body", "request_id")
@@ -132,7 +144,7 @@ class ManageTrafficRequest(_message.Message):
     def __init__(self, deployment_id: _Optional[str] = ..., body: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., expected_cache_version: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ManageTrafficResponse(_message.Message):
-    __slots__ = ("deployment_id", "action", "challenger", "shadow_mode", "cache_version", "deployment", "changed")
+    __slots__ = ("deployment_id", "action", "challenger", "shadow_mode", "cache_version", "deployment", "changed", "champion_model_id")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     CHALLENGER_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +152,7 @@ class ManageTrafficResponse(_message.Message):
     CACHE_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     CHANGED_FIELD_NUMBER: _ClassVar[int]
+    CHAMPION_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     action: str
     challenger: Challenger
@@ -147,7 +160,8 @@ class ManageTrafficResponse(_message.Message):
     cache_version: int
     deployment: Deployment
     changed: bool
-    def __init__(self, deployment_id: _Optional[str] = ..., action: _Optional[str] = ..., challenger: _Optional[_Union[Challenger, _Mapping]] = ..., shadow_mode: _Optional[bool] = ..., cache_version: _Optional[int] = ..., deployment: _Optional[_Union[Deployment, _Mapping]] = ..., changed: _Optional[bool] = ...) -> None: ...
+    champion_model_id: str
+    def __init__(self, deployment_id: _Optional[str] = ..., action: _Optional[str] = ..., challenger: _Optional[_Union[Challenger, _Mapping]] = ..., shadow_mode: _Optional[bool] = ..., cache_version: _Optional[int] = ..., deployment: _Optional[_Union[Deployment, _Mapping]] = ..., changed: _Optional[bool] = ..., champion_model_id: _Optional[str] = ...) -> None: ...
 
 class ApplyTrafficRequest(_message.Message):
     __slots__ = ("deployment_id", "body", "expected_cache_version", "request_id")
@@ -250,7 +264,7 @@ class RouterSync(_message.Message):
     def __init__(self, router_id: _Optional[str] = ..., address: _Optional[str] = ..., applied_cache_version: _Optional[int] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class VariantStats(_message.Message):
-    __slots__ = ("variant", "model_id", "traffic_pct", "requests", "ok", "errors", "avg_latency_ms", "mirrored", "mirror_dropped", "label_agreement", "p99_latency_ms", "failovers", "compared", "exact_match_rate", "mean_abs_diff", "mirror_errors", "avg_mirror_latency_ms", "forced", "latency_buckets_ms", "latency_counts", "guardrail")
+    __slots__ = ("variant", "model_id", "traffic_pct", "requests", "ok", "errors", "avg_latency_ms", "mirrored", "mirror_dropped", "label_agreement", "p99_latency_ms", "failovers", "compared", "exact_match_rate", "mean_abs_diff", "mirror_errors", "avg_mirror_latency_ms", "forced", "latency_buckets_ms", "latency_counts", "guardrail", "slots")
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     TRAFFIC_PCT_FIELD_NUMBER: _ClassVar[int]
@@ -272,6 +286,7 @@ class VariantStats(_message.Message):
     LATENCY_BUCKETS_MS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_COUNTS_FIELD_NUMBER: _ClassVar[int]
     GUARDRAIL_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
     variant: str
     model_id: str
     traffic_pct: float
@@ -293,7 +308,8 @@ class VariantStats(_message.Message):
     latency_buckets_ms: _containers.RepeatedScalarFieldContainer[float]
     latency_counts: _containers.RepeatedScalarFieldContainer[int]
     guardrail: _struct_pb2.Struct
-    def __init__(self, variant: _Optional[str] = ..., model_id: _Optional[str] = ..., traffic_pct: _Optional[float] = ..., requests: _Optional[int] = ..., ok: _Optional[int] = ..., errors: _Optional[int] = ..., avg_latency_ms: _Optional[float] = ..., mirrored: _Optional[int] = ..., mirror_dropped: _Optional[int] = ..., label_agreement: _Optional[float] = ..., p99_latency_ms: _Optional[float] = ..., failovers: _Optional[int] = ..., compared: _Optional[int] = ..., exact_match_rate: _Optional[float] = ..., mean_abs_diff: _Optional[float] = ..., mirror_errors: _Optional[int] = ..., avg_mirror_latency_ms: _Optional[float] = ..., forced: _Optional[int] = ..., latency_buckets_ms: _Optional[_Iterable[float]] = ..., latency_counts: _Optional[_Iterable[int]] = ..., guardrail: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    slots: int
+    def __init__(self, variant: _Optional[str] = ..., model_id: _Optional[str] = ..., traffic_pct: _Optional[float] = ..., requests: _Optional[int] = ..., ok: _Optional[int] = ..., errors: _Optional[int] = ..., avg_latency_ms: _Optional[float] = ..., mirrored: _Optional[int] = ..., mirror_dropped: _Optional[int] = ..., label_agreement: _Optional[float] = ..., p99_latency_ms: _Optional[float] = ..., failovers: _Optional[int] = ..., compared: _Optional[int] = ..., exact_match_rate: _Optional[float] = ..., mean_abs_diff: _Optional[float] = ..., mirror_errors: _Optional[int] = ..., avg_mirror_latency_ms: _Optional[float] = ..., forced: _Optional[int] = ..., latency_buckets_ms: _Optional[_Iterable[float]] = ..., latency_counts: _Optional[_Iterable[int]] = ..., guardrail: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., slots: _Optional[int] = ...) -> None: ...
 
 class DeploymentStatus(_message.Message):
     __slots__ = ("deployment_id", "cache_version", "shadow_mode", "routers", "variants", "etcd_alarms", "guardrails")
