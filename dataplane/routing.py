@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Iterable, Iterator, Mapping
 
-from tsplit.allocation import CHAMPION, SLOTS, Allocation, legacy_allocation, slot_of
+from tsplit.allocation import CHAMPION, SLOTS, Allocation, SlotRange, legacy_allocation, slot_of
 from tsplit.resources import BASIS_POINTS, Deployment, Model
 
 SlotTriple = tuple[int, int, int]  # (start inclusive, end exclusive, index into DeploymentRoute.variants)
@@ -143,6 +143,14 @@ class DeploymentRoute:
 
     def variant(self, name: str) -> Variant | None:
         return self._by_name.get(name)
+
+    @property
+    def allocation(self) -> Allocation:
+        """The slots as ranges named by variant, over this route's variants only (a
+        challenger not routed has left its slots to the champion): what a router core
+        outside Python (dataplane/native) takes as the route's `allocation`."""
+        variants = self.variants
+        return tuple(SlotRange(variants[i].name, start, end) for start, end, i in self.slots)
 
     def slot(self, routing_key: bytes | str | None = None) -> int:
         """The request's slot: the routing key's, or a uniformly random one without a key."""

@@ -88,8 +88,9 @@ def test_get_counts_match_traffic_sent(stack):
         time.sleep(0.3)
     assert {k: rows[k]["requests"] for k in rows} == sent
     assert all(rows[k]["ok"] == sent[k] for k in sent)
+    assert sorted(r["slots"] for r in rows.values()) == [2500, 7500]  # slots each variant owns
     text = tsplit("get", "dep_cli", *d).stdout
-    assert "routers: 2/2 at version 2" in text and "linear-b" in text and "75" in text
+    assert "routers: 2/2 at version 2" in text and "linear-b" in text and "75" in text and "7500" in text
 
 
 def test_apply_is_idempotent_and_refuses_a_stale_precondition(stack):
@@ -129,7 +130,9 @@ def test_history_and_rollback_round_trip(stack):
     assert history[-1]["action"] == "rollback"
     pct = [c["traffic_pct"] for c in history[-1]["config"]["challengers"] if c["is_active"]]
     assert pct == [10]
-    assert "rollback" in tsplit("history", "dep_hist", *d).stdout
+    assert [v["slots_moved"] for v in history] == [0, 1000, 1000, 1000]  # each version moved 10 % of the slots
+    text = tsplit("history", "dep_hist", *d).stdout
+    assert "rollback" in text and "slots moved" in text
 
 
 def test_guardrails_shows_and_sets_the_policy_and_apply_takes_it(stack):

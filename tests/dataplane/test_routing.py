@@ -298,6 +298,7 @@ def test_a_route_follows_the_stored_allocation_and_a_missing_challengers_slots_g
                        {"variant": "ch_x", "start": 9500, "end": 10000}]}
     route = route_of(Deployment.from_json(stored))
     assert route.slots == ((0, 1000, 1), (1000, 10000, 0))
+    assert [tuple(r) for r in route.allocation] == [("ch_a", 0, 1000), (CHAMPION, 1000, 10000)]
     assert [(v.name, v.weight_bp) for v in route.variants] == [(CHAMPION, 9000), ("ch_a", 1000)]
 
 

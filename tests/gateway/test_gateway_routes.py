@@ -109,6 +109,37 @@ async def test_apply_rollback_delete(gateway):
     assert gone.status_code == 404 and gone.json()["error"] == "deployment_not_found"
 
 
+async def test_promote_makes_the_challenger_champion_and_rollback_restores_the_old_one(gateway):
+    a, b, c = [await gateway.register(name) for name in "abc"]
+    slug = (await gateway.create_deployment(a["model_id"]))["deployment_id"]
+    ch_b = (await patch(gateway, slug, {"action": "add_challenger", "model_id": b["model_id"], "traffic_pct": 20})
+            ).json()["challenger"]["id"]
+    await patch(gateway, slug, {"action": "add_challenger", "model_id": c["model_id"], "traffic_pct": 10})
+    before = (await gateway.http.get(f"/v1/deployments/{slug}", headers=gateway.headers())).json()
+    assert before["allocation"] == [{"variant": "champion", "start": 0, "end": 7000},
+                                    {"variant": before["challengers"][1]["id"], "start": 7000, "end": 8000},
+                                    {"variant": ch_b, "start": 8000, "end": 10000}]
+
+    r = await patch(gateway, slug, {"action": "promote_challenger", "challenger_id": ch_b})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"deployment_id": slug, "action": "promote_challenger",
+                        "challenger": {"id": ch_b, "model_id": b["model_id"], "traffic_pct": 20, "is_active": False},
+                        "champion_model_id": b["model_id"], "cache_version": 4}
+    after = (await gateway.http.get(f"/v1/deployments/{slug}", headers=gateway.headers())).json()
+    assert after["champion_model_id"] == b["model_id"]
+    assert a["model_id"] not in {ch["model_id"] for ch in after["challengers"]}  # the old champion is dropped
+    assert after["allocation"] == [{"variant": "champion", "start": 0, "end": 7000},
+                                   before["allocation"][1], {"variant": "champion", "start": 8000, "end": 10000}]
+
+    back = await gateway.http.post(f"/v1/deployments/{slug}/rollback", json={"to_version": 3}, headers=gateway.headers())
+    assert back.status_code == 200, back.text
+    assert back.json()["deployment"]["champion_model_id"] == a["model_id"]
+    assert back.json()["deployment"]["allocation"] == before["allocation"]
+
+    gone = await patch(gateway, slug, {"action": "promote_challenger", "challenger_id": "ch_nosuch"})
+    assert gone.status_code == 422 and gone.json()["error"] == "invalid_traffic_config"
+
+
 async def test_idempotency_key_replays_the_first_answer(gateway):
     a, b = await gateway.register("a"), await gateway.register("b")
     slug = (await gateway.create_deployment(a["model_id"]))["deployment_id"]
