@@ -72,14 +72,15 @@ def should_accept(deployment: Deployment, body: dict) -> bool:
     action = body["action"]
     if action == "toggle_shadow":
         return True
-    if action == "remove_challenger":
-        return body["challenger_id"] in active
+    if action in ("remove_challenger", "promote_challenger"):
+        return body["challenger_id"] in active  # every model here is registered
     bp = valid_pct_bp(body["traffic_pct"])
     if bp is None:
         return False
     if action == "add_challenger":
         model = body["model_id"]
-        return (model in POOL and model not in {c.model_id for c in active.values()}
+        return (model in MODELS and model != deployment.champion_model_id  # after a promotion mod_champ is one
+                and model not in {c.model_id for c in active.values()}
                 and deployment.challenger_bp + bp <= 5000)
     challenger = active.get(body["challenger_id"])
     return challenger is not None and deployment.challenger_bp - challenger.traffic_bp + bp <= 5000
