@@ -4,6 +4,7 @@ grpc.aio server over etcd; `tsplit-controlplane` runs it until SIGTERM or SIGINT
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import signal
 import sys
@@ -16,7 +17,6 @@ from grpc_reflection.v1alpha import reflection
 from controlplane.auth import TokenVerifier
 from controlplane import event_loop
 from controlplane.guardrails.election import LeaderElection
-from controlplane.guardrails.judge import Judge
 from controlplane.interceptors import ControlPlaneInterceptor, VerifiedTokens
 from controlplane.service import ControlPlaneService
 from controlplane.settings import ControlPlaneSettings, SettingsError, settings_from_args
@@ -37,7 +37,7 @@ class ControlPlaneServer:
         self._server, self._health, self._etcd = server, health_servicer, etcd
         self.host, self.port, self.grace_s = host, port, grace_s
         self.election: LeaderElection | None = None  # the guardrail judge's, None when off
-        self.judge: Judge | None = None
+        self.judge = None  # the guardrail judge (controlplane.guardrails.judge.Judge) once loaded
         self._election_task: asyncio.Task | None = None
 
     @property
@@ -81,11 +81,20 @@ async def start_controlplane(settings: ControlPlaneSettings) -> ControlPlaneServ
     if settings.guardrails:
         layout = Layout(settings.etcd_prefix)
         identity = f"controlplane {host}:{port}"
-        judge = Judge(etcd, layout, store, identity=identity)
-        cp.judge = judge
         cp.election = LeaderElection(etcd, layout.leader("guardrails"), identity, settings.guardrails_lease_ttl_s)
-        cp._election_task = asyncio.get_running_loop().create_task(cp.election.run(judge.run), name="guardrails")
+        cp._election_task = asyncio.get_running_loop().create_task(
+            _guardrails(cp, etcd, layout, store, identity), name="guardrails")
     return cp
+
+
+async def _guardrails(cp: ControlPlaneServer, etcd: Etcd, layout: Layout, store: ControlPlaneStore,
+                      identity: str) -> None:
+    """Load the judge (numpy and scipy take seconds to import: in a thread, so the control
+    plane serves meanwhile), then campaign for the leader key and judge while holding it."""
+    judge_module = await asyncio.to_thread(importlib.import_module, "controlplane.guardrails.judge")
+    cp.judge = judge_module.Judge(etcd, layout, store, identity=identity)
+    assert cp.election is not None
+    await cp.election.run(cp.judge.run)
 
 
 async def serve(settings: ControlPlaneSettings) -> int:
