@@ -478,7 +478,8 @@ def check_endpoint(value: Any, field: str = "endpoint", code: str = REQUEST_ERRO
     return value
 
 
-_MODEL_FIELDS = ("endpoint", "model_name", "model_version", "model_id")
+_MODEL_FIELDS = ("endpoint", "model_name", "model_version", "model_id", "http_endpoint")
+_MODEL_UPDATE_FIELDS = ("endpoint", "http_endpoint", "model_name", "model_version")
 
 
 def parse_model_registration(body: Mapping[str, Any], org_id: str) -> Model:
@@ -496,7 +497,34 @@ def parse_model_registration(body: Mapping[str, Any], org_id: str) -> Model:
         model_name=_check_text(body["model_name"], "model_name", REQUEST_ERROR),
         model_version="" if version is None else _check_text(version, "model_version", REQUEST_ERROR, allow_empty=True),
         org_id=org_id,
+        http_endpoint=_optional_endpoint(body.get("http_endpoint")),
     )
+
+
+def _optional_endpoint(value: Any) -> str:
+    """http_endpoint: host:port, or "" / null for none."""
+    return "" if value is None or value == "" else check_endpoint(value, "http_endpoint")
+
+
+def parse_model_update(body: Mapping[str, Any], current: Model) -> Model:
+    """PATCH /v1/models/{id}: the fields given replace the current ones (http_endpoint ""
+    or null removes it, model_version "" clears it); at least one field is needed."""
+    body = json_object(body)
+    reject_unknown_fields(body, _MODEL_UPDATE_FIELDS, REQUEST_ERROR)
+    if not body:
+        raise ApiError(REQUEST_ERROR, f"give at least one of {', '.join(_MODEL_UPDATE_FIELDS)}")
+    changes: dict[str, str] = {}
+    if "endpoint" in body:
+        changes["endpoint"] = check_endpoint(body["endpoint"])
+    if "http_endpoint" in body:
+        changes["http_endpoint"] = _optional_endpoint(body["http_endpoint"])
+    if "model_name" in body:
+        changes["model_name"] = _check_text(body["model_name"], "model_name", REQUEST_ERROR)
+    if "model_version" in body:
+        version = body["model_version"]
+        changes["model_version"] = "" if version is None else _check_text(
+            version, "model_version", REQUEST_ERROR, allow_empty=True)
+    return replace(current, **changes)
 
 
 _DEPLOYMENT_FIELDS = ("champion_model_id", "deployment_id")

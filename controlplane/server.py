@@ -28,6 +28,27 @@ from tsplit.v1 import controlplane_pb2, controlplane_pb2_grpc
 log = logging.getLogger("tsplit.controlplane")
 
 SERVICE_NAME = controlplane_pb2.DESCRIPTOR.services_by_name["ControlPlane"].full_name
+# Health service name that answers SERVING only while etcd answers (the gateway's /readyz).
+READY_SERVICE = SERVICE_NAME + ".Ready"  # controlplane.gateway.client.READY_SERVICE
+_ETCD_PROBE_S = 1.5
+
+
+class ReadinessHealth(health.aio.HealthServicer):
+    """gRPC health where READY_SERVICE probes etcd at every check (one count-only range):
+    liveness stays "" / SERVICE_NAME, readiness means the control plane can reach storage."""
+
+    def __init__(self, etcd: Etcd):
+        super().__init__()
+        self._etcd = etcd
+
+    async def Check(self, request, context):
+        if request.service != READY_SERVICE:
+            return await super().Check(request, context)
+        try:
+            await asyncio.wait_for(self._etcd.revision(), _ETCD_PROBE_S)
+        except Exception:  # any failure to reach etcd: not ready
+            return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.NOT_SERVING)
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
 
 
 class ControlPlaneServer:
@@ -65,7 +86,7 @@ async def start_controlplane(settings: ControlPlaneSettings) -> ControlPlaneServ
     store = ControlPlaneStore(etcd, Layout(settings.etcd_prefix), settings.store)
     server = grpc.aio.server(interceptors=[ControlPlaneInterceptor(verifier)])
     controlplane_pb2_grpc.add_ControlPlaneServicer_to_server(ControlPlaneService(store), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = ReadinessHealth(etcd)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(

@@ -14,7 +14,7 @@ from google.protobuf.struct_pb2 import Struct
 
 from controlplane.actions import (
     DEPLOYMENT_PREFIX, MODEL_PREFIX, apply_desired_state, apply_traffic_action, is_valid_id,
-    parse_deployment_creation, parse_desired_state, parse_model_registration, parse_rollback,
+    parse_deployment_creation, parse_desired_state, parse_model_registration, parse_model_update, parse_rollback,
     parse_traffic_action, rollback_to,
 )
 from controlplane.auth import require_mutation_role
@@ -37,7 +37,7 @@ DEADLINE_MARGIN_S = 0.3
 
 def model_to_proto(model: Model) -> pb.Model:
     return pb.Model(model_id=model.model_id, endpoint=model.endpoint, model_name=model.model_name,
-                    model_version=model.model_version, org_id=model.org_id)
+                    model_version=model.model_version, org_id=model.org_id, http_endpoint=model.http_endpoint)
 
 
 def challenger_to_proto(challenger: Challenger) -> pb.Challenger:
@@ -108,6 +108,13 @@ def _checked_slug(slug: str) -> str:
     return slug
 
 
+def _checked_model_id(model_id: str) -> str:
+    """A path model id that cannot be one answers 404, as a missing model does."""
+    if not is_valid_id(model_id, MODEL_PREFIX):
+        raise ApiError("model_not_found", f"model {model_id[:80]!r} not found")
+    return model_id
+
+
 def _change_to_proto(result: ChangeResult) -> pb.DeploymentChange:
     answer = pb.DeploymentChange(changed=result.changed)
     fill_deployment(answer.deployment, result.deployment)
@@ -133,13 +140,28 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
 
     async def GetModel(self, request: pb.GetModelRequest, context) -> pb.Model:
         principal = current_principal()
-        if not is_valid_id(request.model_id, MODEL_PREFIX):
-            raise ApiError("model_not_found", f"model {request.model_id[:80]!r} not found")
-        return model_to_proto(await self.store.get_model(principal.org_id, request.model_id))
+        return model_to_proto(await self.store.get_model(principal.org_id, _checked_model_id(request.model_id)))
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         models = await self.store.list_models(current_principal().org_id)
         return pb.ListModelsResponse(models=[model_to_proto(m) for m in models])
+
+    async def UpdateModel(self, request: pb.UpdateModelRequest, context) -> pb.Model:
+        principal = current_principal()
+        body = body_of(request.body)
+        updated = await self.store.update_model(
+            principal.org_id, _checked_model_id(request.model_id), lambda current: parse_model_update(body, current),
+            actor=principal.sub, request_id=check_request_id(request.request_id), request_body=body,
+            authorize=lambda: require_mutation_role(principal), deadline_s=time_budget(context))
+        return model_to_proto(updated)
+
+    async def DeleteModel(self, request: pb.DeleteModelRequest, context) -> pb.DeleteModelResponse:
+        principal = current_principal()
+        deleted = await self.store.delete_model(
+            principal.org_id, _checked_model_id(request.model_id), actor=principal.sub,
+            request_id=check_request_id(request.request_id), authorize=lambda: require_mutation_role(principal),
+            deadline_s=time_budget(context))
+        return pb.DeleteModelResponse(model_id=deleted)
 
     async def CreateDeployment(self, request: pb.CreateDeploymentRequest, context) -> pb.Deployment:
         principal = current_principal()

@@ -34,6 +34,8 @@ from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 from urllib.parse import quote
 
+from aetcd.rpc import rpc_pb2 as etcd_pb
+
 from controlplane.actions import check_champion_registered
 from controlplane.change_batch import (
     ChangeResult, Mutate, Mutation, PendingChange, check_precondition, deployment_not_found,
@@ -46,7 +48,7 @@ from controlplane.records import (
 from tsplit.errors import ApiError
 from tsplit.etcd import (
     Etcd, EtcdError, EtcdLeaseNotFound, EtcdStorageFull, EtcdUnavailable, KeyValue, delete_op, get_op, key_missing,
-    mod_revision_is, put_op,
+    mod_revision_is, prefix_range_end, put_op,
 )
 from tsplit.layout import Layout
 from tsplit.resources import Deployment, Model, dumps, loads
@@ -120,6 +122,32 @@ def _org_scope(org_id: str, kind: str) -> str:
     return f"org:{quote(org_id, safe='')}:{kind}"
 
 
+def _model_scope(org_id: str, model_id: str) -> str:
+    """Idempotency scope of changes to one model."""
+    return _org_scope(org_id, f"model:{model_id}")
+
+
+def _unchanged_since(prefix: str, revision: int) -> etcd_pb.Compare:
+    """No key under prefix was created or modified after revision."""
+    return etcd_pb.Compare(
+        key=prefix.encode(), range_end=prefix_range_end(prefix), target=etcd_pb.Compare.MOD,
+        result=etcd_pb.Compare.LESS, mod_revision=revision + 1)
+
+
+def model_not_found(model_id: str) -> ApiError:
+    return ApiError("model_not_found", f"model {model_id!r} not found")
+
+
+def _users_of(model_id: str, deployments: list[Deployment]) -> list[str]:
+    """What names model_id: "dep_x (champion)", "dep_y (challenger ch_z)"."""
+    uses = []
+    for d in deployments:
+        if d.champion_model_id == model_id:
+            uses.append(f"{d.deployment_id} (champion)")
+        uses.extend(f"{d.deployment_id} (challenger {c.id})" for c in d.active_challengers if c.model_id == model_id)
+    return uses
+
+
 def _record_of(kv: KeyValue | None) -> Record:
     return Record.from_bytes(kv.mod_revision, kv.value) if kv is not None else ABSENT
 
@@ -173,7 +201,7 @@ class ControlPlaneStore:
         kv = await self._get(self.layout.model(model_id)) if model_id else None
         model = Model.from_json(loads(kv.value)) if kv else None
         if model is None or model.org_id != org_id:
-            raise ApiError("model_not_found", f"model {model_id!r} not found")
+            raise model_not_found(model_id)
         return model
 
     async def list_models(self, org_id: str, deadline: float | None = None) -> list[Model]:
@@ -302,6 +330,85 @@ class ControlPlaneStore:
                 raise ApiError("already_exists", f"model_id {model.model_id!r} already exists")
 
         return await self._retry(attempt, self._deadline(deadline_s), explain_conflict)
+
+    async def _read_model(self, org_id: str, model_id: str, deadline: float) -> tuple[Model, KeyValue] | None:
+        kv = await self._get(self.layout.model(model_id), deadline)
+        model = Model.from_json(loads(kv.value)) if kv else None
+        return (model, kv) if model is not None and model.org_id == org_id else None
+
+    async def update_model(
+        self, org_id: str, model_id: str, change: Callable[[Model], Model], *, actor: str, request_id: str,
+        request_body: dict[str, Any], authorize: Callable[[], None] = lambda: None, deadline_s: float | None = None,
+    ) -> Model:
+        """PATCH a model: change(current) is the new model (it validates, 422). Checks in
+        order: the model is the org's (404), authorize() (403), change (422). Routers follow
+        the model key, so every deployment naming it routes to the new endpoint."""
+        request_key = _request_key(self.layout, _model_scope(org_id, model_id), request_id)
+
+        async def attempt(deadline: float) -> Model:
+            found = await self._read_model(org_id, model_id, deadline)
+            if found is None:
+                raise model_not_found(model_id)
+            current, kv = found
+            record = await self._record(request_key, org_id, "update_model", request_body, deadline, authorize)
+            if record.value:
+                return Model.from_json(record.value["result"])
+            authorize()
+            updated = change(current)
+            if updated == current:
+                return current
+            compares = [mod_revision_is(kv.key, kv.mod_revision), mod_revision_is(request_key, record.mod_revision)]
+            ops = [
+                put_op(kv.key, dumps(updated.to_json())),
+                await self._record_op(request_key, org_id, "update_model", request_id, request_body,
+                                      updated.to_json(), deadline),
+            ]
+            replay = await self._commit(compares, ops, request_key, record.mod_revision, deadline)
+            return Model.from_json(replay["result"]) if replay else updated
+
+        return await self._retry(attempt, self._deadline(deadline_s))
+
+    async def delete_model(
+        self, org_id: str, model_id: str, *, actor: str, request_id: str,
+        authorize: Callable[[], None] = lambda: None, deadline_s: float | None = None,
+    ) -> str:
+        """Remove a model no deployment names as champion or active challenger (else 409
+        model_in_use). The transaction also compares that no deployment changed since they
+        were read, so a deployment that starts using the model meanwhile makes it retry."""
+        request_key = _request_key(self.layout, _model_scope(org_id, model_id), request_id)
+
+        async def attempt(deadline: float) -> str:
+            found = await self._read_model(org_id, model_id, deadline)
+            record = await self._record(request_key, org_id, "delete_model", {}, deadline, authorize)
+            if record.value:
+                return record.value["result"]["model_id"]
+            if found is None:
+                raise model_not_found(model_id)
+            _, kv = found
+            authorize()
+            kvs, revision = await self._read(self.etcd.get_prefix(self.layout.deployments), deadline)
+            deployments = [Deployment.from_json(loads(d.value)) for d in kvs]
+            uses = _users_of(model_id, [d for d in deployments if d.org_id == org_id])
+            if uses:
+                raise ApiError(
+                    "model_in_use", f"model {model_id!r} is used by {', '.join(uses)}; "
+                    "remove it from those deployments (or delete them) first")
+            compares = [mod_revision_is(kv.key, kv.mod_revision), mod_revision_is(request_key, record.mod_revision),
+                        _unchanged_since(self.layout.deployments, revision)]
+            ops = [
+                delete_op(kv.key),
+                await self._record_op(request_key, org_id, "delete_model", request_id, {}, {"model_id": model_id},
+                                      deadline),
+            ]
+            await self._commit(compares, ops, request_key, record.mod_revision, deadline)
+            return model_id
+
+        deleted = await self._retry(attempt, self._deadline(deadline_s))
+        try:  # this replica's table forgets the model now (others on their next refresh)
+            await self._read(self._models.refresh())
+        except ApiError:
+            pass
+        return deleted
 
     async def create_deployment(
         self, org_id: str, deployment_id: str, champion_model_id: str, *,

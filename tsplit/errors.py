@@ -31,6 +31,7 @@ ERRORS: dict[str, ErrorKind] = {
     "method_not_allowed": ErrorKind(grpc.StatusCode.UNIMPLEMENTED, 405),
     "already_exists": ErrorKind(grpc.StatusCode.ALREADY_EXISTS, 409),
     "version_conflict": ErrorKind(grpc.StatusCode.FAILED_PRECONDITION, 409),
+    "model_in_use": ErrorKind(grpc.StatusCode.FAILED_PRECONDITION, 409),
     "payload_too_large": ErrorKind(grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
     "unsupported_media_type": ErrorKind(grpc.StatusCode.INVALID_ARGUMENT, 415),
     "invalid_traffic_config": ErrorKind(grpc.StatusCode.INVALID_ARGUMENT, 422),

@@ -42,11 +42,12 @@ class Model:
     model_name: str
     model_version: str = ""
     org_id: str = ""
+    http_endpoint: str = ""  # host:port of the same server's v2 REST port; "" when none
 
     def to_json(self) -> dict[str, Any]:
         return {
             "model_id": self.model_id, "endpoint": self.endpoint, "model_name": self.model_name,
-            "model_version": self.model_version, "org_id": self.org_id,
+            "model_version": self.model_version, "org_id": self.org_id, "http_endpoint": self.http_endpoint,
         }
 
     @classmethod
@@ -54,6 +55,7 @@ class Model:
         return cls(
             model_id=data["model_id"], endpoint=data["endpoint"], model_name=data["model_name"],
             model_version=data.get("model_version", ""), org_id=data.get("org_id", ""),
+            http_endpoint=data.get("http_endpoint", ""),
         )
 
 

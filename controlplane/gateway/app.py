@@ -14,8 +14,9 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
+from controlplane.gateway.docs import docs_asset, docs_page
 from controlplane.gateway.openapi import openapi_document
 from controlplane.gateway.responses import json_response
 from controlplane.gateway.routes import OPERATIONS, Handlers
@@ -67,7 +68,9 @@ def build_app(handlers: Handlers) -> Starlette:
     for op in OPERATIONS:
         by_path[op.path][op.method] = handlers.endpoint(op.name)
     by_path["/openapi.json"]["GET"] = openapi
+    by_path["/docs"]["GET"] = docs_page
     routes = [Route(path, _dispatcher(by_method), methods=list(by_method)) for path, by_method in by_path.items()]
+    routes.append(Mount("/docs/assets", routes=[Route("/{name}", docs_asset, methods=["GET"])]))  # the page's files
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _unexpected_error})
     app.router.redirect_slashes = False  # "/v1/models/" is 404 JSON, not a bodiless redirect
     return app

@@ -7,9 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tsplit.errors import ERROR_METADATA_KEY, ApiError, api_error_from_rpc_error
 from tsplit.v1 import controlplane_pb2_grpc
+
+# The control plane's health service name that is SERVING only while it reaches etcd.
+READY_SERVICE = "tsplit.v1.ControlPlane.Ready"
 
 # Reconnect quickly after a control-plane restart: grpc's default backoff grows to two
 # minutes, during which every request would fail although the control plane is back.
@@ -67,6 +71,18 @@ class ControlPlaneClient:
                 "commit_unknown",
                 "the control plane's answer was lost, so whether the change was applied is unknown; "
                 f"retry with the header Idempotency-Key: {request_id} to learn the outcome") from err
+
+    async def ready(self) -> str | None:
+        """None when the control plane answers and reaches etcd, else why not."""
+        try:
+            answer = await health_pb2_grpc.HealthStub(self._channel).Check(
+                health_pb2.HealthCheckRequest(service=READY_SERVICE), timeout=self.timeouts.connect_s,
+                wait_for_ready=True)
+        except grpc.RpcError as err:
+            return f"the control plane is unreachable ({err.code().name.lower()})"
+        if answer.status != health_pb2.HealthCheckResponse.SERVING:
+            return "the control plane cannot reach etcd"
+        return None
 
     async def _wait_connected(self) -> None:
         if self._channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY:

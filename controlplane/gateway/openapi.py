@@ -26,6 +26,7 @@ MESSAGE_SCHEMAS: dict[str, Descriptor] = {
     "SlotRange": pb.SlotRange.DESCRIPTOR,
     "DeploymentList": pb.ListDeploymentsResponse.DESCRIPTOR,
     "DeletedDeployment": pb.DeleteDeploymentResponse.DESCRIPTOR,
+    "DeletedModel": pb.DeleteModelResponse.DESCRIPTOR,
     "DeploymentChange": pb.DeploymentChange.DESCRIPTOR,
     "History": pb.GetDeploymentHistoryResponse.DESCRIPTOR,
     "HistoryEntry": pb.HistoryEntry.DESCRIPTOR,
@@ -70,6 +71,7 @@ def message_schema(descriptor: Descriptor) -> dict[str, Any]:
 _PCT = {"type": "number", "minimum": 1, "maximum": 50,
         "description": "Percent of traffic, at most two decimals; active challengers sum to at most 50."}
 _STR = {"type": "string"}
+_HTTP_ENDPOINT = {"type": "string", "description": "host:port of the same server's v2 REST port (optional)"}
 
 
 def _action(name: str, **fields: dict[str, Any]) -> dict[str, Any]:
@@ -89,8 +91,14 @@ HAND_WRITTEN_SCHEMAS: dict[str, dict[str, Any]] = {
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
     "NewModel": {"type": "object", "required": ["endpoint", "model_name"], "additionalProperties": False, "properties": {
         "endpoint": {"type": "string", "description": "host:port of an Open Inference Protocol v2 gRPC server"},
-        "model_name": _STR, "model_version": _STR,
+        "model_name": _STR, "model_version": _STR, "http_endpoint": _HTTP_ENDPOINT,
         "model_id": {"type": "string", "description": "mod_ + 8 url-safe characters; generated when absent"}}},
+    "ModelUpdate": {"type": "object", "minProperties": 1, "additionalProperties": False,
+                    "description": "The fields given replace the model's; routers follow within the propagation bound",
+                    "properties": {
+        "endpoint": {"type": "string", "description": "host:port of an Open Inference Protocol v2 gRPC server"},
+        "http_endpoint": {"type": ["string", "null"], "description": "host:port of its v2 REST port; \"\" or null: none"},
+        "model_name": _STR, "model_version": _STR}},
     "NewDeployment": {"type": "object", "required": ["champion_model_id"], "additionalProperties": False,
                       "properties": {
         "champion_model_id": _STR,
@@ -187,6 +195,9 @@ def openapi_document(server_url: str | None = None) -> dict[str, Any]:
     paths["/openapi.json"]["get"] = {
         "operationId": "openapi", "summary": "This document", "security": [],
         "responses": {"200": {"description": "OpenAPI 3.1 document", "content": {"application/json": {}}}}}
+    paths["/docs"]["get"] = {
+        "operationId": "docs", "summary": "This document as a page (Swagger UI; its files are under /docs/assets/)",
+        "security": [], "responses": {"200": {"description": "HTML page", "content": {"text/html": {}}}}}
     schemas = {name: message_schema(d) for name, d in MESSAGE_SCHEMAS.items()}
     schemas.update(HAND_WRITTEN_SCHEMAS)
     doc: dict[str, Any] = {

@@ -48,11 +48,19 @@ SLUG = "/v1/deployments/{slug}"
 OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/healthz", "healthz", "Liveness of the gateway process", 200, "Health",
               errors=(), public=True),
+    Operation("GET", "/readyz", "readyz", "Readiness: the control plane answers and reaches etcd (503 otherwise)",
+              200, "Health", errors=("unavailable",), public=True),
     Operation("POST", "/v1/models", "register_model", "Register a model served by an OIP v2 endpoint",
               201, "Model", "NewModel", MUTATION + BODY + ("already_exists",), idempotent_key=True),
     Operation("GET", "/v1/models", "list_models", "The caller's org's models", 200, "ModelList"),
     Operation("GET", "/v1/models/{model_id}", "get_model", "One model", 200, "Model",
               errors=AUTH + ("model_not_found",)),
+    Operation("PATCH", "/v1/models/{model_id}", "update_model",
+              "Change a model's endpoint, http_endpoint, model_name or model_version (routers follow)",
+              200, "Model", "ModelUpdate", MUTATION + BODY + ("model_not_found",), idempotent_key=True),
+    Operation("DELETE", "/v1/models/{model_id}", "delete_model",
+              "Delete a model no deployment uses (409 model_in_use otherwise)", 200, "DeletedModel", None,
+              MUTATION + ("model_not_found", "model_in_use", "invalid_request"), idempotent_key=True),
     Operation("POST", "/v1/deployments", "create_deployment", "Create a deployment with a champion",
               201, "Deployment", "NewDeployment", MUTATION + BODY + ("already_exists",), idempotent_key=True),
     Operation("GET", "/v1/deployments", "list_deployments", "The caller's org's deployments", 200,
@@ -120,21 +128,28 @@ class Handlers:
 
     async def _deployment_change_input(self, request: Request, with_body: bool = True):
         """Caller, slug, body, If-Match version and Idempotency-Key of a change to the
-        deployment in the path.
+        deployment in the path (see _change_input)."""
+        slug = request.path_params["slug"]
+        caller, body, version, key = await self._change_input(
+            request, with_body, "GetDeployment", pb.GetDeploymentRequest(deployment_id=slug))
+        return caller, slug, body, version, key
 
-        The control plane itself checks the deployment (404) before the role (403) and the
+    async def _change_input(self, request: Request, with_body: bool, read_method: str, read_request):
+        """Caller, body, If-Match version and Idempotency-Key of a change to the resource in
+        the path, which read_method reads.
+
+        The control plane itself checks the resource (404) before the role (403) and the
         body (422), so a well-formed request costs one call. Only when the gateway has a
         verdict of its own (403, or 400/413/415/422 on the body or headers) does it first
-        ask for the deployment, so that a 404 still comes first.
+        read the resource, so that a 404 still comes first.
         """
         caller = self._caller(request)
-        slug = request.path_params["slug"]
         try:
             body, version, key = await self._mutation_input(request, caller, with_body)
         except ApiError:
-            await self._client.read("GetDeployment", pb.GetDeploymentRequest(deployment_id=slug), caller.authorization)
+            await self._client.read(read_method, read_request, caller.authorization)
             raise
-        return caller, slug, body, version, key
+        return caller, body, version, key
 
     async def _body(self, request: Request) -> dict[str, Any]:
         check_media_type(request.headers)
@@ -149,6 +164,12 @@ class Handlers:
     # --- handlers ---------------------------------------------------------------------
 
     async def healthz(self, request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        problem = await self._client.ready()
+        if problem is not None:
+            raise ApiError("unavailable", f"not ready: {problem}")
         return json_response({"status": "ok"})
 
     async def register_model(self, request: Request) -> Response:
@@ -169,6 +190,26 @@ class Handlers:
         model = await self._client.read(
             "GetModel", pb.GetModelRequest(model_id=request.path_params["model_id"]), caller.authorization)
         return json_response(message_to_json(model))
+
+    async def _model_change_input(self, request: Request, with_body: bool):
+        """Caller, model id, body and Idempotency-Key of a change to the model in the path."""
+        model_id = request.path_params["model_id"]
+        caller, body, _, key = await self._change_input(
+            request, with_body, "GetModel", pb.GetModelRequest(model_id=model_id))
+        return caller, model_id, body, key
+
+    async def update_model(self, request: Request) -> Response:
+        caller, model_id, body, key = await self._model_change_input(request, with_body=True)
+        model = await self._client.mutate(
+            "UpdateModel", pb.UpdateModelRequest(model_id=model_id, body=struct_from_json(body), request_id=key),
+            caller.authorization, key)
+        return json_response(message_to_json(model), idempotency_key=key)
+
+    async def delete_model(self, request: Request) -> Response:
+        caller, model_id, _, key = await self._model_change_input(request, with_body=False)
+        answer = await self._client.mutate(
+            "DeleteModel", pb.DeleteModelRequest(model_id=model_id, request_id=key), caller.authorization, key)
+        return json_response(message_to_json(answer), idempotency_key=key)
 
     async def create_deployment(self, request: Request) -> Response:
         caller = self._caller(request)

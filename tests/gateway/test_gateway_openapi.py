@@ -18,6 +18,7 @@ SPEC_TABLE = {  # SPEC section 4's error table
     "invalid_json": 400, "unauthorized": 401, "forbidden": 403, "deployment_not_found": 404, "model_not_found": 404,
     "already_exists": 409, "version_conflict": 409, "payload_too_large": 413, "unsupported_media_type": 415,
     "invalid_traffic_config": 422, "invalid_request": 422, "unavailable": 503, "commit_unknown": 503,
+    "model_in_use": 409,
 }
 SPEC_ROUTES = {
     ("PATCH", "/v1/deployments/{slug}/traffic"), ("POST", "/v1/models"), ("GET", "/v1/models"),
@@ -26,6 +27,7 @@ SPEC_ROUTES = {
     ("GET", "/v1/deployments/{slug}/history"), ("POST", "/v1/deployments/{slug}/rollback"),
     ("PUT", "/v1/deployments/{slug}/traffic"), ("GET", "/v1/deployments/{slug}/status"),
     ("GET", "/openapi.json"), ("GET", "/healthz"), ("PUT", "/v1/deployments/{slug}/guardrails"),
+    ("PATCH", "/v1/models/{model_id}"), ("DELETE", "/v1/models/{model_id}"), ("GET", "/readyz"), ("GET", "/docs"),
 }
 
 

@@ -49,6 +49,16 @@ class ControlPlaneStub:
                 request_serializer=tsplit_dot_v1_dot_controlplane__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=tsplit_dot_v1_dot_controlplane__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.UpdateModel = channel.unary_unary(
+                '/tsplit.v1.ControlPlane/UpdateModel',
+                request_serializer=tsplit_dot_v1_dot_controlplane__pb2.UpdateModelRequest.SerializeToString,
+                response_deserializer=tsplit_dot_v1_dot_controlplane__pb2.Model.FromString,
+                _registered_method=True)
+        self.DeleteModel = channel.unary_unary(
+                '/tsplit.v1.ControlPlane/DeleteModel',
+                request_serializer=tsplit_dot_v1_dot_controlplane__pb2.DeleteModelRequest.SerializeToString,
+                response_deserializer=tsplit_dot_v1_dot_controlplane__pb2.DeleteModelResponse.FromString,
+                _registered_method=True)
         self.CreateDeployment = channel.unary_unary(
                 '/tsplit.v1.ControlPlane/CreateDeployment',
                 request_serializer=tsplit_dot_v1_dot_controlplane__pb2.CreateDeploymentRequest.SerializeToString,
@@ -118,6 +128,20 @@ class ControlPlaneServicer:
 
     def ListModels(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateModel(self, request, context):
+        """PATCH /v1/models/{id}: endpoint, http_endpoint, model_name, model_version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteModel(self, request, context):
+        """DELETE /v1/models/{id}: FAILED_PRECONDITION model_in_use while a deployment names it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -204,6 +228,16 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=tsplit_dot_v1_dot_controlplane__pb2.ListModelsRequest.FromString,
                     response_serializer=tsplit_dot_v1_dot_controlplane__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'UpdateModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateModel,
+                    request_deserializer=tsplit_dot_v1_dot_controlplane__pb2.UpdateModelRequest.FromString,
+                    response_serializer=tsplit_dot_v1_dot_controlplane__pb2.Model.SerializeToString,
+            ),
+            'DeleteModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteModel,
+                    request_deserializer=tsplit_dot_v1_dot_controlplane__pb2.DeleteModelRequest.FromString,
+                    response_serializer=tsplit_dot_v1_dot_controlplane__pb2.DeleteModelResponse.SerializeToString,
             ),
             'CreateDeployment': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateDeployment,
@@ -337,6 +371,60 @@ class ControlPlane:
             '/tsplit.v1.ControlPlane/ListModels',
             tsplit_dot_v1_dot_controlplane__pb2.ListModelsRequest.SerializeToString,
             tsplit_dot_v1_dot_controlplane__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tsplit.v1.ControlPlane/UpdateModel',
+            tsplit_dot_v1_dot_controlplane__pb2.UpdateModelRequest.SerializeToString,
+            tsplit_dot_v1_dot_controlplane__pb2.Model.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tsplit.v1.ControlPlane/DeleteModel',
+            tsplit_dot_v1_dot_controlplane__pb2.DeleteModelRequest.SerializeToString,
+            tsplit_dot_v1_dot_controlplane__pb2.DeleteModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
