@@ -7,6 +7,7 @@ role (403), body (422). Conversions between resources and messages live at the t
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Mapping
 
 from google.protobuf import json_format
@@ -228,15 +229,33 @@ class ControlPlaneService(pb_grpc.ControlPlaneServicer):
         # absent leaves the policy as it is, {} or null removes it.
         traffic = {k: v for k, v in body.items() if k != "guardrails"}
 
-        def mutate(deployment: Deployment, models: Mapping[str, Model]):
+        def desired_of(deployment: Deployment, models: Mapping[str, Model]) -> Deployment:
             desired = parse_desired_state(traffic, deployment.deployment_id)
+            if not deployment.champion_model_id:  # a new deployment (create_by_apply): its champion
+                deployment = replace(deployment, champion_model_id=desired.champion)
             result = apply_desired_state(deployment, desired, models)
             if "guardrails" in body:
                 result, _ = set_guardrails(
                     result, parse_guardrails(body["guardrails"], "invalid_traffic_config", where="guardrails."))
-            return result, None
+            return result
 
-        return _change_to_proto(await self._change(request, context, mutate, "apply", body))
+        for _ in range(2):  # at most once more, when the deployment appears while we create it
+            try:
+                return _change_to_proto(await self._change(
+                    request, context, lambda d, models: (desired_of(d, models), None), "apply", body))
+            except ApiError as err:
+                if err.code != "deployment_not_found" or expected_version(request) is not None:
+                    raise
+            principal = current_principal()
+            created = await self.store.create_by_apply(
+                principal.org_id, request.deployment_id, desired_of, actor=principal.sub,
+                request_id=check_request_id(request.request_id), request_body=dict(body),
+                authorize=lambda: require_mutation_role(principal), deadline_s=time_budget(context))
+            if created is not None:
+                answer = _change_to_proto(created)
+                answer.created = True
+                return answer
+        raise ApiError("unavailable", "the deployment was being created and changed at once; retry")
 
     async def RollbackDeployment(self, request: pb.RollbackDeploymentRequest, context) -> pb.DeploymentChange:
         body = body_of(request.body)

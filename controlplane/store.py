@@ -29,9 +29,9 @@ import logging
 import random
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 from urllib.parse import quote
 
 from aetcd.rpc import rpc_pb2 as etcd_pb
@@ -442,6 +442,50 @@ class ControlPlaneStore:
                 raise ApiError("already_exists", f"deployment_id {deployment_id!r} exists or existed")
 
         return await self._retry(attempt, self._deadline(deadline_s), explain_conflict)
+
+    async def create_by_apply(
+        self, org_id: str, slug: str, build: Callable[[Deployment, Mapping[str, Model]], Deployment], *,
+        actor: str, request_id: str, request_body: dict[str, Any], authorize: Callable[[], None] = lambda: None,
+        deadline_s: float | None = None,
+    ) -> ChangeResult | None:
+        """apply on a slug that never existed: create it as version 1 in the desired state
+        build(fresh deployment with the desired champion, the org's models) returns (422 on
+        a bad body). Its idempotency record is the slug's "apply" record, so a retry answers
+        it whether or not the deployment exists by then. None: the deployment exists (it
+        was just created by someone else); apply changes it instead. A deleted slug is
+        never reused (409 already_exists)."""
+        request_key = _request_key(self.layout, slug, request_id)
+        key, tombstone = self.layout.deployment(slug), self.layout.tombstone(slug)
+
+        async def attempt(deadline: float) -> ChangeResult | None:
+            record = await self._record(request_key, org_id, "apply", request_body, deadline, authorize)
+            if record.value:
+                return ChangeResult.from_record(record.value["result"])
+            live = await self._get(key, deadline)
+            if live is not None:
+                if Deployment.from_json(loads(live.value)).org_id != org_id:
+                    raise deployment_not_found(slug)
+                return None
+            if await self._get(tombstone, deadline) is not None:
+                raise ApiError("already_exists", f"deployment {slug!r} was deleted; a slug is never reused")
+            authorize()
+            models = await self.org_models(org_id, deadline)
+            now = self.clock()
+            deployment = replace(build(Deployment(slug, org_id, "", cache_version=1), models),
+                                 cache_version=1, updated_at=now, updated_by=actor)
+            check_champion_registered(deployment.champion_model_id, models)
+            result = {**ChangeResult(deployment, changed=True).to_json(), "created": True}
+            compares = [key_missing(key), key_missing(tombstone), mod_revision_is(request_key, record.mod_revision)]
+            ops = [
+                put_op(key, dumps(deployment.to_json())),
+                put_op(self.layout.history_version(slug, 1),
+                       self._history_value(deployment, "apply", actor, now, request_body, request_id)),
+                put_op(request_key, self._record_value(org_id, "apply", request_id, request_body, result)),
+            ]
+            replay = await self._commit(compares, ops, request_key, record.mod_revision, deadline)
+            return ChangeResult.from_record(replay["result"]) if replay else ChangeResult(deployment, changed=True)
+
+        return await self._retry(attempt, self._deadline(deadline_s))
 
     async def change_deployment(
         self, org_id: str, slug: str, mutate: Mutate, *, action: str, request_body: dict[str, Any],

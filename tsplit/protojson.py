@@ -22,8 +22,8 @@ from tsplit.resources import pct_to_bp, pct_to_json
 _MAX_EXACT_INT = 2**53
 _PCT_FIELDS = frozenset({"traffic_pct"})
 # Left out of the JSON when unset, as in the etcd values: a deployment's guardrail policy,
-# a history entry's evidence.
-ABSENT_WHEN_UNSET = frozenset({"guardrails", "evidence"})
+# a history entry's evidence, a DeploymentChange's created (set only when apply created it).
+ABSENT_WHEN_UNSET = frozenset({"guardrails", "evidence", "created"})
 
 
 def json_number(value: float) -> int | float | None:

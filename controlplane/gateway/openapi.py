@@ -164,6 +164,8 @@ def _responses(op: Operation) -> dict[str, Any]:
     if op.idempotent_key:
         success["headers"] = {"Idempotency-Key": {"schema": _STR, "description": "the key this change is stored under"}}
     responses = {str(op.status): success}
+    if op.creates:
+        responses["201"] = {**success, "description": "created: " + op.summary}
     by_status: dict[int, list[str]] = defaultdict(list)
     for code in op.errors:
         by_status[ERRORS[code].http_status].append(code)

@@ -42,6 +42,7 @@ class Operation:
     if_match: bool = False  # takes If-Match
     idempotent_key: bool = False  # takes Idempotency-Key
     query: tuple[str, ...] = ()  # integer query parameters it takes
+    creates: bool = False  # may also answer 201 with the same body (apply on a new slug)
 
 
 SLUG = "/v1/deployments/{slug}"
@@ -76,10 +77,11 @@ OPERATIONS: tuple[Operation, ...] = (
               200, "TrafficChange", "TrafficAction",
               MUTATION + BODY + ("deployment_not_found", "version_conflict", "invalid_traffic_config"),
               if_match=True, idempotent_key=True),
-    Operation("PUT", f"{SLUG}/traffic", "apply_traffic", "Apply a desired state as one change", 200,
+    Operation("PUT", f"{SLUG}/traffic", "apply_traffic",
+              "Apply a desired state as one change; a slug that never existed is created (201, version 1)", 200,
               "DeploymentChange", "DesiredState",
-              MUTATION + BODY + ("deployment_not_found", "version_conflict", "invalid_traffic_config"),
-              if_match=True, idempotent_key=True),
+              MUTATION + BODY + ("deployment_not_found", "version_conflict", "invalid_traffic_config", "already_exists"),
+              if_match=True, idempotent_key=True, creates=True),
     Operation("POST", f"{SLUG}/rollback", "rollback_deployment", "Restore the traffic of an earlier version",
               200, "DeploymentChange", "Rollback",
               MUTATION + BODY + ("deployment_not_found", "version_conflict", "invalid_traffic_config"),
@@ -257,7 +259,7 @@ class Handlers:
             method, message(deployment_id=slug, body=struct_from_json(body), expected_cache_version=version,
                             request_id=key),
             caller.authorization, key)
-        return json_response(message_to_json(answer), idempotency_key=key,
+        return json_response(message_to_json(answer), 201 if answer.created else 200, idempotency_key=key,
                              cache_version=answer.deployment.cache_version)
 
     async def apply_traffic(self, request: Request) -> Response:

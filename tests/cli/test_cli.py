@@ -1,10 +1,13 @@
-"""The real `tsplit` commands against a real stack started by `tsplit up`."""
+"""The real `tsplit` commands against a real stack started by `tsplit up`: reads, changes,
+bare lists, help texts, model update/delete, apply that creates, --dry-run, plans as a
+person writes them, pure JSON on stdout, promote."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -187,3 +190,156 @@ def test_down_leaves_no_process(tmp_path):
     tsplit("down", "--dir", str(tmp_path))
     assert not any(pid_alive(p) for p in pids)
     assert not (tmp_path / "stack.json").exists()
+
+
+# --- operator experience (issue 14) ---------------------------------------------------
+
+def _d(stack) -> list[str]:
+    return ["--dir", str(stack[0])]
+
+
+def _models(stack) -> dict[str, str]:
+    return {m["model_name"]: m["model_id"] for m in stack[1]["demo_models"]}
+
+
+def _subcommands(*path: str) -> list[str]:
+    """The subcommand names argparse lists under `tsplit PATH --help`."""
+    from tsplit.cli.main import build_parser
+    parser = build_parser()
+    for name in path:
+        parser = next(a for a in parser._subparsers._group_actions).choices[name]
+    actions = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+    return list(actions[0].choices) if actions else []
+
+
+def test_every_subcommand_has_a_description_in_its_help():
+    for command in _subcommands():
+        for path in [(command,)] + [(command, sub) for sub in _subcommands(command)]:
+            out = tsplit(*path, "--help").stdout
+            usage, _, rest = out.partition("\n\n")
+            description = rest.split("\n\n")[0].strip()
+            assert description and not description.startswith(("positional", "options")), (path, out)
+
+
+def test_bare_models_and_deployments_list(stack):
+    models = tsplit("models", *_d(stack)).stdout
+    assert all(m in models for m in _models(stack).values())
+    tsplit("deployments", "create", "--champion", _models(stack)["linear-a"], "--id", "dep_bare", *_d(stack))
+    assert "dep_bare" in tsplit("deployments", *_d(stack)).stdout
+    listed = json.loads(tsplit("deployments", "--json", *_d(stack)).stdout)
+    assert "dep_bare" in [d["config"]["deployment_id"] for d in listed["deployments"]]
+
+
+def test_models_register_update_delete(stack):
+    d = _d(stack)
+    model = json.loads(tsplit("models", "register", "--endpoint", "127.0.0.1:1", "--model-name", "spare",
+                              "--http-endpoint", "127.0.0.1:2", "--json", *d).stdout)
+    assert model["http_endpoint"] == "127.0.0.1:2"
+    updated = json.loads(tsplit("models", "update", model["model_id"], "--endpoint", "127.0.0.1:3",
+                                "--http-endpoint", "", "--json", *d).stdout)
+    assert updated["endpoint"] == "127.0.0.1:3" and updated["http_endpoint"] == "" and updated["model_name"] == "spare"
+    nothing = tsplit("models", "update", model["model_id"], *d, check=False)
+    assert nothing.returncode == 1 and "nothing to change" in nothing.stderr
+    in_use = tsplit("models", "delete", _models(stack)["linear-a"], *d, check=False)
+    assert in_use.returncode == 1 and "model_in_use" in in_use.stderr and "Traceback" not in in_use.stderr
+    gone = json.loads(tsplit("models", "delete", model["model_id"], "--json", *d).stdout)
+    assert gone == {"model_id": model["model_id"], "deleted": True}
+    assert model["model_id"] not in tsplit("models", *d).stdout
+
+
+def test_apply_creates_a_missing_deployment_and_dry_run_writes_nothing(stack):
+    d, models = _d(stack), _models(stack)
+    desired = json.dumps({"deployment": "dep_fresh", "champion": models["linear-a"], "shadow_mode": True,
+                          "challengers": [{"model_id": models["linear-b"], "traffic_pct": 20}]})
+    plan = tsplit("apply", "-f", "-", "--dry-run", *d, stdin=desired).stdout
+    assert "dep_fresh does not exist" in plan and f"+ challenger {models['linear-b']} at 20%" in plan
+    assert "shadow_mode: off -> on" in plan and "dry run: nothing written" in plan
+    assert "dep_fresh" not in tsplit("deployments", *d).stdout
+    created = tsplit("apply", "-f", "-", *d, stdin=desired).stdout
+    assert "created: dep_fresh is version 1" in created
+    shown = json.loads(tsplit("get", "dep_fresh", "--json", *d).stdout)["deployments"][0]["config"]
+    assert shown["cache_version"] == 1 and shown["shadow_mode"] is True and shown["org_id"] == "org_1"
+
+
+def test_plans_print_as_a_person_writes_them(stack):
+    d, models = _d(stack), _models(stack)
+    start = {"deployment": "dep_plan", "champion": models["linear-a"], "shadow_mode": False,
+             "challengers": [{"model_id": models["linear-b"], "traffic_pct": 20},
+                             {"model_id": models["linear-c"], "traffic_pct": 12.5}]}
+    tsplit("apply", "-f", "-", *d, stdin=json.dumps(start))
+    plan = tsplit("apply", "-f", "-", "--dry-run", *d, stdin=json.dumps(
+        {**start, "shadow_mode": True, "challengers": [{"model_id": models["linear-c"], "traffic_pct": 30}]})).stdout
+    assert "20% -> removed" in plan and "12.5% -> 30%" in plan and "shadow_mode: off -> on" in plan
+    assert "None" not in plan and "False" not in plan and "True" not in plan
+    table = tsplit("get", "dep_plan", *d).stdout
+    assert "12.5" in table and "12.50" not in table and "67.5" in table and "67.50" not in table
+
+
+def test_json_outputs_are_pure_json(stack):
+    d, models = _d(stack), _models(stack)
+    tsplit("deployments", "create", "--champion", models["linear-a"], "--id", "dep_json", *d)
+    deleted = tsplit("deployments", "delete", "dep_json", "--json", *d)
+    assert json.loads(deleted.stdout) == {"deployment_id": "dep_json", "deleted": True}
+    # --watch --json: one JSON document a line, no ANSI codes, no footer.
+    watch = subprocess.Popen([TSPLIT, "get", "--watch", "--json", "--interval", "0.2", *d],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(lines) < 3 and time.monotonic() < deadline:
+            line = watch.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+    finally:
+        watch.terminate()
+        watch.wait(10)
+    assert len(lines) == 3, lines
+    assert all("deployments" in json.loads(line) for line in lines)
+    # Plain --watch into a pipe: no escape codes either.
+    plain = subprocess.Popen([TSPLIT, "get", "--watch", "--interval", "0.2", *d], stdout=subprocess.PIPE, text=True)
+    try:
+        first = plain.stdout.readline() + plain.stdout.readline()
+    finally:
+        plain.terminate()
+        plain.wait(10)
+    assert first and "\x1b" not in first
+
+
+def test_token_ttl_must_be_positive(stack):
+    for ttl in ("-100", "0"):
+        refused = tsplit("token", "--ttl", ttl, *_d(stack), check=False)
+        assert refused.returncode == 2 and "positive" in refused.stderr
+    assert tsplit("token", "--ttl", "60", *_d(stack)).stdout.count(".") == 2
+
+
+def test_promote_makes_the_challenger_the_champion(stack):
+    from controlplane.actions import parse_traffic_action  # noqa: F401
+    import controlplane.actions as actions
+    if "promote_challenger" not in open(actions.__file__).read():
+        pytest.skip("promote_challenger is not in the control plane yet (helper B's change)")
+    d, models = _d(stack), _models(stack)
+    tsplit("apply", "-f", "-", *d, stdin=json.dumps({
+        "deployment": "dep_promote", "champion": models["linear-a"], "shadow_mode": False,
+        "challengers": [{"model_id": models["linear-b"], "traffic_pct": 30}]}))
+    missing = tsplit("promote", "dep_promote", models["linear-c"], *d, check=False)
+    assert missing.returncode == 1 and "not an active challenger" in missing.stderr
+    out = tsplit("promote", "dep_promote", models["linear-b"], *d).stdout
+    assert f"{models['linear-b']} is now the champion" in out and "version 2" in out
+    config = json.loads(tsplit("get", "dep_promote", "--json", *d).stdout)["deployments"][0]["config"]
+    assert config["champion_model_id"] == models["linear-b"]
+    assert not [c for c in config["challengers"] if c["is_active"]]
+    counts = infer(stack[1]["routers"][0]["address"], "dep_promote", 50)
+    assert set(counts) <= {"champion"}
+
+
+def test_demo_into_a_file_has_no_escape_codes_and_removes_its_folder(tmp_path):
+    import os
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    env.pop("TSPLIT_DIR", None)
+    result = subprocess.run([TSPLIT, "demo"], capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "== The seed's PATCH" in result.stdout
+    assert "\x1b" not in result.stdout
+    assert not list(tmp_path.glob("tsplit-demo.*")), list(tmp_path.iterdir())
+    assert not (tmp_path / ".tsplit").exists()

@@ -88,3 +88,32 @@ async def test_model_changes_replay_with_the_same_idempotency_key(gateway):
     assert replay.status_code == 200 and replay.json() == first.json()
     got = await gateway.http.get(f"/v1/models/{model_id}", headers=gateway.headers())
     assert got.json()["model_name"] == "iris-3"  # the replay applied nothing
+
+
+async def test_apply_on_a_slug_that_never_existed_creates_it_as_version_1(gateway):
+    champion, other = await gateway.register("champ"), await gateway.register("chall")
+    slug = f"dep_{new_id('')}"
+    desired = {"champion": champion["model_id"], "shadow_mode": True,
+               "challengers": [{"model_id": other["model_id"], "traffic_pct": 20}]}
+    viewer = await gateway.http.put(f"/v1/deployments/{slug}/traffic", json=desired, headers=gateway.headers(role="viewer"))
+    assert viewer.status_code == 404  # the gateway's 403 comes after the deployment's 404
+    r = await gateway.http.put(f"/v1/deployments/{slug}/traffic", json=desired, headers=gateway.headers(org_id="org_7"))
+    assert r.status_code == 422  # org_7 has no such models
+    r = await gateway.http.put(f"/v1/deployments/{slug}/traffic", json=desired, headers=gateway.headers())
+    assert r.status_code == 201, r.text
+    created = r.json()
+    assert created["created"] is True and created["changed"] is True
+    dep = created["deployment"]
+    assert dep["cache_version"] == 1 and dep["org_id"] == "org_1" and dep["shadow_mode"] is True
+    assert dep["champion_model_id"] == champion["model_id"]
+    assert [(c["model_id"], c["traffic_pct"]) for c in dep["challengers"]] == [(other["model_id"], 20)]
+    history = (await gateway.http.get(f"/v1/deployments/{slug}/history", headers=gateway.headers())).json()
+    assert [v["cache_version"] for v in history["versions"]] == [1]
+    again = await gateway.http.put(f"/v1/deployments/{slug}/traffic", json=desired, headers=gateway.headers())
+    assert again.status_code == 200 and again.json()["changed"] is False and "created" not in again.json()
+    # Another org cannot take the slug; a deleted slug is never created again.
+    theirs = await gateway.http.put(f"/v1/deployments/{slug}/traffic", json=desired, headers=gateway.headers(org_id="org_7"))
+    assert theirs.status_code == 404
+    await gateway.http.delete(f"/v1/deployments/{slug}", headers=gateway.headers())
+    gone = await gateway.http.put(f"/v1/deployments/{slug}/traffic", json=desired, headers=gateway.headers())
+    assert gone.status_code == 409 and gone.json()["error"] == "already_exists"

@@ -21,6 +21,14 @@ LEARN_OUTCOME_S = 60.0
 RETRY_PAUSE_S = 0.5
 
 
+class ApiCallError(CliError):
+    """The control plane refused a call: .code is the API's error code."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
 struct = struct_from_json
 to_json = message_to_json
 
@@ -58,13 +66,19 @@ class ControlPlaneClient:
             time.sleep(RETRY_PAUSE_S)
         where = f" (control plane at {self.address})" if api_error.code == "unavailable" else ""
         key = f" (request_id {request.request_id})" if api_error.code == "commit_unknown" else ""
-        raise CliError(f"{api_error.code}: {api_error.message}{where}{key}")
+        raise ApiCallError(api_error.code, f"{api_error.code}: {api_error.message}{where}{key}")
 
     def get_deployment(self, slug: str) -> cp_pb.Deployment:
         return self.call("GetDeployment", cp_pb.GetDeploymentRequest(deployment_id=slug))
 
     def register_model(self, body: dict[str, Any]) -> cp_pb.Model:
         return self.call("RegisterModel", cp_pb.RegisterModelRequest(body=struct(body)))
+
+    def update_model(self, model_id: str, body: dict[str, Any]) -> cp_pb.Model:
+        return self.call("UpdateModel", cp_pb.UpdateModelRequest(model_id=model_id, body=struct(body)))
+
+    def delete_model(self, model_id: str) -> None:
+        self.call("DeleteModel", cp_pb.DeleteModelRequest(model_id=model_id))
 
     def create_deployment(self, body: dict[str, Any]) -> cp_pb.Deployment:
         return self.call("CreateDeployment", cp_pb.CreateDeploymentRequest(body=struct(body)))
@@ -82,9 +96,12 @@ class ControlPlaneClient:
         return self.call("RollbackDeployment", cp_pb.RollbackDeploymentRequest(
             deployment_id=slug, body=struct({"to_version": to_version})))
 
-    def apply(self, slug: str, desired: dict[str, Any], expected: int) -> cp_pb.DeploymentChange:
-        return self.call("ApplyTraffic", cp_pb.ApplyTrafficRequest(
-            deployment_id=slug, body=struct(desired), expected_cache_version=expected))
+    def apply(self, slug: str, desired: dict[str, Any], expected: int | None) -> cp_pb.DeploymentChange:
+        """expected None: the deployment does not exist yet (apply creates it)."""
+        request = cp_pb.ApplyTrafficRequest(deployment_id=slug, body=struct(desired))
+        if expected is not None:
+            request.expected_cache_version = expected
+        return self.call("ApplyTraffic", request)
 
     def set_guardrails(self, slug: str, policy: dict[str, Any]) -> cp_pb.DeploymentChange:
         return self.call("SetGuardrails", cp_pb.SetGuardrailsRequest(deployment_id=slug, body=struct(policy)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -25,7 +26,8 @@ SLUG = "dep_demo"
 
 
 def banner(text: str) -> None:
-    print(f"\n\033[1m== {text}\033[0m", flush=True)
+    """A section title, bold on a terminal (a file or pipe gets no escape codes)."""
+    print(f"\n\033[1m== {text}\033[0m" if sys.stdout.isatty() else f"\n== {text}", flush=True)
 
 
 class Rest:

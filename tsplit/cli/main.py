@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tsplit.cli import render
-from tsplit.cli.changes import ControlPlaneClient, to_json
+from tsplit.cli.changes import ApiCallError, ControlPlaneClient, to_json
 from tsplit.cli.context import CliContext, CliError, resolve
 from tsplit.cli.reads import add_slots_moved, alarm_text, read_history, read_state
 
@@ -52,8 +53,9 @@ def cmd_get(args, ctx: CliContext) -> int:
             state.deployments.values(), key=lambda d: d.deployment_id)
         sync = {d.deployment_id: router_sync_summary(d, state.routers) for d in chosen}
         if _json(args):
-            _out({"deployments": [{"config": d.to_json(), "status": summarize_deployment_status(
-                d, state.routers, state.guardrails.get(d.deployment_id))} for d in chosen]})
+            data = {"deployments": [{"config": d.to_json(), "status": summarize_deployment_status(
+                d, state.routers, state.guardrails.get(d.deployment_id))} for d in chosen]}
+            print(json.dumps(data, separators=(",", ":")) if args.watch else json.dumps(data, indent=2))
             return None
         if not chosen:
             return f"no deployments (etcd {ctx.etcd_endpoints}, prefix {ctx.etcd_prefix})"
@@ -68,10 +70,17 @@ def cmd_get(args, ctx: CliContext) -> int:
         if text is not None:
             print(text)
         return 0
+    if args.interval <= 0:
+        raise CliError(f"--interval must be positive, got {args.interval:g}")
+    terminal = sys.stdout.isatty()
     try:
         while True:
-            text = render_once()
-            sys.stdout.write("\x1b[H\x1b[2J" + (text or "") + f"\n\n(every {args.interval:g} s; Ctrl-C to stop)\n")
+            text = render_once()  # with --json: one JSON document a line
+            if text is not None:
+                if terminal:  # clear and redraw in place; a pipe or file gets one view after another
+                    sys.stdout.write("\x1b[H\x1b[2J" + text + f"\n\n(every {args.interval:g} s; Ctrl-C to stop)\n")
+                else:
+                    sys.stdout.write(text + "\n\n")
             sys.stdout.flush()
             time.sleep(args.interval)
     except KeyboardInterrupt:
@@ -93,7 +102,7 @@ def cmd_history(args, ctx: CliContext) -> int:
     rows = []
     for e in entries:
         config = e.get("config", {})
-        split = ", ".join(f"{c['id']} {render._weight(c['traffic_pct'])}%"
+        split = ", ".join(f"{c['id']} {render.weight(c['traffic_pct'])}%"
                           for c in config.get("challengers", []) if c.get("is_active")) or "champion 100%"
         rows.append([e.get("cache_version"), e.get("action"), e.get("actor"), e.get("at"),
                      "shadow" if config.get("shadow_mode") else "split", split, e.get("slots_moved")])
@@ -125,28 +134,48 @@ def cmd_routers(args, ctx: CliContext) -> int:
 
 
 def cmd_models(args, ctx: CliContext) -> int:
-    if args.models_command == "register":
+    command = getattr(args, "models_command", None) or "list"
+    if command == "register":
         body = {"endpoint": args.endpoint, "model_name": args.model_name}
-        if args.model_version:
-            body["model_version"] = args.model_version
-        if args.model_id:
-            body["model_id"] = args.model_id
+        for field in ("model_version", "model_id", "http_endpoint"):
+            if getattr(args, field):
+                body[field] = getattr(args, field)
         with ControlPlaneClient(ctx) as cp:
             model = to_json(cp.register_model(body))
         _out(model) if _json(args) else print(f"registered {model['model_id']} ({model['model_name']} at {model['endpoint']})")
+        return 0
+    if command == "update":
+        body = {field: getattr(args, field) for field in ("endpoint", "http_endpoint", "model_name", "model_version")
+                if getattr(args, field) is not None}
+        if not body:
+            raise CliError("nothing to change: give --endpoint, --http-endpoint, --model-name or --model-version")
+        with ControlPlaneClient(ctx) as cp:
+            model = to_json(cp.update_model(args.model_id, body))
+        _out(model) if _json(args) else print(
+            f"updated {model['model_id']}: {model['model_name']} at {model['endpoint']}"
+            + (f" (REST {model['http_endpoint']})" if model.get("http_endpoint") else ""))
+        return 0
+    if command == "delete":
+        with ControlPlaneClient(ctx) as cp:
+            cp.delete_model(args.model_id)
+        _out({"model_id": args.model_id, "deleted": True}) if _json(args) else print(f"deleted {args.model_id}")
         return 0
     state = asyncio.run(read_state(ctx.require_etcd(), ctx.layout))
     models = sorted(state.models.values(), key=lambda m: m.model_id)
     if _json(args):
         _out({"models": [m.to_json() for m in models]})
+    elif not models:
+        print(f"no models (etcd {ctx.etcd_endpoints}, prefix {ctx.etcd_prefix}); add one with `tsplit models register`")
     else:
-        print(render.table(["model", "name", "version", "endpoint", "org"],
-                           [[m.model_id, m.model_name, m.model_version or "-", m.endpoint, m.org_id] for m in models]))
+        print(render.table(["model", "name", "version", "endpoint", "http endpoint", "org"],
+                           [[m.model_id, m.model_name, m.model_version or "-", m.endpoint, m.http_endpoint or "-",
+                             m.org_id] for m in models]))
     return 0
 
 
 def cmd_deployments(args, ctx: CliContext) -> int:
-    if args.deployments_command == "create":
+    command = getattr(args, "deployments_command", None) or "list"
+    if command == "create":
         body = {"champion_model_id": args.champion}
         if args.id:
             body["deployment_id"] = args.id
@@ -154,10 +183,11 @@ def cmd_deployments(args, ctx: CliContext) -> int:
             dep = to_json(cp.create_deployment(body))
         _out(dep) if _json(args) else print(f"created {dep['deployment_id']} (champion {dep['champion_model_id']}, version 1)")
         return 0
-    if args.deployments_command == "delete":
+    if command == "delete":
         with ControlPlaneClient(ctx) as cp:
             cp.delete_deployment(args.slug)
-        print(f"deleted {args.slug}")
+        _out({"deployment_id": args.slug, "deleted": True}) if _json(args) else print(
+            f"deleted {args.slug} (its history is kept; the slug is never reused)")
         return 0
     return cmd_get(argparse.Namespace(slug=None, watch=False, json=_json(args), interval=1.0), ctx)
 
@@ -191,25 +221,46 @@ def load_desired(path: str) -> dict[str, Any]:
     return data
 
 
-def traffic_diff(current: dict[str, Any], desired: dict[str, Any]) -> list[str]:
-    """Human-readable lines: what applying `desired` would change."""
+def _pct_text(value: Any) -> str:
+    return f"{render.weight(value)}%" if isinstance(value, (int, float)) and not isinstance(value, bool) else repr(value)
+
+
+def _on_off(value: Any) -> str:
+    return "on" if value else "off"
+
+
+def _policy_text(policy: Any) -> str:
+    if not policy:
+        return "none"
+    return ", ".join(f"{k} {json.dumps(v)}" for k, v in policy.items())
+
+
+def traffic_plan(current: dict[str, Any] | None, desired: dict[str, Any]) -> list[str]:
+    """What applying desired would change, as a person writes it ("~ challenger ch_x
+    (mod_y): 10% -> 20%", "~ shadow_mode: off -> on"). current None: it will be created."""
     lines = []
+    if current is None:
+        lines.append(f"+ deployment {desired.get('deployment')} with champion {desired.get('champion')}")
+        current = {"champion_model_id": desired.get("champion"), "challengers": [], "shadow_mode": False}
+    elif desired.get("champion") != current.get("champion_model_id"):
+        lines.append(f"! champion {current.get('champion_model_id')} -> {desired.get('champion')}: apply cannot "
+                     "change the champion (use `tsplit promote SLUG CHALLENGER`)")
     active = {c["model_id"]: c for c in current.get("challengers", []) if c.get("is_active")}
     wanted = {c.get("model_id"): c for c in desired.get("challengers") or [] if isinstance(c, dict)}
     for model_id, c in wanted.items():
         if model_id not in active:
-            lines.append(f"+ challenger {model_id} at {c.get('traffic_pct')}%")
-        elif float(active[model_id]["traffic_pct"]) != float(c.get("traffic_pct", -1)):
+            lines.append(f"+ challenger {model_id} at {_pct_text(c.get('traffic_pct'))}")
+        elif active[model_id]["traffic_pct"] != c.get("traffic_pct"):
             lines.append(f"~ challenger {active[model_id]['id']} ({model_id}): "
-                         f"{active[model_id]['traffic_pct']}% -> {c.get('traffic_pct')}%")
+                         f"{_pct_text(active[model_id]['traffic_pct'])} -> {_pct_text(c.get('traffic_pct'))}")
     for model_id, c in active.items():
         if model_id not in wanted:
-            lines.append(f"- challenger {c['id']} ({model_id}) removed")
+            lines.append(f"- challenger {c['id']} ({model_id}): {_pct_text(c['traffic_pct'])} -> removed")
     if "shadow_mode" in desired and bool(desired["shadow_mode"]) != bool(current.get("shadow_mode")):
-        lines.append(f"~ shadow_mode: {current.get('shadow_mode', False)} -> {desired['shadow_mode']}")
+        lines.append(f"~ shadow_mode: {_on_off(current.get('shadow_mode'))} -> {_on_off(desired['shadow_mode'])}")
     if "guardrails" in desired and (desired["guardrails"] or None) != current.get("guardrails"):
-        lines.append(f"~ guardrails: {json.dumps(current.get('guardrails'))} -> {json.dumps(desired['guardrails'])}"
-                     " (defaults filled in by the control plane)")
+        lines.append(f"~ guardrails: {_policy_text(current.get('guardrails'))} -> {_policy_text(desired['guardrails'])}"
+                     + (" (defaults filled in by the control plane)" if desired["guardrails"] else ""))
     return lines
 
 
@@ -217,19 +268,54 @@ def cmd_apply(args, ctx: CliContext) -> int:
     desired = load_desired(args.file)
     slug = desired["deployment"]
     with ControlPlaneClient(ctx) as cp:
-        current = to_json(cp.get_deployment(slug))
-        diff = traffic_diff(current, desired)
+        try:
+            current: dict[str, Any] | None = to_json(cp.get_deployment(slug))
+        except ApiCallError as err:
+            if err.code != "deployment_not_found":
+                raise
+            current = None
+        plan = traffic_plan(current, desired)
         if not _json(args):
-            print(f"{slug} at version {current['cache_version']}:")
-            print("\n".join(f"  {line}" for line in diff) if diff else "  no changes")
-        change = cp.apply(slug, desired, expected=int(current["cache_version"]))
+            print(f"{slug} does not exist; apply creates it:" if current is None
+                  else f"{slug} at version {current['cache_version']}:")
+            print("\n".join(f"  {line}" for line in plan) if plan else "  no changes")
+        if args.dry_run:
+            if _json(args):
+                _out({"deployment_id": slug, "exists": current is not None, "plan": plan, "dry_run": True})
+            else:
+                print("dry run: nothing written")
+            return 0
+        change = cp.apply(slug, desired, expected=None if current is None else int(current["cache_version"]))
     dep = to_json(change.deployment)
     if _json(args):
-        _out({"deployment": dep, "changed": change.changed, "diff": diff})
+        _out({"deployment": dep, "changed": change.changed, "created": current is None, "plan": plan})
+    elif current is None:
+        print(f"created: {slug} is version {dep['cache_version']}")
     elif change.changed:
         print(f"applied: {slug} is now version {dep['cache_version']}")
     else:
         print(f"nothing to apply: {slug} stays at version {dep['cache_version']}")
+    return 0
+
+
+def cmd_promote(args, ctx: CliContext) -> int:
+    with ControlPlaneClient(ctx) as cp:
+        current = to_json(cp.get_deployment(args.slug))
+        active = [c for c in current.get("challengers", []) if c.get("is_active")]
+        chosen = [c for c in active if args.challenger in (c["id"], c["model_id"])]
+        if not chosen:
+            names = ", ".join(f"{c['id']} ({c['model_id']})" for c in active) or "none"
+            raise CliError(f"{args.challenger} is not an active challenger of {args.slug} (active: {names})")
+        challenger = chosen[0]
+        answer = cp.manage_traffic(args.slug, {"action": "promote_challenger", "challenger_id": challenger["id"]},
+                                   expected=int(current["cache_version"]))
+    dep = to_json(answer.deployment)
+    if _json(args):
+        _out({"deployment": dep, "promoted": challenger["id"],
+              "previous_champion_model_id": current["champion_model_id"]})
+    else:
+        print(f"promoted {challenger['id']}: {dep['champion_model_id']} is now the champion of {args.slug} "
+              f"(was {current['champion_model_id']}; version {dep['cache_version']})")
     return 0
 
 
@@ -343,12 +429,35 @@ def cmd_token(args, ctx: CliContext) -> int:
 
 
 def cmd_demo(args, ctx: CliContext) -> int:
+    """Without --dir (or TSPLIT_DIR) the demo runs in a temporary folder that it removes
+    afterwards (unless --keep)."""
+    import dataclasses
+    import shutil
+    import tempfile
+
     from tsplit.cli.demo import run_demo
 
-    return run_demo(ctx, keep=args.keep)
+    if getattr(args, "dir", None) or os.environ.get("TSPLIT_DIR"):
+        return run_demo(ctx, keep=args.keep)
+    scratch = Path(tempfile.mkdtemp(prefix="tsplit-demo."))
+    try:
+        return run_demo(dataclasses.replace(ctx, directory=scratch, stack={}), keep=args.keep)
+    finally:
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 # parser --------------------------------------------------------------------------------
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value} (a token with no lifetime is already expired)")
+    return value
+
 
 def build_parser() -> argparse.ArgumentParser:
     # SUPPRESS: an option absent after the subcommand must not undo one given before it.
@@ -363,6 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tsplit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_action(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+        return subparsers.add_parser(name, parents=[common], help=help_text, description=help_text)
 
     def add(name: str, func, help_text: str, **kw) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=help_text, description=help_text, **kw)
@@ -395,6 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "  guardrails:             # optional; absent: unchanged, {} removes\n    steps: [5, 10, 25]\n",
             formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-f", "--file", required=True, help="the desired state file ('-' for stdin)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
+    p = add("promote", cmd_promote, "make a challenger the champion (promote_challenger; the old champion is dropped)")
+    p.add_argument("slug")
+    p.add_argument("challenger", metavar="CHALLENGER", help="the challenger's id (ch_...) or its model id (mod_...)")
     p = add("guardrails", cmd_guardrails, "show a deployment's guardrail policy; with flags, set it (one version)")
     p.add_argument("slug")
     p.add_argument("--alpha", type=float, default=None, help="the tests' level, in (0, 0.5] (default 0.01)")
@@ -410,26 +526,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sub", default="dev-user", help="subject (default dev-user)")
     p.add_argument("--org", help="org_id claim (default: the stack's org)")
     p.add_argument("--role", default="admin", help="owner, admin or viewer (default admin)")
-    p.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+    p.add_argument("--ttl", type=_positive_int, default=3600, help="lifetime in seconds, positive (default 3600)")
     p.add_argument("--private-key", help="PEM private key (default: the stack's dev key)")
 
-    p = add("models", cmd_models, "register or list models")
-    msub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    r = msub.add_parser("register", parents=[common], help="register an Open Inference Protocol v2 model")
-    r.add_argument("--endpoint", required=True, help="host:port of the model server")
+    p = add("models", cmd_models, "register, change, delete or list models (bare `tsplit models` lists)")
+    msub = p.add_subparsers(dest="models_command", metavar="ACTION")
+    add_model_command = functools.partial(add_action, msub)
+    r = add_model_command("register", "register an Open Inference Protocol v2 model (gRPC endpoint, optional REST)")
+    r.add_argument("--endpoint", required=True, help="host:port of the model server's v2 gRPC port")
     r.add_argument("--model-name", required=True, help="the model's name on that server")
-    r.add_argument("--model-version", default="")
+    r.add_argument("--model-version", default="", help="the model's version on that server (default: none)")
     r.add_argument("--model-id", help="mod_... (generated when absent)")
-    msub.add_parser("list", parents=[common], help="list models (from etcd)")
+    r.add_argument("--http-endpoint", help="host:port of the same server's v2 REST port (optional)")
+    u = add_model_command("update", "change a model in place: routers follow, deployments keep naming it")
+    u.add_argument("model_id", metavar="MODEL_ID")
+    u.add_argument("--endpoint", help="new host:port of the v2 gRPC port")
+    u.add_argument("--http-endpoint", help="new host:port of the v2 REST port ('' removes it)")
+    u.add_argument("--model-name", help="new model name on the server")
+    u.add_argument("--model-version", help="new model version ('' clears it)")
+    x = add_model_command("delete", "delete a model no deployment uses as champion or active challenger")
+    x.add_argument("model_id", metavar="MODEL_ID")
+    add_model_command("list", "list models (from etcd)")
 
-    p = add("deployments", cmd_deployments, "create, delete or list deployments")
-    dsub = p.add_subparsers(dest="deployments_command", required=True, metavar="ACTION")
-    c = dsub.add_parser("create", parents=[common], help="create a deployment with a champion model")
-    c.add_argument("--champion", required=True, help="the champion model id")
+    p = add("deployments", cmd_deployments, "create, delete or list deployments (bare `tsplit deployments` lists)")
+    dsub = p.add_subparsers(dest="deployments_command", metavar="ACTION")
+    add_deployment_command = functools.partial(add_action, dsub)
+    c = add_deployment_command("create", "create a deployment with a champion model (version 1)")
+    c.add_argument("--champion", required=True, help="the champion model id (mod_...)")
     c.add_argument("--id", help="dep_... (generated when absent)")
-    d = dsub.add_parser("delete", parents=[common], help="delete a deployment (its history is kept)")
+    d = add_deployment_command("delete", "delete a deployment (its history is kept; the slug is never reused)")
     d.add_argument("slug")
-    dsub.add_parser("list", parents=[common], help="list deployments (from etcd)")
+    add_deployment_command("list", "list deployments (from etcd)")
     return parser
 
 

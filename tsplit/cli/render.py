@@ -61,7 +61,7 @@ def deployment_view(deployment: Deployment, status: dict[str, Any], models: dict
         headers += ["mirrored", "dropped", "agreement", "exact", "mean |diff|"]
     rows = []
     for v in status.get("variants", []):
-        row = [v["variant"], model_label(v["model_id"], models), _weight(v.get("traffic_pct")), v.get("slots", "-"),
+        row = [v["variant"], model_label(v["model_id"], models), weight(v.get("traffic_pct")), v.get("slots", "-"),
                variant_status(v, in_sync, total), v.get("requests", 0), v.get("ok", 0), v.get("errors", 0),
                _ms(v.get("avg_latency_ms")), _ms(v.get("p99_latency_ms")), v.get("failovers", 0)]
         if shadow:
@@ -113,10 +113,11 @@ def guardrail_lines(status: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _weight(pct: Any) -> str:
+def weight(pct: Any) -> str:
+    """A traffic share as a person writes it: 20, 67.5, 12.34 (never 67.50 or 20.0)."""
     if pct is None:
         return "-"
-    return str(int(pct)) if float(pct).is_integer() else f"{pct:.2f}"
+    return f"{round(float(pct), 2):g}"
 
 
 def deployments_summary(deployments: list[Deployment], models: dict[str, Model],
@@ -124,7 +125,7 @@ def deployments_summary(deployments: list[Deployment], models: dict[str, Model],
     rows = []
     for d in deployments:
         in_sync, total, _ = sync[d.deployment_id]
-        split = ", ".join(f"{c.id} {_weight(c.traffic_pct)}%" for c in d.active_challengers) or "-"
+        split = ", ".join(f"{c.id} {weight(c.traffic_pct)}%" for c in d.active_challengers) or "-"
         rows.append([d.deployment_id, model_label(d.champion_model_id, models), split,
                      "shadow" if d.shadow_mode else "split", d.cache_version, f"{in_sync}/{total}",
                      ago(d.updated_at)])

@@ -226,12 +226,14 @@ class SetGuardrailsRequest(_message.Message):
     def __init__(self, deployment_id: _Optional[str] = ..., body: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., expected_cache_version: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class DeploymentChange(_message.Message):
-    __slots__ = ("deployment", "changed")
+    __slots__ = ("deployment", "changed", "created")
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     CHANGED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
     deployment: Deployment
     changed: bool
-    def __init__(self, deployment: _Optional[_Union[Deployment, _Mapping]] = ..., changed: _Optional[bool] = ...) -> None: ...
+    created: bool
+    def __init__(self, deployment: _Optional[_Union[Deployment, _Mapping]] = ..., changed: _Optional[bool] = ..., created: _Optional[bool] = ...) -> None: ...
 
 class GetDeploymentHistoryRequest(_message.Message):
     __slots__ = ("deployment_id", "after", "limit")

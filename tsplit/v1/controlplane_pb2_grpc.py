@@ -179,7 +179,8 @@ class ControlPlaneServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ApplyTraffic(self, request, context):
-        """PUT /v1/deployments/{slug}/traffic: a desired state applied as one change.
+        """PUT /v1/deployments/{slug}/traffic: a desired state applied as one change; on a slug
+        that never existed it creates the deployment as version 1 (created set).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
