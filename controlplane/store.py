@@ -43,7 +43,8 @@ from controlplane.change_batch import (
 from controlplane.group_commit import STORAGE_FULL, GroupCommit, LostRace
 from controlplane.models_cache import ModelsCache
 from controlplane.records import (
-    ABSENT, DEFAULT_IDEMPOTENCY_TTL_S, Record, RecordLease, fence_value, history_value, record_value, same_request,
+    ABSENT, DEFAULT_IDEMPOTENCY_TTL_S, Record, RecordLease, change_result, fence_value, history_value, record_value,
+    same_request,
 )
 from tsplit.errors import ApiError
 from tsplit.etcd import (
@@ -457,10 +458,16 @@ class ControlPlaneStore:
         request_key = _request_key(self.layout, slug, request_id)
         key, tombstone = self.layout.deployment(slug), self.layout.tombstone(slug)
 
+        async def replay(record: Record, deadline: float) -> ChangeResult:
+            kv = await self._get(self.layout.history_version(slug, record.change_version or 1), deadline)
+            if kv is None:
+                raise ApiError("internal", "the version this request wrote is missing from history")
+            return ChangeResult(Deployment.from_json(loads(kv.value)["config"]), True, replayed=True)
+
         async def attempt(deadline: float) -> ChangeResult | None:
             record = await self._record(request_key, org_id, "apply", request_body, deadline, authorize)
             if record.value:
-                return ChangeResult.from_record(record.value["result"])
+                return await replay(record, deadline)
             live = await self._get(key, deadline)
             if live is not None:
                 if Deployment.from_json(loads(live.value)).org_id != org_id:
@@ -474,16 +481,18 @@ class ControlPlaneStore:
             deployment = replace(build(Deployment(slug, org_id, "", cache_version=1), models),
                                  cache_version=1, updated_at=now, updated_by=actor)
             check_champion_registered(deployment.champion_model_id, models)
-            result = {**ChangeResult(deployment, changed=True).to_json(), "created": True}
             compares = [key_missing(key), key_missing(tombstone), mod_revision_is(request_key, record.mod_revision)]
             ops = [
                 put_op(key, dumps(deployment.to_json())),
-                put_op(self.layout.history_version(slug, 1),
-                       self._history_value(deployment, "apply", actor, now, request_body, request_id)),
-                put_op(request_key, self._record_value(org_id, "apply", request_id, request_body, result)),
+                put_op(self.layout.history_version(slug, 1), history_value(
+                    deployment, action="apply", actor=actor, at=now, request=request_body, request_id=request_id)),
+                await self._record_op(request_key, org_id, "apply", request_id, request_body,
+                                      change_result(slug, 1, None), deadline),
             ]
-            replay = await self._commit(compares, ops, request_key, record.mod_revision, deadline)
-            return ChangeResult.from_record(replay["result"]) if replay else ChangeResult(deployment, changed=True)
+            replayed = await self._commit(compares, ops, request_key, record.mod_revision, deadline)
+            if replayed:
+                return await replay(Record.of(0, replayed), deadline)
+            return ChangeResult(deployment, changed=True)
 
         return await self._retry(attempt, self._deadline(deadline_s))
 

@@ -117,3 +117,16 @@ async def test_apply_on_a_slug_that_never_existed_creates_it_as_version_1(gatewa
     await gateway.http.delete(f"/v1/deployments/{slug}", headers=gateway.headers())
     gone = await gateway.http.put(f"/v1/deployments/{slug}/traffic", json=desired, headers=gateway.headers())
     assert gone.status_code == 409 and gone.json()["error"] == "already_exists"
+
+
+async def test_a_retried_creating_apply_answers_the_first_result(gateway):
+    champion = await gateway.register("champ")
+    slug = f"dep_{new_id('')}"
+    desired = {"champion": champion["model_id"], "shadow_mode": False, "challengers": []}
+    headers = {**gateway.headers(), "Idempotency-Key": "k-create-apply"}
+    first = await gateway.http.put(f"/v1/deployments/{slug}/traffic", json=desired, headers=headers)
+    assert first.status_code == 201, first.text
+    replay = await gateway.http.put(f"/v1/deployments/{slug}/traffic", json=desired, headers=headers)
+    assert replay.status_code == 200 and replay.json()["deployment"] == first.json()["deployment"]
+    history = (await gateway.http.get(f"/v1/deployments/{slug}/history", headers=gateway.headers())).json()
+    assert len(history["versions"]) == 1
