@@ -6,6 +6,7 @@ needs its public key (PEM) or JWKS. `tsplit up` and `tsplit token` use these hel
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from pathlib import Path
@@ -37,8 +38,10 @@ def write_key_pair(directory: Path, algorithm: str = "RS256") -> tuple[Path, Pat
     directory.mkdir(parents=True, exist_ok=True)
     private, public = generate_key_pair(algorithm)
     private_path, public_path = directory / "dev-private.pem", directory / "dev-public.pem"
-    private_path.write_bytes(private)
-    private_path.chmod(0o600)
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(private)
     public_path.write_bytes(public)
     return private_path, public_path
 

@@ -185,8 +185,9 @@ def test_down_leaves_no_process(tmp_path):
     data = json.loads((tmp_path / "stack.json").read_text())
     pids = [data["etcd"]["pid"], data["controlplane"]["pid"], data["gateway"]["pid"], data["routers"][0]["pid"]]
     assert all(pid_alive(p) for p in pids)
-    second = tsplit("up", "--dir", str(tmp_path), "--detach", check=False)
-    assert second.returncode == 1 and "already running" in second.stderr
+    second = tsplit("up", "--dir", str(tmp_path), "--routers", "1", "--detach")  # all running: all kept
+    assert "kept: etcd, controlplane, gateway, r-1" in second.stderr
+    assert json.loads((tmp_path / "stack.json").read_text())["etcd"]["pid"] == data["etcd"]["pid"]
     tsplit("down", "--dir", str(tmp_path))
     assert not any(pid_alive(p) for p in pids)
     assert not (tmp_path / "stack.json").exists()
@@ -343,3 +344,103 @@ def test_demo_into_a_file_has_no_escape_codes_and_removes_its_folder(tmp_path):
     assert "\x1b" not in result.stdout
     assert not list(tmp_path.glob("tsplit-demo.*")), list(tmp_path.iterdir())
     assert not (tmp_path / ".tsplit").exists()
+
+
+def _stack_file(directory) -> dict:
+    return json.loads((directory / "stack.json").read_text())
+
+
+def test_stack_json_and_the_dev_key_are_readable_by_their_owner_only(stack):
+    directory, data = stack
+    assert (directory / "stack.json").stat().st_mode & 0o077 == 0
+    assert Path(data["jwt"]["private_key"]).stat().st_mode & 0o077 == 0
+
+
+def test_up_on_a_partly_running_stack_starts_only_what_is_down(tmp_path):
+    import os
+    import signal
+    import socket
+    d = ["--dir", str(tmp_path)]
+    tsplit("up", *d, "--routers", "1", "--demo-models", "--detach")
+    before = _stack_file(tmp_path)
+    models = {m["model_name"]: m for m in before["demo_models"]}
+    tsplit("deployments", "create", "--champion", models["linear-a"]["model_id"], "--id", "dep_heal", *d)
+    try:
+        os.kill(before["etcd"]["pid"], signal.SIGKILL)
+        os.kill(models["linear-a"]["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while (pid_alive(before["etcd"]["pid"]) or pid_alive(models["linear-a"]["pid"])) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # Hold linear-a's old port so that it must come back on a new one.
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", int(models["linear-a"]["endpoint"].rpartition(":")[2])))
+        holder.listen()
+        try:
+            healed = tsplit("up", *d, "--routers", "1", "--demo-models", "--detach")
+        finally:
+            holder.close()
+        after = _stack_file(tmp_path)
+        assert after["etcd"]["endpoints"] == before["etcd"]["endpoints"] and after["etcd"]["pid"] != before["etcd"]["pid"]
+        for part in ("controlplane", "gateway"):
+            assert after[part]["pid"] == before[part]["pid"], part
+        assert after["routers"][0]["pid"] == before["routers"][0]["pid"]
+        moved = {m["model_name"]: m for m in after["demo_models"]}
+        assert moved["linear-b"]["pid"] == models["linear-b"]["pid"]
+        assert moved["linear-a"]["model_id"] == models["linear-a"]["model_id"]
+        assert moved["linear-a"]["endpoint"] != models["linear-a"]["endpoint"]
+        assert "updated in place" in healed.stderr
+        # The deployment survived (etcd came back on its data) and routes to the moved model.
+        shown = json.loads(tsplit("models", "--json", *d).stdout)["models"]
+        assert {m["model_id"]: m["endpoint"] for m in shown}[moved["linear-a"]["model_id"]] == moved["linear-a"]["endpoint"]
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert infer(after["routers"][0]["address"], "dep_heal", 5) == {"champion": 5}
+                break
+            except grpc.RpcError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    finally:
+        tsplit("down", *d, check=False)
+    assert not any(pid_alive(p) for p in all_pids(_stack_file(tmp_path) if (tmp_path / "stack.json").exists() else after))
+
+
+def test_an_interrupted_up_stops_everything_it_started(tmp_path):
+    import signal
+    process = subprocess.Popen([TSPLIT, "up", "--dir", str(tmp_path), "--routers", "2", "--demo-models", "--detach"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: set[int] = set()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            stack_now = _stack_file(tmp_path)
+        except (OSError, ValueError):
+            stack_now = {}
+        seen.update(pid for pid in (stack_now.get("etcd", {}).get("pid"), stack_now.get("controlplane", {}).get("pid"),
+                                    stack_now.get("gateway", {}).get("pid")) if pid)
+        if len(seen) >= 3:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "up finished before it could be interrupted"
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode != 0 and "interrupted" in err, err
+    assert seen and not any(pid_alive(p) for p in seen), [p for p in seen if pid_alive(p)]
+    assert not (tmp_path / "stack.json").exists()
+    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()
+    assert not leftovers, leftovers
+
+
+def test_down_says_which_parts_were_not_running(tmp_path):
+    import os
+    import signal
+    tsplit("up", "--dir", str(tmp_path), "--routers", "1", "--detach")
+    data = _stack_file(tmp_path)
+    os.kill(data["routers"][0]["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while pid_alive(data["routers"][0]["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    out = tsplit("down", "--dir", str(tmp_path))
+    assert f"router r-1 (pid {data['routers'][0]['pid']}) was not running" in out.stderr
+    assert "stopped 3 processes" in out.stdout
