@@ -384,7 +384,8 @@ def reconcile_demo_models(cp_address: str, token: str, models: list[dict[str, An
                           log: Callable[[str], None]) -> list[dict[str, Any]]:
     """Every demo model registered at its current endpoint: a known model_id whose endpoint
     moved is updated in place (PATCH model), so deployments naming it route to the new
-    port; one missing from etcd is registered again under its id; a new one is registered."""
+    port; one missing from etcd is registered again under its id; a new one is registered
+    as mod_<name> (mod_linear-a), so a tour can name it."""
     from google.protobuf import struct_pb2
     from tsplit.v1 import controlplane_pb2 as cp_pb, controlplane_pb2_grpc as cp_grpc
 
@@ -408,8 +409,16 @@ def reconcile_demo_models(cp_address: str, token: str, models: list[dict[str, An
                     if err.code() != grpc.StatusCode.NOT_FOUND:
                         raise CliError(f"cannot read demo model {model_id}: {err.details()}") from None
             if current is None:
-                body = {**wanted, **({"model_id": model_id} if model_id else {})}
-                model = stub.RegisterModel(cp_pb.RegisterModelRequest(body=struct(body)), metadata=metadata, timeout=10)
+                # A new demo model gets a readable id (mod_linear-a) unless another org took it.
+                body = {**wanted, "model_id": model_id or f"mod_{info['model_name']}"}
+                try:
+                    model = stub.RegisterModel(cp_pb.RegisterModelRequest(body=struct(body)), metadata=metadata,
+                                               timeout=10)
+                except grpc.RpcError as err:
+                    if err.code() != grpc.StatusCode.ALREADY_EXISTS or model_id:
+                        raise CliError(f"cannot register demo model {info['model_name']}: {err.details()}") from None
+                    model = stub.RegisterModel(cp_pb.RegisterModelRequest(body=struct(wanted)), metadata=metadata,
+                                               timeout=10)
             elif (current.endpoint, current.model_name) != (wanted["endpoint"], wanted["model_name"]):
                 model = stub.UpdateModel(cp_pb.UpdateModelRequest(model_id=model_id, body=struct(wanted)),
                                          metadata=metadata, timeout=10)
