@@ -373,6 +373,7 @@ def test_up_on_a_partly_running_stack_starts_only_what_is_down(tmp_path):
             time.sleep(0.05)
         # Hold linear-a's old port so that it must come back on a new one.
         holder = socket.socket()
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the port may be in TIME_WAIT
         holder.bind(("127.0.0.1", int(models["linear-a"]["endpoint"].rpartition(":")[2])))
         holder.listen()
         try:
