@@ -11,9 +11,10 @@ class Router:
         """Apply {"revision", "upsert": [route...], "remove": [slug...]} (JSON)."""
     def counters(self) -> str:
         """{slug: {variant: counters}} as JSON (dataplane.stats.VariantStats.to_json + forced)."""
-    def mirrors(self) -> tuple[int, int, int]:
-        """Shadow copies: (in flight, pairs compared on a runtime thread, pairs compared on
-        the comparison threads)."""
+    def mirrors_inflight(self) -> int:
+        """Shadow copies in flight (sent, their pairs not scored yet), in the whole router."""
+    def mirrors_compared(self) -> tuple[int, int]:
+        """Shadow pairs compared: (on a runtime thread, on the comparison threads)."""
     def serving(self) -> bool:
         """Whether grpc.health.v1 answers SERVING."""
     def stop(self, grace_s: float) -> None:

@@ -61,12 +61,16 @@ impl Router {
         })
     }
 
-    /// The shadow copies: (in flight, pairs compared on a runtime thread, pairs compared
-    /// on the comparison threads).
-    fn mirrors(&self) -> PyResult<(usize, u64, u64)> {
+    /// Shadow copies in flight (sent, their pairs not scored yet), in the whole router.
+    fn mirrors_inflight(&self) -> PyResult<usize> {
+        self.with_server(|s| Ok(s.shared.mirrors.inflight()))
+    }
+
+    /// Shadow pairs compared: (on a runtime thread, on the comparison threads).
+    fn mirrors_compared(&self) -> PyResult<(u64, u64)> {
         self.with_server(|s| {
             let m = &s.shared.mirrors;
-            Ok((m.inflight(), m.compared_inline.load(Relaxed), m.compared_off_runtime.load(Relaxed)))
+            Ok((m.compared_inline.load(Relaxed), m.compared_off_runtime.load(Relaxed)))
         })
     }
 
