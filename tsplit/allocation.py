@@ -68,23 +68,30 @@ def normalized(ranges: Iterable[Sequence[Any]]) -> Allocation:
 
 def check_allocation(ranges: Iterable[Sequence[Any]]) -> Allocation:
     """The normal form of `ranges`, or ValueError if they do not cover 0..10,000 exactly once."""
-    items = []
-    for item in ranges:
-        variant, start, end = item
+    items = [tuple(r) for r in ranges]
+    if any(len(r) != 3 for r in items):
+        raise ValueError("a slot range is (variant, start, end)")
+    if any(items[i][1] > items[i + 1][1] for i in range(len(items) - 1)):
+        items.sort(key=lambda r: r[1] if isinstance(r[1], int) else -1)
+    out: list[SlotRange] = []
+    position = 0
+    for variant, start, end in items:
         if not isinstance(variant, str) or not variant or variant == _FREED:
             raise ValueError(f"a slot range's variant must be a non-empty string, got {variant!r}")
-        if any(isinstance(x, bool) or not isinstance(x, int) for x in (start, end)) or not 0 <= start < end <= SLOTS:
+        if (isinstance(start, bool) or isinstance(end, bool) or not isinstance(start, int) or not isinstance(end, int)
+                or not 0 <= start < end <= SLOTS):
             raise ValueError(f"slot range {variant}:{start}-{end} must have integers 0 <= start < end <= {SLOTS}")
-        items.append(SlotRange(variant, start, end))
-    position = 0
-    for r in sorted(items, key=lambda r: r.start):
-        if r.start != position:
-            what = "overlap" if r.start < position else "a gap"
-            raise ValueError(f"slot ranges must cover 0..{SLOTS} exactly once: {what} at slot {min(position, r.start)}")
-        position = r.end
+        if start != position:
+            what = "overlap" if start < position else "a gap"
+            raise ValueError(f"slot ranges must cover 0..{SLOTS} exactly once: {what} at slot {min(position, start)}")
+        if out and out[-1].variant == variant:
+            out[-1] = SlotRange(variant, out[-1].start, end)
+        else:
+            out.append(SlotRange(variant, start, end))
+        position = end
     if position != SLOTS:
         raise ValueError(f"slot ranges must cover 0..{SLOTS} exactly once: a gap at slot {position}")
-    return normalized(items)
+    return tuple(out)
 
 
 def allocation_from_json(data: Any) -> Allocation:
@@ -92,7 +99,21 @@ def allocation_from_json(data: Any) -> Allocation:
     if not isinstance(data, list):
         raise ValueError("allocation must be a list of slot ranges")
     try:
-        return check_allocation((item["variant"], item["start"], item["end"]) for item in data)
+        # Fast path: the normal form, as stored (every config read by every router goes here).
+        out: list[SlotRange] = []
+        position = 0
+        for item in data:
+            variant, start, end = item["variant"], item["start"], item["end"]
+            if (type(start) is not int or type(end) is not int or start != position or not start < end <= SLOTS
+                    or type(variant) is not str or not variant or variant == _FREED
+                    or (out and out[-1].variant == variant)):
+                break
+            out.append(SlotRange(variant, start, end))
+            position = end
+        else:
+            if position == SLOTS:
+                return tuple(out)
+        return check_allocation([(item["variant"], item["start"], item["end"]) for item in data])
     except (TypeError, KeyError):
         raise ValueError("every slot range must be an object with variant, start and end") from None
 
@@ -148,11 +169,19 @@ def legacy_allocation(weights: Mapping[str, int]) -> Allocation:
     then each challenger's in the order of `weights` (the deployment's list order)."""
     targets = _targets(weights)
     position = SLOTS - sum(targets.values())
-    ranges = [(CHAMPION, 0, position)]
+    ranges = [SlotRange(CHAMPION, 0, position)] if position else []
     for variant, slots in targets.items():
-        ranges.append((variant, position, position + slots))
+        ranges.append(SlotRange(variant, position, position + slots))
         position += slots
-    return normalized(ranges)
+    return tuple(ranges)
+
+
+def fits(allocation: Allocation, weights: Mapping[str, int]) -> bool:
+    """Whether each challenger in `weights` (valid ones, as a Deployment gives them) owns
+    exactly its slots in `allocation` and the champion the rest: nothing to move."""
+    counts = slot_counts(allocation)
+    champion = counts.pop(CHAMPION, 0)
+    return counts == weights and champion == SLOTS - sum(weights.values())
 
 
 def _give(ranges: list[list[Any]], variant: str, count: int) -> None:

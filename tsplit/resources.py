@@ -15,7 +15,8 @@ from typing import Any
 
 import orjson
 from tsplit.allocation import (
-    CHAMPION, SLOTS, Allocation, allocation_from_json, allocation_to_json, legacy_allocation, next_allocation)
+    CHAMPION, SLOTS, Allocation, allocation_from_json, allocation_to_json, fits, legacy_allocation,
+    next_allocation)
 
 BASIS_POINTS = 10_000  # 100 %
 BP_PER_PCT = 100
@@ -139,7 +140,7 @@ class Deployment:
         if sum(weights.values()) > SLOTS:
             allocation: Allocation = ()
         elif self.allocation:
-            allocation = next_allocation(self.allocation, weights)
+            allocation = self.allocation if fits(self.allocation, weights) else next_allocation(self.allocation, weights)
         else:
             allocation = legacy_allocation(weights)
         object.__setattr__(self, "allocation", allocation)
