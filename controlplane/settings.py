@@ -1,26 +1,25 @@
 """The control plane's settings: flags first, then TSPLIT_* variables, then defaults
-(SPEC section 7); validated before anything starts, with messages that name the flag."""
+(SPEC section 7, tsplit.settings); validated before anything starts, with messages that
+name the flag."""
 
 from __future__ import annotations
 
-import argparse
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from controlplane.auth import AuthSettings
+from controlplane.records import DEFAULT_IDEMPOTENCY_TTL_S
 from controlplane.store import StoreSettings
 from tsplit.etcd import parse_endpoints
 from tsplit.layout import DEFAULT_PREFIX, Layout
+from tsplit.settings import SettingsError, check_host_port, option, parse_duration, parse_flags
 
 DEFAULT_LISTEN = "127.0.0.1:50050"
 DEFAULT_ETCD = "127.0.0.1:2379"
 DEFAULT_GRACE_S = 5.0
 
-
-class SettingsError(ValueError):
-    """A flag or variable that cannot work; the message names it."""
+__all__ = ["ControlPlaneFlags", "ControlPlaneSettings", "SettingsError", "settings_from_args"]
 
 
 @dataclass(frozen=True)
@@ -35,77 +34,68 @@ class ControlPlaneSettings:
     guardrails_lease_ttl_s: int = 5
 
 
-# (flag, environment variable, help)
-_OPTIONS = (
-    ("--listen", "TSPLIT_CONTROLPLANE_LISTEN", f"host:port to serve gRPC on (default {DEFAULT_LISTEN}; port 0 picks one)"),
-    ("--etcd", "TSPLIT_ETCD", f"comma-separated etcd endpoints host:port (default {DEFAULT_ETCD})"),
-    ("--etcd-prefix", "TSPLIT_ETCD_PREFIX", f"key prefix in etcd (default {DEFAULT_PREFIX})"),
-    ("--jwt-public-key", "TSPLIT_JWT_PUBLIC_KEY", "PEM file of the public key that verifies tokens"),
-    ("--jwks", "TSPLIT_JWKS", "JWKS file of the keys that verify tokens (instead of --jwt-public-key)"),
-    ("--jwt-issuer", "TSPLIT_JWT_ISSUER", "required token issuer (iss), when set"),
-    ("--jwt-audience", "TSPLIT_JWT_AUDIENCE", "required token audience (aud), when set"),
-    ("--grace", "TSPLIT_CONTROLPLANE_GRACE", f"seconds in-flight calls get on shutdown (default {DEFAULT_GRACE_S:g})"),
-    ("--guardrails", "TSPLIT_CONTROLPLANE_GUARDRAILS",
-     "on or off: judge guardrails when this replica holds the leader key (default on)"),
-)
+def _endpoints(text: str) -> tuple[str, ...]:
+    return tuple(parse_endpoints(text))
 
 
-def argument_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tsplit-controlplane", description="tsplit control plane: the gRPC API that writes versioned configs to etcd")
-    for flag, variable, text in _OPTIONS:
-        parser.add_argument(flag, help=f"{text} [env {variable}]")
-    return parser
+def _prefix(text: str) -> str:
+    Layout(text)
+    return text
 
 
-def check_listen(value: str, flag: str = "--listen") -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise SettingsError(f"{flag} {value!r} must be host:port with a port from 0 to 65535")
-    return value
+def _file(text: str) -> str:
+    if not Path(text).is_file():
+        raise ValueError("is not a readable file")
+    return text
 
 
-def _existing_file(value: str, flag: str) -> str:
-    if not Path(value).is_file():
-        raise SettingsError(f"{flag} {value!r} is not a readable file")
-    return value
+def _grace(text: str) -> float:
+    seconds = parse_duration(text)
+    if not 0 <= seconds <= 600:
+        raise ValueError("must be from 0 to 600 seconds")
+    return seconds
+
+
+def _on_off(text: str) -> str:
+    if text.strip().lower() not in ("on", "off"):
+        raise ValueError("must be on or off")
+    return text.strip().lower()
+
+
+def _ttl(text: str) -> float:
+    seconds = parse_duration(text)
+    if not 1 <= seconds <= 30 * 86400:
+        raise ValueError("must be from 1 second to 30 days")
+    return seconds
+
+
+@dataclass(frozen=True)
+class ControlPlaneFlags:
+    listen: str = option(DEFAULT_LISTEN, "host:port to serve gRPC on (:0 picks a free port)", parse=check_host_port)
+    etcd: tuple[str, ...] = option((DEFAULT_ETCD,), "comma-separated etcd endpoints host:port", parse=_endpoints,
+                                   shared=True)
+    etcd_prefix: str = option(DEFAULT_PREFIX, "key prefix in etcd", parse=_prefix, shared=True)
+    jwt_public_key: str = option("", "PEM file of the public key that verifies tokens", parse=_file, shared=True)
+    jwks: str = option("", "JWKS file of the keys that verify tokens (instead of --jwt-public-key)",
+                       parse=_file, shared=True)
+    jwt_issuer: str = option("", "required token issuer (iss), when set", shared=True)
+    jwt_audience: str = option("", "required token audience (aud), when set", shared=True)
+    grace: float = option(DEFAULT_GRACE_S, "seconds in-flight calls get on shutdown", parse=_grace)
+    idempotency_ttl: float = option(DEFAULT_IDEMPOTENCY_TTL_S, "how long idempotency records are kept "
+                                    "(seconds, or with s, m, h, d: 24h)", parse=_ttl)
+    guardrails: str = option("on", "on or off: judge guardrails when this replica holds the leader key",
+                             parse=_on_off)
+
+    def __post_init__(self) -> None:
+        if bool(self.jwt_public_key) == bool(self.jwks):
+            raise ValueError("give exactly one of --jwt-public-key (PEM file) or --jwks (JWKS file) to verify tokens")
 
 
 def settings_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> ControlPlaneSettings:
-    environ = os.environ if environ is None else environ
-    args = argument_parser().parse_args(argv)
-
-    def pick(flag: str) -> str | None:
-        variable = next(v for f, v, _ in _OPTIONS if f == flag)
-        value = getattr(args, flag.lstrip("-").replace("-", "_"))
-        return value if value is not None else (environ.get(variable) or None)
-
-    listen = check_listen(pick("--listen") or DEFAULT_LISTEN)
-    try:
-        endpoints = tuple(parse_endpoints(pick("--etcd") or DEFAULT_ETCD))
-    except ValueError as err:
-        raise SettingsError(f"--etcd: {err}") from None
-    prefix = pick("--etcd-prefix") or DEFAULT_PREFIX
-    try:
-        Layout(prefix)
-    except ValueError as err:
-        raise SettingsError(f"--etcd-prefix: {err}") from None
-    public_key, jwks = pick("--jwt-public-key"), pick("--jwks")
-    if bool(public_key) == bool(jwks):
-        raise SettingsError("give exactly one of --jwt-public-key (PEM file) or --jwks (JWKS file) to verify tokens")
-    grace_text = pick("--grace")
-    try:
-        grace_s = float(grace_text) if grace_text else DEFAULT_GRACE_S
-    except ValueError:
-        raise SettingsError(f"--grace {grace_text!r} must be a number of seconds") from None
-    if not 0 <= grace_s <= 600:
-        raise SettingsError(f"--grace {grace_s:g} must be from 0 to 600 seconds")
-    auth = AuthSettings(
-        public_key_path=_existing_file(public_key, "--jwt-public-key") if public_key else None,
-        jwks_path=_existing_file(jwks, "--jwks") if jwks else None,
-        issuer=pick("--jwt-issuer"), audience=pick("--jwt-audience"))
-    guardrails = (pick("--guardrails") or "on").lower()
-    if guardrails not in ("on", "off"):
-        raise SettingsError(f"--guardrails {guardrails!r} must be on or off")
-    return ControlPlaneSettings(auth=auth, listen=listen, etcd_endpoints=endpoints, etcd_prefix=prefix, grace_s=grace_s,
-                                guardrails=guardrails == "on")
+    flags = parse_flags(ControlPlaneFlags, "controlplane", argv, environ, prog="tsplit-controlplane",
+                        description="tsplit control plane: the gRPC API that writes versioned configs to etcd")
+    auth = AuthSettings(public_key_path=flags.jwt_public_key or None, jwks_path=flags.jwks or None,
+                        issuer=flags.jwt_issuer or None, audience=flags.jwt_audience or None)
+    return ControlPlaneSettings(
+        auth=auth, listen=flags.listen, etcd_endpoints=flags.etcd, etcd_prefix=flags.etcd_prefix, grace_s=flags.grace,
+        store=replace(StoreSettings(), idempotency_ttl_s=flags.idempotency_ttl), guardrails=flags.guardrails == "on")

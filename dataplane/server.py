@@ -13,19 +13,17 @@ defaults: BENCHMARKS.md, "Tries".
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import functools
 import logging
 import os
-import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping, Sequence
 
 import grpc
@@ -41,166 +39,15 @@ from dataplane.registration import Registration
 from dataplane.router import NOT_READY_MESSAGE, SERVER_NAME, SERVICE, BackendPool, InferenceRouter
 from tsplit import package_version
 from dataplane.stats import MetricsServer, RouterStats, StatsCollector, settle_on_loop
+from dataplane.settings import RouterSettings, join_host_port, parse_settings, split_host_port
+from tsplit.settings import to_argv
 from dataplane.supervision import RestartBackoff, spawn_child
 from dataplane.sync_transport import SyncInferenceRouter, SyncServer
-from tsplit.etcd import Etcd, parse_endpoints
+from tsplit.etcd import Etcd
 from tsplit.etcd_server import free_port
-from tsplit.layout import DEFAULT_PREFIX, Layout
+from tsplit.layout import Layout
 
 log = logging.getLogger("tsplit.router")
-
-ENV_PREFIX = "TSPLIT_ROUTER_"
-SHARED_FLAGS = ("etcd", "etcd_prefix", "log_level")
-SERVER_KINDS = ("aio", "sync")   # TSPLIT_<FLAG>; the rest TSPLIT_ROUTER_<FLAG>
-EVENT_LOOPS = ("uvloop", "asyncio")
-
-
-def split_host_port(text: str, what: str) -> tuple[str, int]:
-    """'host:port', '[v6]:port' or ':port' (host 127.0.0.1) -> (host, port)."""
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"--{what} {text!r} is not host:port")
-    host = host.strip("[]") or "127.0.0.1"
-    return host, int(port)
-
-
-def join_host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-@dataclass(frozen=True)
-class RouterSettings:
-    listen: str = "127.0.0.1:8001"
-    etcd: str = "127.0.0.1:2379"
-    etcd_prefix: str = DEFAULT_PREFIX
-    metrics_listen: str = ""          # host:port of the Prometheus endpoint; empty: none
-    router_id: str = ""               # empty: r-<random>
-    advertise: str = ""               # address in the router record; empty: the bound one
-    # Processes of main(), each its own router ('auto': one per CPU). One by default: a
-    # worker per CPU served 1.2-1.35x the requests but doubled memory and cold start with
-    # 10,000 deployments and slowed propagation (BENCHMARKS.md, "Tries").
-    workers: int = 1
-    # grpc.aio with uvloop and direct Cython backend calls: the least CPU per request of the
-    # tries (the sync server spent 20-30 % more); BENCHMARKS.md, "Tries".
-    server: str = "aio"               # "aio": grpc.aio server; "sync": sync grpc server, a thread pool
-    event_loop: str = "uvloop"        # "uvloop" (when installed) or "asyncio"
-    threads: int = 16                 # serving threads of --server sync
-    reuse_port: bool = False          # share the listen port (set for --workers' children)
-    max_inflight_mirrors: int = 256
-    mirror_timeout_s: float = 10.0
-    request_timeout_s: float = 300.0  # backend deadline when the client sets none
-    max_message_mb: int = 64
-    shutdown_grace_s: float = 10.0
-    log_level: str = "INFO"
-
-    def __post_init__(self) -> None:
-        split_host_port(self.listen, "listen")
-        if self.metrics_listen:
-            split_host_port(self.metrics_listen, "metrics-listen")
-        parse_endpoints(self.etcd)
-        Layout(self.etcd_prefix)
-        if self.router_id and ("/" in self.router_id or not self.router_id.isprintable()):
-            raise ValueError(f"--router-id {self.router_id!r} must be printable and without '/'")
-        if self.server not in SERVER_KINDS:
-            raise ValueError(f"--server must be one of {', '.join(SERVER_KINDS)}, not {self.server!r}")
-        if self.event_loop not in EVENT_LOOPS:
-            raise ValueError(f"--event-loop must be one of {', '.join(EVENT_LOOPS)}, not {self.event_loop!r}")
-        for name in ("workers", "threads", "max_inflight_mirrors", "max_message_mb"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("mirror_timeout_s", "request_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"--{name.removesuffix('_s').replace('_', '-')} must be positive (seconds)")
-        if self.shutdown_grace_s < 0:
-            raise ValueError("--shutdown-grace must not be negative (seconds)")
-        if self.log_level.upper() not in logging.getLevelNamesMapping():
-            raise ValueError(f"--log-level {self.log_level!r} is not a logging level")
-
-    def router_id_or_new(self) -> str:
-        """--router-id, or a new random one (each call makes another)."""
-        return self.router_id or f"r-{secrets.token_hex(4)}"
-
-
-def available_cpus() -> int:
-    """The CPUs this process may run on (--workers auto)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def _flag(name: str) -> str:
-    return "--" + name.removesuffix("_s").replace("_", "-")
-
-
-def _env_name(name: str) -> str:
-    base = name.removesuffix("_s").upper()
-    return f"TSPLIT_{base}" if name in SHARED_FLAGS else f"{ENV_PREFIX}{base}"
-
-
-_HELP = {
-    "listen": "gRPC listen address host:port (':0' picks a free port)",
-    "etcd": "etcd endpoints, comma-separated host:port",
-    "etcd_prefix": "etcd key prefix",
-    "metrics_listen": "Prometheus metrics host:port (empty: off)",
-    "router_id": "this router's id in etcd (default r-<random>)",
-    "advertise": "address other processes reach this router at (default: the bound address)",
-    "workers": "worker processes sharing the listen port, each its own router; 'auto': one per CPU",
-    "server": "gRPC server: 'aio' (grpc.aio, one event loop) or 'sync' (thread pool, sync channels)",
-    "event_loop": "the process's event loop: 'uvloop' (falls back to asyncio's when not installed) or 'asyncio'",
-    "threads": "serving threads of --server sync",
-    "reuse_port": "share the listen port with other processes (SO_REUSEPORT)",
-    "max_inflight_mirrors": "shadow copies in flight per router; past it copies are dropped and counted",
-    "mirror_timeout_s": "deadline of a shadow copy, seconds",
-    "request_timeout_s": "backend deadline when the client sets none, seconds",
-    "max_message_mb": "largest request or response accepted from clients, MiB",
-    "shutdown_grace_s": "seconds in-flight requests get to finish on SIGTERM",
-    "log_level": "DEBUG, INFO, WARNING or ERROR",
-}
-
-
-def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> RouterSettings:
-    """Flags first, then TSPLIT_* variables, then defaults. Raises SystemExit on bad input."""
-    env = os.environ if env is None else env
-    parser = argparse.ArgumentParser(prog="tsplit-router", description="tsplit data-plane router (OIP v2)")
-    defaults = RouterSettings()
-    for f in fields(RouterSettings):
-        default = getattr(defaults, f.name)
-        help_text = f"{_HELP[f.name]} (env {_env_name(f.name)}; default {default!r})"
-        if isinstance(default, bool):
-            parser.add_argument(_flag(f.name), dest=f.name, action="store_const", const=True, default=None,
-                                help=help_text)
-        else:
-            metavar = "SECONDS" if f.name.endswith("_s") else f.name.upper()
-            parser.add_argument(_flag(f.name), dest=f.name, type=str, default=None, metavar=metavar, help=help_text)
-    args = parser.parse_args(argv)
-    values = {}
-    for f in fields(RouterSettings):
-        raw = getattr(args, f.name)
-        if raw is None:
-            raw = env.get(_env_name(f.name))
-        if raw is None:
-            continue
-        default = getattr(defaults, f.name)
-        try:
-            if f.name == "workers" and raw.strip().lower() == "auto":
-                values[f.name] = available_cpus()
-            elif isinstance(default, bool):
-                values[f.name] = raw if isinstance(raw, bool) else raw.strip().lower() in ("1", "true", "yes", "on")
-            elif isinstance(default, int):
-                values[f.name] = int(raw)
-            elif isinstance(default, float):
-                values[f.name] = float(raw)
-            else:
-                values[f.name] = raw
-        except ValueError:
-            parser.error(f"{_flag(f.name)} {raw!r} is not a {type(default).__name__}")
-    try:
-        return RouterSettings(**values)
-    except ValueError as err:
-        parser.error(str(err))
-        raise  # unreachable: parser.error exits
-
 
 @dataclass
 class RunningRouter:
@@ -402,14 +249,7 @@ def _worker_argv(settings: RouterSettings, index: int, port: int) -> list[str]:
     if settings.metrics_listen:
         m_host, m_port = split_host_port(settings.metrics_listen, "metrics-listen")
         worker = replace(worker, metrics_listen=join_host_port(m_host, m_port + index if m_port else 0))
-    argv = [sys.executable, "-m", "dataplane.server"]
-    for f in fields(RouterSettings):
-        value = getattr(worker, f.name)
-        if isinstance(value, bool):
-            argv += [_flag(f.name)] if value else []
-        elif value != "":
-            argv += [_flag(f.name), str(value)]
-    return argv
+    return [sys.executable, "-m", "dataplane.server", *to_argv(worker)]
 
 
 def supervise_workers(settings: RouterSettings) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -22,20 +21,12 @@ from controlplane.gateway.client import CallTimeouts, ControlPlaneClient
 from controlplane.gateway.http_protocol import GatewayHttpProtocol
 from controlplane.gateway.routes import Handlers
 from controlplane.interceptors import VerifiedTokens
+from tsplit.settings import SettingsError, check_host_port, option, parse_flags, parse_host_port
 
 log = logging.getLogger("tsplit.gateway")
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
-
-
-def split_host_port(address: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
-    """"host:port", "[::1]:port" or ":port" (":0" picks a free port)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"{address!r} is not host:port")
-    host = host.strip("[]") or default_host
-    return host, int(port)
 
 
 @dataclass(frozen=True)
@@ -47,54 +38,62 @@ class GatewaySettings:
     timeouts: CallTimeouts = CallTimeouts()
 
     def __post_init__(self) -> None:
-        split_host_port(self.listen)
-        split_host_port(self.controlplane)
+        parse_host_port(self.listen)
+        parse_host_port(self.controlplane)
         if self.max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be positive, got {self.max_body_bytes}")
         if self.timeouts.connect_s <= 0 or self.timeouts.mutation_s <= 0:
             raise ValueError("timeouts must be positive")
 
 
-def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tsplit-gateway", description="REST gateway of the tsplit control plane")
-    p.add_argument("--listen", default=env.get("TSPLIT_GATEWAY_LISTEN", DEFAULT_LISTEN),
-                   help="host:port to serve HTTP on; :0 picks a free port (TSPLIT_GATEWAY_LISTEN)")
-    p.add_argument("--controlplane", default=env.get("TSPLIT_CONTROLPLANE"),
-                   help="host:port of the gRPC control plane (TSPLIT_CONTROLPLANE)")
-    # String defaults go through `type` like flags do, so a bad variable is a usage error.
-    p.add_argument("--max-body-bytes", type=int,
-                   default=env.get("TSPLIT_GATEWAY_MAX_BODY_BYTES", str(DEFAULT_MAX_BODY_BYTES)),
-                   help="larger bodies answer 413 (TSPLIT_GATEWAY_MAX_BODY_BYTES)")
-    p.add_argument("--controlplane-timeout", type=float,
-                   default=env.get("TSPLIT_GATEWAY_CONTROLPLANE_TIMEOUT", str(CallTimeouts.connect_s)),
-                   help="seconds to wait for the control plane before 503 unavailable "
-                        "(TSPLIT_GATEWAY_CONTROLPLANE_TIMEOUT)")
-    p.add_argument("--jwt-public-key", default=env.get("TSPLIT_JWT_PUBLIC_KEY"),
-                   help="PEM public key that verifies tokens (TSPLIT_JWT_PUBLIC_KEY)")
-    p.add_argument("--jwks", default=env.get("TSPLIT_JWKS"), help="JWKS file that verifies tokens (TSPLIT_JWKS)")
-    p.add_argument("--jwt-issuer", default=env.get("TSPLIT_JWT_ISSUER"), help="required iss (TSPLIT_JWT_ISSUER)")
-    p.add_argument("--jwt-audience", default=env.get("TSPLIT_JWT_AUDIENCE"),
-                   help="required aud (TSPLIT_JWT_AUDIENCE)")
-    return p
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be 1 or more")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+@dataclass(frozen=True)
+class GatewayFlags:
+    listen: str = option(DEFAULT_LISTEN, "host:port to serve HTTP on (:0 picks a free port)", parse=check_host_port)
+    controlplane: str = option("", "host:port of the gRPC control plane", parse=check_host_port, shared=True)
+    max_body_bytes: int = option(DEFAULT_MAX_BODY_BYTES, "larger bodies answer 413", parse=_positive_int)
+    controlplane_timeout: float = option(CallTimeouts.connect_s, "seconds to wait for the control plane before "
+                                         "503 unavailable", parse=_seconds)
+    jwt_public_key: str = option("", "PEM public key that verifies tokens", shared=True)
+    jwks: str = option("", "JWKS file that verifies tokens", shared=True)
+    jwt_issuer: str = option("", "required iss", shared=True)
+    jwt_audience: str = option("", "required aud", shared=True)
+
+    def __post_init__(self) -> None:
+        if not self.controlplane:
+            raise ValueError("--controlplane (or TSPLIT_CONTROLPLANE) is required")
+        if bool(self.jwt_public_key) == bool(self.jwks):
+            raise ValueError("give exactly one of --jwt-public-key (PEM file) or --jwks (JWKS file): "
+                             "the gateway verifies every token")
 
 
 def settings_from_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> GatewaySettings:
-    env = os.environ if env is None else env
-    parser = _parser(env)
-    args = parser.parse_args(argv)
-    if not args.controlplane:
-        parser.error("--controlplane (or TSPLIT_CONTROLPLANE) is required")
-    if bool(args.jwt_public_key) == bool(args.jwks):
-        parser.error("give exactly one of --jwt-public-key (PEM file) or --jwks (JWKS file): "
-                     "the gateway verifies every token")
+    """Flags, then TSPLIT_* variables, then defaults (tsplit.settings); a bad one exits 2
+    with a message naming it."""
     try:
-        auth = AuthSettings(public_key_path=args.jwt_public_key, jwks_path=args.jwks,
-                            issuer=args.jwt_issuer, audience=args.jwt_audience)
-        return GatewaySettings(
-            controlplane=args.controlplane, auth=auth, listen=args.listen, max_body_bytes=args.max_body_bytes,
-            timeouts=CallTimeouts(connect_s=args.controlplane_timeout))
-    except ValueError as err:
-        parser.error(str(err))
+        flags = parse_flags(GatewayFlags, "gateway", argv, os.environ if env is None else env,
+                            prog="tsplit-gateway", description="REST gateway of the tsplit control plane")
+    except SettingsError as err:
+        print(f"tsplit-gateway: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    auth = AuthSettings(public_key_path=flags.jwt_public_key or None, jwks_path=flags.jwks or None,
+                        issuer=flags.jwt_issuer or None, audience=flags.jwt_audience or None)
+    return GatewaySettings(controlplane=flags.controlplane, auth=auth, listen=flags.listen,
+                           max_body_bytes=flags.max_body_bytes,
+                           timeouts=CallTimeouts(connect_s=flags.controlplane_timeout))
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -121,7 +120,7 @@ class RunningGateway:
 
 
 def _bind(listen: str) -> socket.socket:
-    host, port = split_host_port(listen)
+    host, port = parse_host_port(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and
     # without it Nagle and delayed ACKs add ~40 ms to every answer.

@@ -351,3 +351,15 @@ def test_deployment_messages_round_trip_exactly(deployment):
 def test_model_messages_carry_every_field(model):
     assert json_format.MessageToDict(model_to_proto(model), preserving_proto_field_name=True,
                                      always_print_fields_with_no_presence=True) == model.to_json()
+
+
+def test_idempotency_ttl_and_a_bare_port_from_flags_or_variables(dev_auth):
+    key = ["--jwt-public-key", str(dev_auth.public_path)]
+    assert settings_from_args(key, {}).store.idempotency_ttl_s == 24 * 3600
+    flags = settings_from_args(key + ["--idempotency-ttl", "2h", "--listen", ":0"], {})
+    assert (flags.store.idempotency_ttl_s, flags.listen) == (7200, "127.0.0.1:0")
+    env = settings_from_args(key, {"TSPLIT_CONTROLPLANE_IDEMPOTENCY_TTL": "90m"})
+    assert env.store.idempotency_ttl_s == 5400
+    with pytest.raises(SettingsError) as err:
+        settings_from_args(key, {"TSPLIT_CONTROLPLANE_IDEMPOTENCY_TTL": "forever"})
+    assert "TSPLIT_CONTROLPLANE_IDEMPOTENCY_TTL" in str(err.value)

@@ -298,7 +298,7 @@ def test_settings_come_from_flags_then_environment_then_defaults():
     env = {"TSPLIT_ETCD": "10.0.0.1:2379,10.0.0.2:2379", "TSPLIT_ROUTER_LISTEN": "127.0.0.1:9000",
            "TSPLIT_ROUTER_MAX_INFLIGHT_MIRRORS": "64"}
     settings = parse_settings(["--listen", ":0", "--workers", "3", "--metrics-listen", "127.0.0.1:0"], env)
-    assert settings == RouterSettings(listen=":0", etcd="10.0.0.1:2379,10.0.0.2:2379", workers=3,
+    assert settings == RouterSettings(listen="127.0.0.1:0", etcd="10.0.0.1:2379,10.0.0.2:2379", workers=3,
                                       metrics_listen="127.0.0.1:0", max_inflight_mirrors=64)
     assert parse_settings([], {}) == RouterSettings()
     assert RouterSettings().router_id == "" and RouterSettings().router_id_or_new().startswith("r-")

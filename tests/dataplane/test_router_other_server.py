@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dataplane.server import SERVER_KINDS, RouterSettings
+from dataplane.settings import SERVER_KINDS, RouterSettings
 
 OTHER_SERVER = next(kind for kind in SERVER_KINDS if kind != RouterSettings().server)
 

@@ -11,7 +11,7 @@ import os
 import grpc
 import pytest
 
-from dataplane.server import SERVER_KINDS, parse_settings
+from dataplane.settings import SERVER_KINDS, parse_settings
 
 both_servers = pytest.mark.parametrize("server", SERVER_KINDS)
 

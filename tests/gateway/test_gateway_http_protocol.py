@@ -85,3 +85,27 @@ async def test_writes_of_one_callback_go_out_in_one_send_and_close_sends_first()
     assert transport.get_extra_info("peername") == ("127.0.0.1", 1)  # the rest is the inner transport's
     await asyncio.sleep(0)
     assert len(inner.sent) == 2  # nothing sent twice
+
+
+async def test_a_control_character_in_another_header_is_refused_as_400_json(gateway):
+    [(status, headers, body)] = await _exchange(
+        gateway.url, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Note: a\x01b\r\n\r\n")
+    assert status == 400 and body["error"] == "invalid_request" and headers["connection"] == "close"
+
+
+def test_the_uvicorn_internals_the_shim_overrides_are_there():
+    """An upgrade of uvicorn that renames or reshapes what http_protocol.py and server.py
+    override fails here (they are pinned in pyproject.toml for this reason)."""
+    import inspect
+
+    import uvicorn
+    from uvicorn.protocols.http import httptools_impl
+
+    cls = httptools_impl.HttpToolsProtocol
+    for name, params in (("data_received", ["self", "data"]), ("send_400_response", ["self", "msg"]),
+                         ("connection_made", ["self", "transport"])):
+        assert list(inspect.signature(getattr(cls, name)).parameters) == params, name
+    assert httptools_impl.STATUS_LINE[401].startswith(b"HTTP/1.1 401")
+    assert "capture_signals" in vars(uvicorn.Server)
+    source = inspect.getsource(cls.data_received)
+    assert "send_400_response" in source and "HttpParserError" in source

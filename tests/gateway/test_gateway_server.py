@@ -26,7 +26,7 @@ def test_flags_give_the_settings(dev_auth):
         ["--listen", ":0", "--controlplane", "127.0.0.1:50050", "--jwt-public-key", str(dev_auth.public_path),
          "--jwt-issuer", "iss-1", "--jwt-audience", "aud-1", "--max-body-bytes", "1000",
          "--controlplane-timeout", "2.5"], env={})
-    assert settings.listen == ":0" and settings.controlplane == "127.0.0.1:50050"
+    assert settings.listen == "127.0.0.1:0" and settings.controlplane == "127.0.0.1:50050"
     assert settings.auth.public_key_path == str(dev_auth.public_path) and settings.auth.jwks_path is None
     assert (settings.auth.issuer, settings.auth.audience) == ("iss-1", "aud-1")
     assert settings.max_body_bytes == 1000 and settings.timeouts == CallTimeouts(connect_s=2.5)
@@ -53,7 +53,7 @@ def test_variables_give_the_settings_and_flags_win(dev_auth):
     (["--controlplane", "127.0.0.1:1", "--jwks", "j", "--jwt-public-key", "k"], {}, "exactly one"),
     (["--controlplane", "nowhere", "--jwks", "j"], {}, "host:port"),
     (["--controlplane", "127.0.0.1:1", "--jwks", "j", "--listen", "8080"], {}, "host:port"),
-    (["--controlplane", "127.0.0.1:1", "--jwks", "j", "--max-body-bytes", "0"], {}, "max_body_bytes"),
+    (["--controlplane", "127.0.0.1:1", "--jwks", "j", "--max-body-bytes", "0"], {}, "--max-body-bytes"),
     (["--controlplane", "127.0.0.1:1", "--jwks", "j"], {"TSPLIT_GATEWAY_MAX_BODY_BYTES": "lots"}, "--max-body-bytes"),
 ])
 def test_bad_settings_are_usage_errors_naming_the_flag(argv, env, named, capsys):

@@ -1,0 +1,118 @@
+"""tsplit-router's settings (SPEC section 7, tsplit.settings): flags first, then variables
+(TSPLIT_ETCD, TSPLIT_ETCD_PREFIX, TSPLIT_LOG_LEVEL shared; the rest TSPLIT_ROUTER_<FLAG>),
+then defaults; validated before anything starts, with messages that name the flag."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sys
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from tsplit.etcd import parse_endpoints
+from tsplit.layout import DEFAULT_PREFIX, Layout
+from tsplit.settings import SettingsError, check_host_port, join_host_port, option, parse_flags, parse_host_port
+
+SERVER_KINDS = ("aio", "sync")
+EVENT_LOOPS = ("uvloop", "asyncio")
+
+__all__ = ["EVENT_LOOPS", "SERVER_KINDS", "RouterSettings", "available_cpus", "join_host_port", "parse_settings",
+           "split_host_port"]
+
+
+def split_host_port(text: str, what: str) -> tuple[str, int]:
+    """host:port of flag --what (":0": a free port on 127.0.0.1); ValueError naming it."""
+    try:
+        return parse_host_port(text)
+    except ValueError as err:
+        raise ValueError(f"--{what} {err}") from None
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (--workers auto)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _workers(text: str) -> int:
+    return available_cpus() if text.strip().lower() == "auto" else int(text)
+
+
+def _optional_host_port(text: str) -> str:
+    return check_host_port(text) if text else ""
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    listen: str = option("127.0.0.1:8001", "gRPC listen address host:port (':0' picks a free port)",
+                         parse=check_host_port)
+    etcd: str = option("127.0.0.1:2379", "etcd endpoints, comma-separated host:port", shared=True)
+    etcd_prefix: str = option(DEFAULT_PREFIX, "etcd key prefix", shared=True)
+    metrics_listen: str = option("", "Prometheus metrics host:port (empty: off)", parse=_optional_host_port)
+    router_id: str = option("", "this router's id in etcd (default r-<random>)")
+    advertise: str = option("", "address other processes reach this router at (default: the bound address)")
+    # Processes of main(), each its own router ('auto': one per CPU). One by default: a
+    # worker per CPU served 1.2-1.35x the requests but doubled memory and cold start with
+    # 10,000 deployments and slowed propagation (BENCHMARKS.md, "Tries").
+    workers: int = option(1, "worker processes sharing the listen port, each its own router; 'auto': one per CPU",
+                          parse=_workers)
+    # grpc.aio with uvloop and direct Cython backend calls: the least CPU per request of the
+    # tries (the sync server spent 20-30 % more); BENCHMARKS.md, "Tries".
+    server: str = option("aio", "gRPC server: 'aio' (grpc.aio, one event loop) or 'sync' (thread pool, sync channels)")
+    event_loop: str = option("uvloop", "the process's event loop: 'uvloop' (falls back to asyncio's when not "
+                             "installed) or 'asyncio'")
+    threads: int = option(16, "serving threads of --server sync")
+    reuse_port: bool = option(False, "share the listen port with other processes (SO_REUSEPORT)")
+    max_inflight_mirrors: int = option(256, "shadow copies in flight per router; past it copies are dropped and counted")
+    mirror_timeout_s: float = option(10.0, "deadline of a shadow copy, seconds", name="mirror_timeout")
+    request_timeout_s: float = option(300.0, "backend deadline when the client sets none, seconds",
+                                      name="request_timeout")
+    max_message_mb: int = option(64, "largest request or response accepted from clients, MiB")
+    shutdown_grace_s: float = option(10.0, "seconds in-flight requests get to finish on SIGTERM",
+                                     name="shutdown_grace")
+    log_level: str = option("INFO", "DEBUG, INFO, WARNING or ERROR", shared=True)
+
+    def __post_init__(self) -> None:
+        split_host_port(self.listen, "listen")
+        if self.metrics_listen:
+            split_host_port(self.metrics_listen, "metrics-listen")
+        try:
+            parse_endpoints(self.etcd)
+        except ValueError as err:
+            raise ValueError(f"--etcd: {err}") from None
+        Layout(self.etcd_prefix)
+        if self.router_id and ("/" in self.router_id or not self.router_id.isprintable()):
+            raise ValueError(f"--router-id {self.router_id!r} must be printable and without '/'")
+        if self.server not in SERVER_KINDS:
+            raise ValueError(f"--server must be one of {', '.join(SERVER_KINDS)}, not {self.server!r}")
+        if self.event_loop not in EVENT_LOOPS:
+            raise ValueError(f"--event-loop must be one of {', '.join(EVENT_LOOPS)}, not {self.event_loop!r}")
+        for name in ("workers", "threads", "max_inflight_mirrors", "max_message_mb"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("mirror_timeout_s", "request_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.removesuffix('_s').replace('_', '-')} must be positive (seconds)")
+        if self.shutdown_grace_s < 0:
+            raise ValueError("--shutdown-grace must not be negative (seconds)")
+        if self.log_level.upper() not in logging.getLevelNamesMapping():
+            raise ValueError(f"--log-level {self.log_level!r} is not a logging level")
+
+    def router_id_or_new(self) -> str:
+        """--router-id, or a new random one (each call makes another)."""
+        return self.router_id or f"r-{secrets.token_hex(4)}"
+
+
+def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> RouterSettings:
+    """Flags first, then TSPLIT_* variables, then defaults. Exits 2 with a message naming
+    the flag on bad input."""
+    try:
+        return parse_flags(RouterSettings, "router", argv, env, prog="tsplit-router",
+                           description="tsplit data-plane router (OIP v2)")
+    except SettingsError as err:
+        print(f"tsplit-router: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
