@@ -71,10 +71,11 @@ async def test_a_patch_reaches_three_routers_and_the_status_shows_it(
     await stub.CreateDeployment(pb.CreateDeploymentRequest(
         body=struct({"champion_model_id": champion.model_id, "deployment_id": SLUG})), metadata=md)
 
-    routers = [await router_factory() for _ in range(3)]
-    router_ids = [r.router_id for r in routers]
+    # The watch starts before the routers, so it sees each router's first record.
     watch = RecordWatch(etcd, layout)
     await watch.start()
+    routers = [await router_factory() for _ in range(3)]
+    router_ids = [r.router_id for r in routers]
     try:
         await watch.wait_all(router_ids, 1)
         answer = await stub.ManageTraffic(pb.ManageTrafficRequest(
