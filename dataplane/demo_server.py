@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.server
 import json
 import logging
 import math
@@ -28,7 +29,7 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -262,6 +263,134 @@ def start_demo_server_in_thread(models: Sequence[DemoModel] = (DEFAULT_MODEL,), 
     return ThreadedDemoServer(running.address, running.port, loop, thread, running)
 
 
+# --- the v2 REST port (for models registered with an http_endpoint) -----------------------
+
+def _rest_metadata(model: DemoModel) -> dict:
+    return {"name": model.name, "versions": [model.version], "platform": PLATFORM,
+            "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, model.inputs]}],
+            "outputs": [{"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, model.classes]},
+                        {"name": LABEL, "datatype": "INT64", "shape": [-1, 1]}]}
+
+
+def _flatten(data) -> list:
+    if isinstance(data, list):
+        return [v for item in data for v in _flatten(item)]
+    return [data]
+
+
+class _RestError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def rest_infer(models: Mapping[str, DemoModel], name: str, version: str, body: bytes) -> dict:
+    """One v2 REST inference call (the same model as ModelInfer); _RestError on bad input."""
+    model = models.get(name)
+    if model is None or (version and version != model.version):
+        raise _RestError(404, f"model {name!r} (version {version or 'any'}) is not served here")
+    try:
+        request = json.loads(body)
+    except ValueError as err:
+        raise _RestError(400, f"the body is not JSON: {err}") from None
+    inputs = request.get("inputs") if isinstance(request, dict) else None
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise _RestError(400, f"inputs: model {model.name!r} takes exactly one input")
+    tensor = inputs[0]
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or len(shape) != 2 or shape[1] != model.inputs:
+        raise _RestError(400, f"input: shape {shape} must be [batch, {model.inputs}]")
+    values = _flatten(tensor.get("data"))
+    if len(values) != shape[0] * shape[1] or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        raise _RestError(400, f"input: data must hold {shape[0] * shape[1]} finite numbers")
+    if model.latency_ms:
+        threading.Event().wait(model.latency_ms / 1000)
+    rows = [values[i:i + model.inputs] for i in range(0, len(values), model.inputs)]
+    probabilities, labels = model.predict(rows)
+    out = {"model_name": model.name, "model_version": model.version,
+           "outputs": [{"name": PROBABILITIES, "datatype": "FP32", "shape": [len(rows), model.classes],
+                        "data": probabilities},
+                       {"name": LABEL, "datatype": "INT64", "shape": [len(rows), 1], "data": labels}]}
+    if request.get("id"):
+        out["id"] = request["id"]
+    return out
+
+
+class _RestHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: the router pools its connections
+    models: Mapping[str, DemoModel] = {}
+
+    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+        log.debug("rest: " + format, *args)
+
+    def _send(self, status: int, document: dict) -> None:
+        body = json.dumps(document).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _model_path(self) -> tuple[str, str, str] | None:
+        parts = self.path.split("?")[0].strip("/").split("/")
+        if len(parts) < 3 or parts[:2] != ["v2", "models"]:
+            return None
+        name, rest = parts[2], parts[3:]
+        version = ""
+        if rest[:1] == ["versions"] and len(rest) >= 2:
+            version, rest = rest[1], rest[2:]
+        return name, version, "/".join(rest)
+
+    def do_GET(self) -> None:
+        if self.path in ("/v2/health/live", "/v2/health/ready"):
+            return self._send(200, {"live": True} if self.path.endswith("live") else {"ready": True})
+        if self.path == "/v2":
+            return self._send(200, {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []})
+        found = self._model_path()
+        model = self.models.get(found[0]) if found else None
+        if found is None or model is None or found[2] not in ("", "ready"):
+            return self._send(404, {"error": f"no route or model for {self.path}"})
+        self._send(200, {"name": model.name, "ready": True} if found[2] == "ready" else _rest_metadata(model))
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        found = self._model_path()
+        if found is None or found[2] != "infer":
+            return self._send(404, {"error": f"no route for POST {self.path}"})
+        try:
+            self._send(200, rest_infer(self.models, found[0], found[1], body))
+        except _RestError as err:
+            self._send(err.status, {"error": str(err)})
+
+
+@dataclass(frozen=True)
+class RestDemoServer:
+    """The v2 REST face of the demo models on a thread of its own."""
+    address: str
+    port: int
+    _server: http.server.ThreadingHTTPServer
+    _thread: threading.Thread
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout)
+
+
+def start_demo_rest_server(models: Sequence[DemoModel] = (DEFAULT_MODEL,),
+                           listen: str = "127.0.0.1:0") -> RestDemoServer:
+    """Serve `models` over v2 REST (HTTP/1.1, keep-alive) in a daemon thread."""
+    host, _, port_text = listen.rpartition(":")
+    handler = type("DemoRestHandler", (_RestHandler,), {"models": {m.name: m for m in models}})
+    server = http.server.ThreadingHTTPServer((host or "127.0.0.1", int(port_text or 0)), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="demo-model-rest", daemon=True)
+    thread.start()
+    port = server.server_address[1]
+    return RestDemoServer(f"{host or '127.0.0.1'}:{port}", port, server, thread)
+
+
 # --- command line -------------------------------------------------------------------------
 
 def parse_weights(text: str, classes: int | None) -> tuple[tuple[float, ...], ...]:
@@ -280,9 +409,11 @@ def _env(flag: str, default: str | None) -> str | None:
     return os.environ.get("TSPLIT_DEMO_MODEL_" + flag.upper().replace("-", "_"), default)
 
 
-def parse_args(argv: Sequence[str] | None) -> tuple[str, DemoModel]:
+def parse_args(argv: Sequence[str] | None) -> tuple[str, DemoModel, str]:
     p = argparse.ArgumentParser(prog="tsplit-demo-model", description=__doc__.split("\n\n")[0])
     p.add_argument("--listen", default=_env("listen", "127.0.0.1:0"), help="host:port (':0' picks a free port)")
+    p.add_argument("--http-listen", default=_env("http-listen", ""),
+                   help="host:port of a v2 REST port beside gRPC (':0' picks a free port; empty: none)")
     p.add_argument("--model-name", default=_env("model-name", DEFAULT_MODEL.name))
     p.add_argument("--model-version", default=_env("model-version", DEFAULT_MODEL.version))
     p.add_argument("--weights", default=_env("weights", "1,0;0,1"),
@@ -304,12 +435,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[str, DemoModel]:
         p.error(f"--error-code: {args.error_code!r} is not a gRPC status code name")
     except (ValueError, IndexError) as err:
         p.error(str(err) if str(err).startswith(("--", "model")) else f"--weights/--bias: {err}")
-    return args.listen, model
+    return args.listen, model, args.http_listen
 
 
-async def _serve(listen: str, model: DemoModel) -> None:
+async def _serve(listen: str, model: DemoModel, http_listen: str = "") -> None:
     running = await start_demo_server([model], listen)
-    print(json.dumps({"address": running.address}), flush=True)
+    rest = start_demo_rest_server([model], http_listen) if http_listen else None
+    print(json.dumps({"address": running.address, **({"http_address": rest.address} if rest else {})}), flush=True)
     log.info("serving model %s (%d inputs, %d classes) on %s", model.name, model.inputs, model.classes,
              running.address)
     stopping = asyncio.Event()
@@ -317,13 +449,15 @@ async def _serve(listen: str, model: DemoModel) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
+    if rest is not None:
+        rest.stop()
     await running.stop(1.0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    listen, model = parse_args(argv)
-    asyncio.run(_serve(listen, model))
+    listen, model, http_listen = parse_args(argv)
+    asyncio.run(_serve(listen, model, http_listen))
     return 0
 
 

@@ -54,6 +54,7 @@ class Variant:
     model_name: str      # the model's name on that server
     model_version: str
     weight_bp: int
+    http_endpoint: str = ""  # the model's v2 REST host:port ("" : REST calls are translated to gRPC)
 
     @property
     def is_champion(self) -> bool:
@@ -85,6 +86,7 @@ class DeploymentRoute:
     # The slot owners as (start, end, variant index) triples; () lays them out as a config
     # without an allocation (the champion first, then the challengers in order).
     slots: tuple[SlotTriple, ...] = ()
+    org_id: str = ""                        # the deployment's org (the native router's --auth jwt)
     # Precomputed at construction so the hot path does one lookup or hash and one bisect.
     _by_name: Mapping[str, Variant] = field(init=False, compare=False, repr=False)
     _starts: tuple[int, ...] = field(init=False, compare=False, repr=False)
@@ -263,7 +265,8 @@ class RoutingTable:
 
 
 def _variant(name: str, model: Model, weight_bp: int) -> Variant:
-    return Variant(name, model.model_id, model.endpoint, model.model_name, model.model_version, weight_bp)
+    return Variant(name, model.model_id, model.endpoint, model.model_name, model.model_version, weight_bp,
+                   model.http_endpoint)
 
 
 def build_route(deployment: Deployment, models: Mapping[str, Model],
@@ -294,7 +297,7 @@ def build_route(deployment: Deployment, models: Mapping[str, Model],
     champion = _variant(CHAMPION, champion_model, champion_bp)
     slots = slot_triples(deployment.allocation, (champion, *challengers))
     route = DeploymentRoute(slug, deployment.cache_version, deployment.shadow_mode, champion, tuple(challengers),
-                            rng, slots)
+                            rng, slots, org_id=deployment.org_id)
     return route, problems
 
 

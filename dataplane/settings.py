@@ -15,8 +15,9 @@ from tsplit.etcd import parse_endpoints
 from tsplit.layout import DEFAULT_PREFIX, Layout
 from tsplit.settings import SettingsError, check_host_port, join_host_port, option, parse_flags, parse_host_port
 
-SERVER_KINDS = ("aio", "sync")
+SERVER_KINDS = ("aio", "sync", "native")
 EVENT_LOOPS = ("uvloop", "asyncio")
+AUTH_KINDS = ("none", "jwt")
 
 __all__ = ["EVENT_LOOPS", "SERVER_KINDS", "RouterSettings", "available_cpus", "join_host_port", "parse_settings",
            "split_host_port"]
@@ -75,6 +76,14 @@ class RouterSettings:
     shutdown_grace_s: float = option(10.0, "seconds in-flight requests get to finish on SIGTERM",
                                      name="shutdown_grace")
     log_level: str = option("INFO", "DEBUG, INFO, WARNING or ERROR", shared=True)
+    # --auth jwt (SPEC section 5, "Auth"; the native router): the control plane's JWT flags.
+    auth: str = option("none", "'none', or 'jwt': inference calls need a bearer token of the deployment's org "
+                       "(native router)")
+    jwt_public_key: str = option("", "PEM file of the public key that verifies tokens (with --auth jwt)", shared=True)
+    jwks: str = option("", "JWKS file of the keys that verify tokens (with --auth jwt, instead of --jwt-public-key)",
+                       shared=True)
+    jwt_issuer: str = option("", "required token issuer (iss), when set", shared=True)
+    jwt_audience: str = option("", "required token audience (aud), when set", shared=True)
 
     def __post_init__(self) -> None:
         split_host_port(self.listen, "listen")
@@ -101,6 +110,26 @@ class RouterSettings:
             raise ValueError("--shutdown-grace must not be negative (seconds)")
         if self.log_level.upper() not in logging.getLevelNamesMapping():
             raise ValueError(f"--log-level {self.log_level!r} is not a logging level")
+        if self.auth not in AUTH_KINDS:
+            raise ValueError(f"--auth must be one of {', '.join(AUTH_KINDS)}, not {self.auth!r}")
+        if self.auth == "jwt":
+            if self.server != "native":
+                raise ValueError("--auth jwt is served by the native router: give --server native too")
+            if bool(self.jwt_public_key) == bool(self.jwks):
+                raise ValueError("--auth jwt needs exactly one of --jwt-public-key (PEM file) or --jwks (JWKS file)")
+            path = self.jwt_public_key or self.jwks
+            if not os.path.isfile(path):
+                raise ValueError(f"--{'jwt-public-key' if self.jwt_public_key else 'jwks'} {path!r}: no such file")
+        elif self.jwt_public_key or self.jwks:
+            raise ValueError("--jwt-public-key and --jwks take effect with --auth jwt; give it too (or drop them)")
+
+    def auth_config(self) -> dict | None:
+        """The native core's `auth` config (None: --auth none). The key file is read, and a
+        bad one refused, when the core starts."""
+        if self.auth != "jwt":
+            return None
+        return {"public_key_path": self.jwt_public_key or None, "jwks_path": self.jwks or None,
+                "issuer": self.jwt_issuer or None, "audience": self.jwt_audience or None}
 
     def router_id_or_new(self) -> str:
         """--router-id, or a new random one (each call makes another)."""

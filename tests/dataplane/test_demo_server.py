@@ -191,7 +191,7 @@ def test_model_settings_are_validated():
 
 
 def test_flags_and_environment(monkeypatch):
-    listen, model = parse_args(["--model-name", "linear-b", "--weights", "1,0.1,0,1", "--bias", "0,0.05",
+    listen, model, _ = parse_args(["--model-name", "linear-b", "--weights", "1,0.1,0,1", "--bias", "0,0.05",
                                 "--error-code", "unavailable", "--error-rate", "0.5"])
     assert listen == "127.0.0.1:0"
     assert model.weights == ((1.0, 0.1), (0.0, 1.0)) and model.bias == (0.0, 0.05)

@@ -383,7 +383,7 @@ def cmd_up(args, ctx: CliContext) -> int:
 
     options = UpOptions(directory=ctx.directory, routers=args.routers, demo_models=args.demo_models,
                         etcd=getattr(args, "etcd", None), etcd_prefix=ctx.etcd_prefix,
-                        org_id=args.org)
+                        org_id=args.org, auth=args.auth)
     started_at = time.monotonic()
     stack, _ = up(options, _info)
     _info(f"healthy in {time.monotonic() - started_at:.1f} s; wrote {ctx.directory / 'stack.json'}")
@@ -486,6 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo-models", action="store_true", help="also start and register three demo model servers")
     p.add_argument("--detach", action="store_true", help="return once healthy (stop later with `tsplit down`)")
     p.add_argument("--org", default="org_1", help="org of the admin token (default org_1)")
+    p.add_argument("--auth", choices=("none", "jwt"), default="none",
+                   help="routers' auth: 'jwt' makes inference calls need a token (`tsplit token`) of the "
+                        "deployment's org (default none)")
     add("down", cmd_down, "stop every process of the local stack in --dir")
     p = add("demo", cmd_demo, "the scripted end-to-end story (what scripts/demo runs)")
     p.add_argument("--keep", action="store_true", help="leave the stack running afterwards")

@@ -156,6 +156,7 @@ class UpOptions:
     etcd: str | None = None
     etcd_prefix: str = "/tsplit"
     org_id: str = "org_1"
+    auth: str = "none"  # the routers' --auth: "jwt" starts them on the native core, verifying tokens
 
 
 DEMO_MODELS = (
@@ -333,12 +334,13 @@ def up(options: UpOptions, log: Callable[[str], None]) -> tuple[dict[str, Any], 
                 address = f"127.0.0.1:{_same_or_free_port(old.get('address'))}"
                 metrics = f"127.0.0.1:{_same_or_free_port(old.get('metrics_url', '').removesuffix('/metrics'))}"
                 router_id = f"r-{i + 1}"
+                auth_flags = ["--server", "native", "--auth", "jwt", *jwt_flags] if options.auth == "jwt" else []
                 launch(Child(
                     f"router-{i + 1}", [_bin("tsplit-router"), "--listen", address, "--metrics-listen", metrics,
-                                        "--router-id", router_id, "--workers", "1", *prefix_flags],
+                                        "--router-id", router_id, "--workers", "1", *prefix_flags, *auth_flags],
                     lambda a=address: grpc_serving(a),
                     info={"router_id": router_id, "address": address, "http_url": f"http://{address}",
-                          "metrics_url": f"http://{metrics}/metrics"}), "routers", i)
+                          "metrics_url": f"http://{metrics}/metrics", "auth": options.auth}), "routers", i)
 
             old_models = {m.get("model_name"): m for m in previous.get("demo_models") or []}
             wanted = DEMO_MODELS if options.demo_models or old_models else ()

@@ -37,6 +37,9 @@ static CACHE_VERSION: HeaderName = HeaderName::from_static("tsplit-cache-version
 
 /// Every request the server takes.
 pub async fn handle(shared: Arc<Shared>, backends: Arc<Backends>, req: Request<Incoming>) -> Response<RespBody> {
+    if !crate::rest::is_grpc(req.headers()) {
+        return crate::rest::handle(shared, backends, req).await;
+    }
     let path = req.uri().path();
     let answer = match path {
         INFER => infer(&shared, &backends, req).await,
@@ -113,7 +116,18 @@ fn invalid(err: wire::Malformed) -> Status {
     Status::new(Code::INVALID_ARGUMENT, format!("the request is not a valid message: {err}"))
 }
 
-fn route_of(shared: &Shared, name: &str, field: &str) -> Result<Arc<Route>, Status> {
+/// `--auth jwt`: the caller's principal (None without auth), or UNAUTHENTICATED.
+fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Option<Arc<crate::auth::Principal>>, Status> {
+    crate::rest::authenticate(shared, headers).map_err(|e| Status::new(Code::UNAUTHENTICATED, e.0))
+}
+
+/// The named deployment; another org's is NOT_FOUND in the same words as none.
+fn route_of(
+    shared: &Shared,
+    name: &str,
+    field: &str,
+    principal: &Option<Arc<crate::auth::Principal>>,
+) -> Result<Arc<Route>, Status> {
     if name.is_empty() {
         return Err(Status::new(
             Code::INVALID_ARGUMENT,
@@ -126,6 +140,7 @@ fn route_of(shared: &Shared, name: &str, field: &str) -> Result<Arc<Route>, Stat
     };
     table
         .lookup(name)
+        .filter(|route| crate::rest::may_use(principal, route))
         .cloned()
         .ok_or_else(|| Status::new(Code::NOT_FOUND, format!("{field} {}: no such deployment", py_repr(name))))
 }
@@ -141,7 +156,7 @@ fn py_repr(text: &str) -> String {
 
 /// Client metadata passed to a backend: not `authorization`, `x-tsplit-*`, HTTP/2
 /// pseudo and hop-by-hop headers, nor what describes this hop (its deadline, encoding).
-fn forwardable(headers: &HeaderMap) -> HeaderMap {
+pub(crate) fn forwardable(headers: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(headers.len() + 3);
     for (k, v) in headers {
         let name = k.as_str();
@@ -172,7 +187,7 @@ fn forwardable(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
-fn variant_headers(route: &Route, variant: &Variant) -> HeaderMap {
+pub(crate) fn variant_headers(route: &Route, variant: &Variant) -> HeaderMap {
     let mut h = HeaderMap::with_capacity(3);
     if let Ok(v) = HeaderValue::from_str(&variant.model_id) {
         h.insert(MODEL_ID.clone(), v);
@@ -186,7 +201,7 @@ fn variant_headers(route: &Route, variant: &Variant) -> HeaderMap {
 
 /// "variant ch_x (model mod_y) of deployment dep_z": how the router's errors name a
 /// backend (never by its address).
-fn describe(route: &Route, variant: &Variant) -> String {
+pub(crate) fn describe(route: &Route, variant: &Variant) -> String {
     format!("variant {} (model {}) of deployment {}", variant.name, variant.model_id, route.slug)
 }
 
@@ -240,8 +255,9 @@ async fn infer(
 ) -> Result<Response<RespBody>, Status> {
     let started = std::time::Instant::now();
     let call = read_call(shared, req).await?;
+    let principal = authenticate(shared, &call.headers)?;
     let found = wire::scan_model_ref(&call.message, &wire::INFER_REQUEST).map_err(invalid)?;
-    let route = route_of(shared, found.name, "model_name")?;
+    let route = route_of(shared, found.name, "model_name", &principal)?;
     let forced = call.headers.get(FORCED_VARIANT_HEADER).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let (variant, mirror) = match &forced {
         Some(name) if !name.is_empty() => match route.variant(name) {
@@ -337,8 +353,9 @@ async fn to_champion(
 ) -> Result<Response<RespBody>, Status> {
     let path = req.uri().path().to_string();
     let call = read_call(shared, req).await?;
+    let principal = authenticate(shared, &call.headers)?;
     let found = wire::scan_model_ref(&call.message, &wire::MODEL_REQUEST).map_err(invalid)?;
-    let route = route_of(shared, found.name, "name")?;
+    let route = route_of(shared, found.name, "name", &principal)?;
     let champion = route.champion().clone();
     let headers = forwardable(&call.headers);
     let extra = variant_headers(&route, &champion);

@@ -10,7 +10,7 @@
 //! - `mirror`: shadow copies, bounded in flight, and their pairs scored (`compare`).
 //! - `stats`: the per-variant counters; `health`, `reflection`: the gRPC services.
 //! - `oip`: the v2 messages; `compare`: shadow pairs scored; `json_infer`: v2 REST JSON to
-//!   and from ModelInfer; `auth`: `--auth jwt` token verification.
+//!   and from ModelInfer; `auth`: `--auth jwt` token verification; `rest`: the v2 REST API.
 
 pub mod auth;
 pub mod backends;
@@ -23,6 +23,7 @@ pub mod json_infer;
 pub mod mirror;
 pub mod oip;
 pub mod reflection;
+pub mod rest;
 pub mod serve;
 pub mod stats;
 pub mod table;

@@ -78,6 +78,9 @@ pub struct Config {
     /// Threads that compare large shadow pairs (at the lowest CPU priority).
     #[serde(default = "default_compare_threads")]
     pub compare_threads: usize,
+    /// `--auth jwt`: the token settings (absent: `--auth none`).
+    #[serde(default)]
+    pub auth: Option<crate::auth::AuthConfig>,
 }
 
 /// What every runtime thread shares.
@@ -89,6 +92,8 @@ pub struct Shared {
     pub mirrors: Arc<crate::mirror::Mirrors>,
     pub stopping: AtomicBool,
     pub reflection: crate::reflection::Reflection,
+    /// `--auth jwt`: verifies callers' tokens (None: no auth).
+    pub verifier: Option<crate::auth::Verifier>,
     grace_ms: AtomicU64,
     /// Health Watch streams wait on this (true: serving).
     pub serving: watch::Sender<bool>,
@@ -145,7 +150,15 @@ impl Server {
             Duration::from_secs_f64(config.mirror_timeout_s.max(0.0)),
             config.compare_threads,
         );
+        let verifier = match &config.auth {
+            Some(auth) => Some(
+                crate::auth::Verifier::new(auth)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+            ),
+            None => None,
+        };
         let shared = Arc::new(Shared {
+            verifier,
             reflection: crate::reflection::Reflection::new(&config.reflection),
             config,
             table: ArcSwapOption::empty(),

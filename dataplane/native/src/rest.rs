@@ -1,0 +1,671 @@
+//! The Open Inference Protocol v2 REST API on the router's one port, beside gRPC (SPEC
+//! section 5, "REST"), over HTTP/1.1 and HTTP/2 alike (serve.rs's auto server; dispatch.rs
+//! hands every request whose content-type is not application/grpc here).
+//!
+//! - `GET /v2/health/live`, `GET /v2/health/ready` (503 until the first snapshot), `GET /v2`
+//!   (server metadata): no token needed.
+//! - `GET /v2/models/{slug}[/versions/{v}]` and `.../ready`: asked of the champion (REST
+//!   when it has an `http_endpoint`, else ModelMetadata/ModelReady over gRPC); the answer
+//!   names the deployment.
+//! - `POST /v2/models/{slug}[/versions/{v}]/infer`: a variant is chosen exactly as for gRPC
+//!   (split by slot, `x-routing-key`, `x-tsplit-variant`), then
+//!   - a model with an `http_endpoint` gets the body untouched (never parsed) at
+//!     `/v2/models/{model_name}[/versions/{model_version}]/infer` over pooled HTTP/1.1
+//!     keep-alive connections, and its answer (any status) passes through;
+//!   - a model without one gets the JSON translated to ModelInfer on its gRPC endpoint
+//!     (json_infer.rs), and the answer translated back (a gRPC error becomes its HTTP
+//!     status with the v2 error object).
+//!
+//!   A challenger that cannot be reached is retried on the champion (a failover); answers
+//!   are counted in the same per-variant counters as gRPC (2xx is OK, an HTTP error is
+//!   counted under the gRPC code it corresponds to), latency to the answer's head.
+//!
+//! The router's own errors are the v2 error object `{"error": "..."}`: 400 (not JSON, not an
+//! inference request, a body that did not arrive whole), 401 (no valid token, with
+//! `--auth jwt`), 404 (no such deployment, or another org's: the same words), 405, 413 (a
+//! body over the router's limit, `max_message_bytes`, 64 MiB by default), 415 (a
+//! content-type that is not JSON), 503 (no routing configuration yet, the champion
+//! unreachable), 504 (the deadline, `request_timeout_s`, passed).
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use prost::Message;
+use serde_json::{json, Value};
+use tokio::time::{timeout_at, Instant};
+
+use crate::auth::{bearer_token, AuthError, Principal};
+use crate::backends::{Backends, CallError};
+use crate::body::{BoxError, RespBody, Tally};
+use crate::dispatch::{self, FORCED_VARIANT_HEADER, NOT_READY_MESSAGE, ROUTING_KEY_HEADER};
+use crate::grpc::{self, Code};
+use crate::json_infer::{error_body, request_from_json, response_to_json};
+use crate::oip;
+use crate::serve::Shared;
+use crate::table::{Route, Variant};
+
+const JSON: &str = "application/json";
+const MODEL_READY_PATH: &str = "/inference.GRPCInferenceService/ModelReady";
+const MODEL_METADATA_PATH: &str = "/inference.GRPCInferenceService/ModelMetadata";
+
+/// Whether a request is gRPC (dispatch.rs keeps those; everything else comes here).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// An answer the router makes: status and JSON body.
+fn answer(status: StatusCode, body: Bytes) -> Response<RespBody> {
+    let mut response = Response::new(Full::new(body).map_err(|never| match never {}).boxed_unsync());
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON));
+    response
+}
+
+fn error(status: StatusCode, message: &str) -> Response<RespBody> {
+    answer(status, error_body(message))
+}
+
+fn unauthorized(err: &AuthError) -> Response<RespBody> {
+    let mut response = error(StatusCode::UNAUTHORIZED, &err.0);
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+fn with_headers(mut response: Response<RespBody>, extra: &HeaderMap) -> Response<RespBody> {
+    for (k, v) in extra {
+        response.headers_mut().insert(k, v.clone());
+    }
+    response
+}
+
+/// The caller's principal under `--auth jwt` (None without auth); Err: no valid token.
+pub fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Option<Arc<Principal>>, AuthError> {
+    let Some(verifier) = shared.verifier.as_ref() else { return Ok(None) };
+    let token = bearer_token(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()))?;
+    verifier.check(token).map(Some)
+}
+
+/// Whether the caller may see the deployment: any valid token of its org (or no auth).
+pub fn may_use(principal: &Option<Arc<Principal>>, route: &Route) -> bool {
+    principal.as_ref().is_none_or(|p| p.org_id == route.org_id)
+}
+
+/// The deployment named in a REST path, or the answer that says why not (404 for another
+/// org's deployment is the same as for none).
+fn route_for(
+    shared: &Shared,
+    principal: &Option<Arc<Principal>>,
+    slug: &str,
+) -> Result<Arc<Route>, Box<Response<RespBody>>> {
+    let table = shared.table.load();
+    let Some(table) = table.as_ref() else {
+        return Err(Box::new(error(StatusCode::SERVICE_UNAVAILABLE, NOT_READY_MESSAGE)));
+    };
+    match table.lookup(slug) {
+        Some(route) if may_use(principal, route) => Ok(route.clone()),
+        _ => Err(Box::new(error(StatusCode::NOT_FOUND, &format!("model '{slug}': no such deployment")))),
+    }
+}
+
+/// A parsed REST path under /v2/models/.
+struct ModelPath<'a> {
+    slug: &'a str,
+    action: &'a str, // "", "ready" or "infer"
+}
+
+fn model_path(path: &str) -> Option<ModelPath<'_>> {
+    let rest = path.strip_prefix("/v2/models/")?;
+    let mut parts = rest.split('/');
+    let slug = parts.next().filter(|s| !s.is_empty())?;
+    let mut next = parts.next();
+    if next == Some("versions") {
+        parts.next()?; // a version in the path is the caller's; the variant's own is sent
+        next = parts.next();
+    }
+    let action = match next {
+        None | Some("") => "",
+        Some(a @ ("ready" | "infer")) => a,
+        Some(_) => return None,
+    };
+    if parts.next().is_some_and(|p| !p.is_empty()) {
+        return None;
+    }
+    Some(ModelPath { slug, action })
+}
+
+/// Every REST request.
+pub async fn handle(shared: Arc<Shared>, backends: Arc<Backends>, req: Request<Incoming>) -> Response<RespBody> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let get = method == Method::GET || method == Method::HEAD;
+    match path.as_str() {
+        "/v2/health/live" if get => return answer(StatusCode::OK, Bytes::from_static(b"{\"live\":true}")),
+        "/v2/health/ready" if get => {
+            return if shared.is_serving() {
+                answer(StatusCode::OK, Bytes::from_static(b"{\"ready\":true}"))
+            } else {
+                answer(StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(b"{\"ready\":false}"))
+            };
+        }
+        "/v2" | "/v2/" if get => {
+            let body = json!({"name": shared.config.server_name, "version": shared.config.server_version,
+                              "extensions": []});
+            return answer(StatusCode::OK, Bytes::from(body.to_string()));
+        }
+        "/v2/health/live" | "/v2/health/ready" | "/v2" | "/v2/" => {
+            return error(StatusCode::METHOD_NOT_ALLOWED, &format!("{path} takes GET"))
+        }
+        _ => {}
+    }
+    let Some(model) = model_path(&path) else {
+        return error(StatusCode::NOT_FOUND, &format!("{path} is not a v2 REST route of this router"));
+    };
+    let principal = match authenticate(&shared, req.headers()) {
+        Ok(p) => p,
+        Err(err) => return unauthorized(&err),
+    };
+    let route = match route_for(&shared, &principal, model.slug) {
+        Ok(r) => r,
+        Err(answer) => return *answer,
+    };
+    match (model.action, get, method == Method::POST) {
+        ("infer", _, true) => infer(&shared, &backends, &route, req).await,
+        ("", true, _) | ("ready", true, _) => model_call(&shared, &backends, &route, model.action, req).await,
+        ("infer", _, _) => error(StatusCode::METHOD_NOT_ALLOWED, &format!("{path} takes POST")),
+        _ => error(StatusCode::METHOD_NOT_ALLOWED, &format!("{path} takes GET")),
+    }
+}
+
+// --- the backends' REST side: pooled HTTP/1.1 ------------------------------------------
+
+type RestClient = Client<HttpConnector, Full<Bytes>>;
+
+thread_local! {
+    /// One pool per runtime thread (each runtime is current-thread: its connections stay
+    /// on it).
+    static REST_CLIENT: RefCell<Option<RestClient>> = const { RefCell::new(None) };
+}
+
+fn rest_client() -> RestClient {
+    REST_CLIENT.with(|c| {
+        c.borrow_mut()
+            .get_or_insert_with(|| {
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                connector.set_connect_timeout(Some(Duration::from_secs(10)));
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .pool_max_idle_per_host(256)
+                    .build(connector)
+            })
+            .clone()
+    })
+}
+
+/// Request headers passed to a REST backend: not `authorization`, `x-tsplit-*`,
+/// hop-by-hop headers or the host.
+fn rest_forwardable(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (k, v) in headers {
+        let name = k.as_str();
+        let hop = matches!(
+            name,
+            "authorization"
+                | "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "proxy-authorization"
+                | "transfer-encoding"
+                | "upgrade"
+                | "te"
+                | "trailer"
+                | "host"
+                | "content-length"
+                | "expect"
+        );
+        if !hop && !name.starts_with("x-tsplit-") && name != ROUTING_KEY_HEADER {
+            out.append(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
+/// The model's REST path for `action` ("" metadata, "ready", "infer").
+fn backend_path(variant: &Variant, action: &str) -> String {
+    let mut path = format!("/v2/models/{}", variant.model_name);
+    if !variant.model_version.is_empty() {
+        path.push_str("/versions/");
+        path.push_str(&variant.model_version);
+    }
+    if !action.is_empty() {
+        path.push('/');
+        path.push_str(action);
+    }
+    path
+}
+
+async fn send_rest(
+    variant: &Variant,
+    method: Method,
+    action: &str,
+    body: Bytes,
+    headers: &HeaderMap,
+    deadline: Instant,
+) -> Result<Response<Incoming>, CallError> {
+    let uri = format!("http://{}{}", variant.http_endpoint, backend_path(variant, action));
+    let mut request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Full::new(body))
+        .map_err(|e| CallError::Unavailable(format!("bad request: {e}")))?;
+    *request.headers_mut() = headers.clone();
+    match timeout_at(deadline, rest_client().request(request)).await {
+        Err(_) => Err(CallError::DeadlineExceeded),
+        Ok(Err(err)) => Err(CallError::Unavailable(format!("{err}"))),
+        Ok(Ok(response)) => Ok(response),
+    }
+}
+
+/// A backend's REST answer passed on as it is (hop-by-hop headers dropped).
+fn pass_through(response: Response<Incoming>, extra: &HeaderMap) -> Response<RespBody> {
+    let (mut parts, body) = response.into_parts();
+    for name in ["connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"] {
+        parts.headers.remove(name);
+    }
+    for (k, v) in extra {
+        parts.headers.insert(k, v.clone());
+    }
+    Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed_unsync())
+}
+
+// --- the backends' gRPC side ----------------------------------------------------------
+
+/// A unary gRPC answer read whole: its status and, when OK, its message.
+struct GrpcAnswer {
+    code: Code,
+    message: String,
+    data: Bytes,
+}
+
+async fn grpc_call(
+    shared: &Shared,
+    backends: &Backends,
+    variant: &Variant,
+    path: &str,
+    message: &Bytes,
+    headers: &HeaderMap,
+    deadline: Instant,
+) -> Result<GrpcAnswer, CallError> {
+    let response = dispatch::send(backends, variant, path, message, headers, deadline).await?;
+    let (parts, body) = response.into_parts();
+    if let Some(code) = parts.headers.get("grpc-status").map(|v| Code::parse(v.as_bytes())) {
+        return Ok(GrpcAnswer { code, message: grpc_message(&parts.headers), data: Bytes::new() });
+    }
+    let collected = match timeout_at(deadline, body.collect()).await {
+        Err(_) => return Err(CallError::DeadlineExceeded),
+        Ok(Err(err)) => return Err(CallError::Unavailable(format!("the answer broke off: {err}"))),
+        Ok(Ok(c)) => c,
+    };
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let code = trailers.get("grpc-status").map_or(Code::UNKNOWN, |v| Code::parse(v.as_bytes()));
+    let raw = collected.to_bytes();
+    if code != Code::OK {
+        return Ok(GrpcAnswer { code, message: grpc_message(&trailers), data: Bytes::new() });
+    }
+    let encoding = parts.headers.get("grpc-encoding").map(|v| v.as_bytes());
+    match grpc::unary_message(&raw, encoding, shared.config.max_message_bytes.max(1 << 20) * 4) {
+        Ok(data) => Ok(GrpcAnswer { code, message: String::new(), data }),
+        Err(status) => Ok(GrpcAnswer { code: Code::INTERNAL, message: status.message, data: Bytes::new() }),
+    }
+}
+
+/// grpc-message, percent-decoded.
+fn grpc_message(headers: &HeaderMap) -> String {
+    let raw = headers.get("grpc-message").map(|v| v.as_bytes()).unwrap_or_default();
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' && i + 2 < raw.len() {
+            if let Ok(b) = u8::from_str_radix(std::str::from_utf8(&raw[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(raw[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The HTTP status of a gRPC code (as grpc-gateway and Triton map them).
+pub fn http_status(code: Code) -> StatusCode {
+    match code.0 {
+        0 => StatusCode::OK,
+        1 => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        3 | 9 | 11 => StatusCode::BAD_REQUEST,
+        4 => StatusCode::GATEWAY_TIMEOUT,
+        5 => StatusCode::NOT_FOUND,
+        6 | 10 => StatusCode::CONFLICT,
+        7 => StatusCode::FORBIDDEN,
+        8 => StatusCode::TOO_MANY_REQUESTS,
+        12 => StatusCode::NOT_IMPLEMENTED,
+        14 => StatusCode::SERVICE_UNAVAILABLE,
+        16 => StatusCode::UNAUTHORIZED,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The gRPC code an HTTP answer is counted under.
+pub fn grpc_code(status: StatusCode) -> Code {
+    match status.as_u16() {
+        200..=299 => Code::OK,
+        400 | 413 | 415 | 422 => Code::INVALID_ARGUMENT,
+        401 => Code::UNAUTHENTICATED,
+        403 => Code(7), // PERMISSION_DENIED
+        404 => Code::NOT_FOUND,
+        408 | 504 => Code::DEADLINE_EXCEEDED,
+        429 => Code::RESOURCE_EXHAUSTED,
+        501 => Code::UNIMPLEMENTED,
+        502 | 503 => Code::UNAVAILABLE,
+        _ => Code::UNKNOWN,
+    }
+}
+
+// --- infer -----------------------------------------------------------------------------
+
+/// Read the whole body within the limit and the deadline (413, 400, 504 otherwise).
+async fn read_body(shared: &Shared, body: Incoming, deadline: Instant) -> Result<Bytes, Response<RespBody>> {
+    let max = shared.config.max_message_bytes;
+    match timeout_at(deadline, Limited::new(body, max).collect()).await {
+        Err(_) => Err(error(StatusCode::GATEWAY_TIMEOUT, "the request body did not arrive before the deadline")),
+        Ok(Err(err)) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the request body is larger than the router's limit ({max} bytes)"),
+        )),
+        Ok(Err(_)) => Err(error(StatusCode::BAD_REQUEST, "the request body was not received whole")),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    match headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("")) {
+        None => true, // a client that says nothing is taken at its word: JSON
+        Some(ct) => {
+            let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            essence == JSON || (essence.starts_with("application/") && essence.ends_with("+json"))
+        }
+    }
+}
+
+/// What one attempt on a variant gave.
+enum Attempt {
+    Answer(Response<RespBody>, StatusCode),
+    /// No answer at all: the variant's backend cannot be reached.
+    Unreachable,
+    Deadline,
+}
+
+async fn attempt(
+    shared: &Shared,
+    backends: &Backends,
+    variant: &Variant,
+    body: &Bytes,
+    rest_headers: &HeaderMap,
+    grpc_headers: &HeaderMap,
+    deadline: Instant,
+) -> Attempt {
+    if !variant.http_endpoint.is_empty() {
+        return match send_rest(variant, Method::POST, "infer", body.clone(), rest_headers, deadline).await {
+            Ok(response) => {
+                let status = response.status();
+                Attempt::Answer(pass_through(response, &HeaderMap::new()), status)
+            }
+            Err(CallError::Unavailable(_)) => Attempt::Unreachable,
+            Err(CallError::DeadlineExceeded) => Attempt::Deadline,
+        };
+    }
+    // Translated: the model's name and version are appended by dispatch::send (the
+    // variant's suffix), so the request is encoded without them.
+    let request = match request_from_json(body, "", "") {
+        Ok(r) => r,
+        Err(err) => return Attempt::Answer(error(StatusCode::BAD_REQUEST, &err.0), StatusCode::BAD_REQUEST),
+    };
+    let message = Bytes::from(request.encode_to_vec());
+    match grpc_call(shared, backends, variant, dispatch::INFER, &message, grpc_headers, deadline).await {
+        Err(CallError::Unavailable(_)) => Attempt::Unreachable,
+        Err(CallError::DeadlineExceeded) => Attempt::Deadline,
+        Ok(a) if a.code == Code::UNAVAILABLE => Attempt::Unreachable,
+        Ok(a) if a.code != Code::OK => {
+            let status = http_status(a.code);
+            Attempt::Answer(error(status, &a.message), status)
+        }
+        Ok(a) => {
+            let decoded = oip::ModelInferResponse::decode(a.data)
+                .map_err(|e| format!("the backend's answer is not a ModelInferResponse: {e}"))
+                .and_then(|r| response_to_json(&r).map_err(|e| format!("the backend's answer: {e}")));
+            match decoded {
+                Ok(json) => Attempt::Answer(answer(StatusCode::OK, Bytes::from(json)), StatusCode::OK),
+                Err(message) => Attempt::Answer(error(StatusCode::BAD_GATEWAY, &message), StatusCode::BAD_GATEWAY),
+            }
+        }
+    }
+}
+
+async fn infer(shared: &Shared, backends: &Backends, route: &Route, req: Request<Incoming>) -> Response<RespBody> {
+    let started = std::time::Instant::now();
+    let deadline = Instant::now() + Duration::from_secs_f64(shared.config.request_timeout_s);
+    let (parts, body) = req.into_parts();
+    if !is_json(&parts.headers) {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "an inference request is JSON: send Content-Type: application/json",
+        );
+    }
+    let body = match read_body(shared, body, deadline).await {
+        Ok(b) => b,
+        Err(answer) => return answer,
+    };
+    let forced = parts.headers.get(FORCED_VARIANT_HEADER).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let is_forced = forced.as_deref().is_some_and(|f| !f.is_empty());
+    let mut variant = match &forced {
+        Some(name) if !name.is_empty() => match route.variant(name) {
+            Some(v) => v.clone(),
+            None => {
+                let known: Vec<&str> = route.variants.iter().map(|v| v.name.as_str()).collect();
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                        "x-tsplit-variant '{name}' is not a variant of deployment {} (variants: {})",
+                        route.slug,
+                        known.join(", ")
+                    ),
+                );
+            }
+        },
+        _ => {
+            let key = parts.headers.get(ROUTING_KEY_HEADER).map(|v| v.as_bytes());
+            route.choose(route.slot_of(key)).0.clone()
+        }
+    };
+    let rest_headers = rest_forwardable(&parts.headers);
+    let grpc_headers = dispatch::forwardable(&grpc_metadata(&parts.headers));
+    let mut outcome = attempt(shared, backends, &variant, &body, &rest_headers, &grpc_headers, deadline).await;
+    if matches!(outcome, Attempt::Unreachable) && !variant.is_champion() {
+        if !is_forced {
+            variant.counters.failovers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        variant = route.champion().clone();
+        outcome = attempt(shared, backends, &variant, &body, &rest_headers, &grpc_headers, deadline).await;
+    }
+    let tally = Tally { counters: variant.counters.clone(), started, forced: is_forced };
+    let extra = dispatch::variant_headers(route, &variant);
+    let (response, status) = match outcome {
+        Attempt::Answer(response, status) => (response, status),
+        Attempt::Unreachable => (
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("the backend of {} is unreachable", dispatch::describe(route, &variant)),
+            ),
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        Attempt::Deadline => (error(StatusCode::GATEWAY_TIMEOUT, "Deadline Exceeded"), StatusCode::GATEWAY_TIMEOUT),
+    };
+    tally.finish(grpc_code(status));
+    with_headers(response, &extra)
+}
+
+/// The caller's headers as gRPC metadata for a translated call: only custom ones (the
+/// HTTP/1.1 and JSON ones describe this hop).
+fn grpc_metadata(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (k, v) in headers {
+        let name = k.as_str();
+        let http_only = matches!(
+            name,
+            "accept" | "accept-encoding" | "content-encoding" | "origin" | "referer" | "cookie" | "expect"
+        );
+        if !http_only {
+            out.append(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
+// --- model metadata and ready ----------------------------------------------------------
+
+async fn model_call(
+    shared: &Shared,
+    backends: &Backends,
+    route: &Route,
+    action: &str,
+    req: Request<Incoming>,
+) -> Response<RespBody> {
+    let deadline = Instant::now() + Duration::from_secs_f64(shared.config.request_timeout_s.min(30.0));
+    let champion = route.champion().clone();
+    let extra = dispatch::variant_headers(route, &champion);
+    let unreachable = || {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("the backend of {} is unreachable", dispatch::describe(route, &champion)),
+        )
+    };
+    if !champion.http_endpoint.is_empty() {
+        let headers = rest_forwardable(req.headers());
+        let response = match send_rest(&champion, Method::GET, action, Bytes::new(), &headers, deadline).await {
+            Ok(r) => r,
+            Err(CallError::DeadlineExceeded) => return error(StatusCode::GATEWAY_TIMEOUT, "Deadline Exceeded"),
+            Err(CallError::Unavailable(_)) => return with_headers(unreachable(), &extra),
+        };
+        if action == "ready" || !response.status().is_success() {
+            return pass_through(response, &extra);
+        }
+        // Metadata names the deployment, as over gRPC.
+        let (parts, body) = response.into_parts();
+        let Ok(Ok(collected)) = timeout_at(deadline, Limited::new(body, 16 << 20).collect()).await else {
+            return with_headers(unreachable(), &extra);
+        };
+        let mut value: Value = match serde_json::from_slice(&collected.to_bytes()) {
+            Ok(v) => v,
+            Err(_) => return with_headers(error(StatusCode::BAD_GATEWAY, "the model's metadata is not JSON"), &extra),
+        };
+        if let Some(o) = value.as_object_mut() {
+            o.insert("name".into(), Value::from(route.slug.as_str()));
+        }
+        let _ = parts;
+        return with_headers(answer(StatusCode::OK, Bytes::from(value.to_string())), &extra);
+    }
+    let headers = dispatch::forwardable(&grpc_metadata(req.headers()));
+    let path = if action == "ready" { MODEL_READY_PATH } else { MODEL_METADATA_PATH };
+    // ModelReadyRequest / ModelMetadataRequest: name and version are the suffix's fields.
+    let reply = match grpc_call(shared, backends, &champion, path, &Bytes::new(), &headers, deadline).await {
+        Ok(r) => r,
+        Err(CallError::DeadlineExceeded) => return error(StatusCode::GATEWAY_TIMEOUT, "Deadline Exceeded"),
+        Err(CallError::Unavailable(_)) => return with_headers(unreachable(), &extra),
+    };
+    if reply.code != Code::OK {
+        return with_headers(error(http_status(reply.code), &reply.message), &extra);
+    }
+    let body = if action == "ready" {
+        let ready = oip::ModelReadyResponse::decode(reply.data).map(|r| r.ready).unwrap_or(false);
+        let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        return with_headers(
+            answer(status, Bytes::from(json!({"name": route.slug, "ready": ready}).to_string())),
+            &extra,
+        );
+    } else {
+        match oip::ModelMetadataResponse::decode(reply.data) {
+            Ok(m) => {
+                let tensors = |ts: &[oip::TensorMetadata]| -> Vec<Value> {
+                    ts.iter().map(|t| json!({"name": t.name, "datatype": t.datatype, "shape": t.shape})).collect()
+                };
+                json!({"name": route.slug, "versions": m.versions, "platform": m.platform,
+                       "inputs": tensors(&m.inputs), "outputs": tensors(&m.outputs)})
+            }
+            Err(_) => {
+                return with_headers(error(StatusCode::BAD_GATEWAY, "the model's metadata does not decode"), &extra)
+            }
+        }
+    };
+    with_headers(answer(StatusCode::OK, Bytes::from(body.to_string())), &extra)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_paths_parse() {
+        let p = |s: &str| model_path(s).map(|m| (m.slug.to_string(), m.action.to_string()));
+        assert_eq!(p("/v2/models/dep_a"), Some(("dep_a".into(), "".into())));
+        assert_eq!(p("/v2/models/dep_a/ready"), Some(("dep_a".into(), "ready".into())));
+        assert_eq!(p("/v2/models/dep_a/infer"), Some(("dep_a".into(), "infer".into())));
+        assert_eq!(p("/v2/models/dep_a/versions/3/infer"), Some(("dep_a".into(), "infer".into())));
+        assert_eq!(p("/v2/models/"), None);
+        assert_eq!(p("/v2/models/dep_a/explain"), None);
+        assert_eq!(p("/v2/models/dep_a/infer/more"), None);
+        assert_eq!(p("/v2/repository"), None);
+    }
+
+    #[test]
+    fn content_types() {
+        let h = |ct: Option<&'static str>| {
+            let mut m = HeaderMap::new();
+            if let Some(ct) = ct {
+                m.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            }
+            m
+        };
+        assert!(is_json(&h(None)));
+        assert!(is_json(&h(Some("application/json"))));
+        assert!(is_json(&h(Some("Application/JSON; charset=utf-8"))));
+        assert!(!is_json(&h(Some("text/plain"))));
+        assert!(!is_json(&h(Some("application/x-www-form-urlencoded"))));
+        assert!(is_grpc(&h(Some("application/grpc+proto"))));
+        assert!(!is_grpc(&h(Some("application/json"))));
+    }
+
+    #[test]
+    fn grpc_messages_are_percent_decoded() {
+        let mut h = HeaderMap::new();
+        h.insert("grpc-message", HeaderValue::from_static("bad %22x%22 100%"));
+        assert_eq!(grpc_message(&h), "bad \"x\" 100%");
+    }
+
+    #[test]
+    fn statuses_map_both_ways() {
+        assert_eq!(http_status(Code::INVALID_ARGUMENT), StatusCode::BAD_REQUEST);
+        assert_eq!(http_status(Code::UNAVAILABLE), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(grpc_code(StatusCode::OK), Code::OK);
+        assert_eq!(grpc_code(StatusCode::SERVICE_UNAVAILABLE), Code::UNAVAILABLE);
+        assert_eq!(grpc_code(StatusCode::BAD_REQUEST), Code::INVALID_ARGUMENT);
+    }
+}

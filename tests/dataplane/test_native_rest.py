@@ -1,0 +1,385 @@
+"""The v2 REST API of the native router (SPEC section 5, "REST" and "Auth"): a real httpx
+client through dataplane._native to demo models on both REST paths (a model with an
+http_endpoint is forwarded as REST, one without is translated to ModelInfer), every error
+path's status and v2 error object, malformed HTTP, and `--auth jwt` on REST and gRPC with the
+shared token table (tests/vectors/jwt.json)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from dataplane import _native
+from dataplane.demo_server import DemoModel, start_demo_rest_server, start_demo_server_in_thread
+from tsplit.etcd_server import free_port
+from tsplit.inference import grpc_predict_v2_pb2 as pb, grpc_predict_v2_pb2_grpc as pb_grpc
+
+VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "jwt.json").read_text())
+MODEL_A = DemoModel("linear-a", weights=((1.0, 0.0), (0.0, 1.0)), bias=(0.0, 0.0))
+MODEL_B = DemoModel("linear-b", weights=((0.0, 1.0), (1.0, 0.0)), bias=(0.0, 0.0))
+LIMIT = 1 << 20  # the test routers' body limit
+ROW = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 2], "data": [[0.1, 0.9]]}]}
+
+
+@pytest.fixture(scope="module")
+def backends():
+    grpc_server = start_demo_server_in_thread([MODEL_A, MODEL_B])
+    rest_server = start_demo_rest_server([MODEL_A, MODEL_B])
+    yield grpc_server.address, rest_server.address
+    rest_server.stop()
+    grpc_server.stop()
+
+
+def variant(name, model_id, endpoint, model_name, http_endpoint=""):
+    return {"name": name, "model_id": model_id, "endpoint": endpoint, "model_name": model_name,
+            "model_version": "", "http_endpoint": http_endpoint}
+
+
+def route(slug, variants, allocation, org="org_1", version=3):
+    return {"slug": slug, "cache_version": version, "shadow_mode": False, "org_id": org, "variants": variants,
+            "allocation": [{"variant": v, "start": a, "end": b} for v, a, b in allocation]}
+
+
+def snapshot(grpc_address, rest_address):
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    a = variant("champion", "mod_a", grpc_address, "linear-a")
+    a_http = variant("champion", "mod_ah", grpc_address, "linear-a", rest_address)
+    b_http = variant("ch_b", "mod_b", grpc_address, "linear-b", rest_address)
+    return {"revision": 1, "routes": [
+        route("dep_grpc", [a], [("champion", 0, 10000)]),
+        route("dep_http", [a_http], [("champion", 0, 10000)]),
+        route("dep_split", [a, b_http], [("champion", 0, 5000), ("ch_b", 5000, 10000)]),
+        route("dep_failover", [a, variant("ch_dead", "mod_dead", dead, "x", dead)], [("ch_dead", 0, 10000)]),
+        route("dep_deadchamp", [variant("champion", "mod_dead", dead, "x")], [("champion", 0, 10000)]),
+        route("dep_badname", [variant("champion", "mod_bad", grpc_address, "nope", rest_address)],
+              [("champion", 0, 10000)]),
+        route("dep_other", [a], [("champion", 0, 10000)], org="org_2"),
+    ]}
+
+
+def start_router(auth=None, table=None):
+    config = {"host": "127.0.0.1", "port": 0, "threads": 2, "server_name": "tsplit-router",
+              "server_version": "test", "max_message_bytes": LIMIT, "request_timeout_s": 10.0}
+    if auth is not None:
+        config["auth"] = auth
+    router = _native.start(json.dumps(config))
+    if table is not None:
+        assert router.swap_table(json.dumps(table)) == []
+    return router
+
+
+@pytest.fixture(scope="module")
+def router(backends):
+    r = start_router(table=snapshot(*backends))
+    yield r
+    r.stop(0.5)
+
+
+@pytest.fixture(scope="module")
+def client(router):
+    with httpx.Client(base_url=f"http://127.0.0.1:{router.port}", timeout=10) as c:
+        yield c
+
+
+def v2_error(response, status):
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"]
+    return body["error"]
+
+
+def counters(router, slug):
+    return json.loads(router.counters()).get(slug, {})
+
+
+# --- the two infer paths --------------------------------------------------------------------
+
+def test_a_model_without_http_endpoint_is_translated_to_model_infer(client):
+    response = client.post("/v2/models/dep_grpc/infer", json={**ROW, "id": "r1"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_name"] == "linear-a" and body["id"] == "r1"
+    outputs = {o["name"]: o for o in body["outputs"]}
+    assert outputs["label"] == {"name": "label", "datatype": "INT64", "shape": [1, 1], "data": [1]}
+    assert outputs["probabilities"]["shape"] == [1, 2] and outputs["probabilities"]["datatype"] == "FP32"
+    assert sum(outputs["probabilities"]["data"]) == pytest.approx(1.0, abs=1e-6)
+    assert response.headers["tsplit-model-id"] == "mod_a"
+    assert response.headers["tsplit-variant"] == "champion"
+    assert response.headers["tsplit-cache-version"] == "3"
+
+
+def test_a_model_with_http_endpoint_is_forwarded_as_rest_unparsed(client, backends):
+    response = client.post("/v2/models/dep_http/infer", json=ROW)
+    assert response.status_code == 200, response.text
+    # Exactly what the backend's own REST port answers (the body passed through).
+    direct = httpx.post(f"http://{backends[1]}/v2/models/linear-a/infer", json=ROW)
+    assert response.json() == direct.json()
+    assert response.headers["tsplit-model-id"] == "mod_ah"
+
+
+def test_the_backends_own_http_error_passes_through(client):
+    response = client.post("/v2/models/dep_badname/infer", json=ROW)
+    assert "'nope'" in v2_error(response, 404)  # the demo REST server's words, not the router's
+
+
+def test_a_backend_grpc_error_becomes_its_http_status(client):
+    bad_shape = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}
+    assert "shape" in v2_error(client.post("/v2/models/dep_grpc/infer", json=bad_shape), 400)
+
+
+def test_http2_clients_get_the_same_answers(router):
+    with httpx.Client(base_url=f"http://127.0.0.1:{router.port}", http1=False, http2=True, timeout=10) as h2:
+        for slug in ("dep_grpc", "dep_http"):
+            response = h2.post(f"/v2/models/{slug}/infer", json=ROW)
+            assert response.http_version == "HTTP/2" and response.status_code == 200, response.text
+            assert {o["name"] for o in response.json()["outputs"]} == {"probabilities", "label"}
+
+
+# --- split, sticky, forced, failover, counters ----------------------------------------------
+
+def test_sticky_keys_keep_their_variant_and_both_variants_answer(client):
+    seen = {}
+    for i in range(40):
+        key = f"user-{i}"
+        first = client.post("/v2/models/dep_split/infer", json=ROW, headers={"x-routing-key": key})
+        again = client.post("/v2/models/dep_split/infer", json=ROW, headers={"x-routing-key": key})
+        assert first.status_code == again.status_code == 200
+        assert first.headers["tsplit-variant"] == again.headers["tsplit-variant"]
+        seen[key] = first.headers["tsplit-variant"]
+    assert set(seen.values()) == {"champion", "ch_b"}
+
+
+def test_a_forced_variant_answers_and_an_unknown_one_is_400(client, router):
+    before = counters(router, "dep_split").get("ch_b", {}).get("forced", 0)
+    response = client.post("/v2/models/dep_split/infer", json=ROW, headers={"x-tsplit-variant": "ch_b"})
+    assert response.status_code == 200 and response.headers["tsplit-variant"] == "ch_b"
+    assert response.json()["model_name"] == "linear-b"
+    assert counters(router, "dep_split")["ch_b"]["forced"] == before + 1
+    assert "ch_nope" in v2_error(client.post("/v2/models/dep_split/infer", json=ROW,
+                                             headers={"x-tsplit-variant": "ch_nope"}), 400)
+
+
+def test_an_unreachable_challenger_fails_over_to_the_champion(client, router):
+    response = client.post("/v2/models/dep_failover/infer", json=ROW)
+    assert response.status_code == 200 and response.headers["tsplit-variant"] == "champion"
+    stats = counters(router, "dep_failover")
+    assert stats["ch_dead"]["failovers"] >= 1 and stats["champion"]["ok"] >= 1
+
+
+def test_rest_answers_are_counted_with_grpc_ones(client, router):
+    before = counters(router, "dep_grpc")["champion"]
+    client.post("/v2/models/dep_grpc/infer", json=ROW)
+    client.post("/v2/models/dep_grpc/infer", json={"inputs": [{"name": "input", "datatype": "FP32",
+                                                               "shape": [1, 3], "data": [1, 2, 3]}]})
+    after = counters(router, "dep_grpc")["champion"]
+    assert after["requests"] == before["requests"] + 2
+    assert after["ok"] == before["ok"] + 1 and after["errors"] == before["errors"] + 1
+    assert sum(after["latency_buckets"]) == sum(before["latency_buckets"]) + 2
+
+
+# --- metadata, health -----------------------------------------------------------------------
+
+def test_health_server_and_model_metadata(client):
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").status_code == 200
+    assert client.get("/v2").json()["name"] == "tsplit-router"
+    for slug in ("dep_grpc", "dep_http"):
+        meta = client.get(f"/v2/models/{slug}")
+        assert meta.status_code == 200, meta.text
+        assert meta.json()["name"] == slug and meta.json()["inputs"][0]["name"] == "input"
+        ready = client.get(f"/v2/models/{slug}/ready")
+        assert ready.status_code == 200, ready.text
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+def test_every_router_error_is_the_v2_error_object(client):
+    post = lambda path, **kw: client.post(path, **kw)  # noqa: E731
+    assert "not JSON" in v2_error(post("/v2/models/dep_grpc/infer", content=b"{nope",
+                                       headers={"content-type": "application/json"}), 400)
+    assert "inputs" in v2_error(post("/v2/models/dep_grpc/infer", json={"x": 1}), 400)
+    assert "needs 2 values" in v2_error(post("/v2/models/dep_grpc/infer", json={"inputs": [
+        {"name": "input", "datatype": "FP32", "shape": [1, 2], "data": [1]}]}), 400)
+    assert "application/json" in v2_error(post("/v2/models/dep_grpc/infer", content=b"a=1",
+                                               headers={"content-type": "application/x-www-form-urlencoded"}), 415)
+    assert "limit" in v2_error(post("/v2/models/dep_grpc/infer", content=b" " * (LIMIT + 1),
+                                    headers={"content-type": "application/json"}), 413)
+    assert "no such deployment" in v2_error(post("/v2/models/dep_missing/infer", json=ROW), 404)
+    assert "unreachable" in v2_error(post("/v2/models/dep_deadchamp/infer", json=ROW), 503)
+    assert "POST" in v2_error(client.get("/v2/models/dep_grpc/infer"), 405)
+    assert v2_error(client.get("/v2/repository/index"), 404)
+    # The router's own errors never show a backend's address.
+    message = v2_error(post("/v2/models/dep_deadchamp/infer", json=ROW), 503)
+    assert "127.0.0.1" not in message
+
+
+def test_before_the_first_snapshot_calls_are_503():
+    empty = start_router()
+    try:
+        base = f"http://127.0.0.1:{empty.port}"
+        assert httpx.get(f"{base}/v2/health/ready").status_code == 503
+        assert httpx.get(f"{base}/v2/health/live").status_code == 200
+        assert "configuration" in v2_error(httpx.post(f"{base}/v2/models/dep_grpc/infer", json=ROW), 503)
+    finally:
+        empty.stop(0.5)
+
+
+def _raw_http(port: int, request: bytes, close_write: bool = True) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        if close_write:
+            s.shutdown(socket.SHUT_WR)
+        chunks, deadline = [], time.monotonic() + 10
+        while time.monotonic() < deadline:
+            data = s.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+        return b"".join(chunks)
+
+
+def test_a_truncated_chunked_body_is_400(router):
+    body = json.dumps(ROW).encode()
+    request = (b"POST /v2/models/dep_grpc/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n" + f"{len(body) + 50:x}\r\n".encode() + body)
+    answer = _raw_http(router.port, request)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b'"error"' in answer and b"not received whole" in answer
+
+
+def test_a_short_content_length_body_is_400(router):
+    request = (b"POST /v2/models/dep_grpc/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: 500\r\n\r\n{\"inputs\": [")
+    answer = _raw_http(router.port, request)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+
+
+# --- auth -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def jwt_router(backends, tmp_path_factory):
+    spec = VECTORS["verifiers"]["rsa_pem"]
+    key = tmp_path_factory.mktemp("router-jwt") / "public.pem"
+    key.write_text(spec["public_key_pem"])
+    r = start_router({"public_key_path": str(key), "issuer": spec["issuer"], "audience": spec["audience"]},
+                     snapshot(*backends))
+    yield r
+    r.stop(0.5)
+
+
+RSA_CASES = [c for c in VECTORS["cases"] if c["verifier"] == "rsa_pem"]
+
+
+def _expected(case) -> str:
+    if "error" in case["expect"]:
+        return "unauthenticated"
+    return case["access"]  # "ok", or "not_found" for another org's deployment
+
+
+@pytest.mark.parametrize("case", RSA_CASES, ids=[c["name"] for c in RSA_CASES])
+def test_the_token_table_over_rest(jwt_router, case):
+    headers = {"authorization": f"Bearer {case['token']}"} if case["token"] else {}
+    response = httpx.post(f"http://127.0.0.1:{jwt_router.port}/v2/models/dep_grpc/infer", json=ROW,
+                          headers=headers, timeout=10)
+    expected = _expected(case)
+    if expected == "ok":
+        assert response.status_code == 200, response.text
+    elif expected == "not_found":
+        assert "no such deployment" in v2_error(response, 404)
+    else:
+        message = v2_error(response, 401)
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert case["expect"]["error"] in message or not case["token"]
+
+
+@pytest.fixture(scope="module")
+def jwt_stub(jwt_router):
+    channel = grpc.insecure_channel(f"127.0.0.1:{jwt_router.port}")
+    yield pb_grpc.GRPCInferenceServiceStub(channel)
+    channel.close()
+
+
+def _grpc_request(slug: str) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=slug)
+    tensor = request.inputs.add(name="input", datatype="FP32", shape=[1, 2])
+    tensor.contents.fp32_contents.extend([0.1, 0.9])
+    return request
+
+
+@pytest.mark.parametrize("case", RSA_CASES, ids=[c["name"] for c in RSA_CASES])
+def test_the_token_table_over_grpc(jwt_stub, case):
+    metadata = [("authorization", f"Bearer {case['token']}")] if case["token"] else []
+    expected = _expected(case)
+    try:
+        jwt_stub.ModelInfer(_grpc_request("dep_grpc"), metadata=metadata, timeout=10)
+        outcome = "ok"
+    except grpc.RpcError as err:
+        outcome = {grpc.StatusCode.UNAUTHENTICATED: "unauthenticated",
+                   grpc.StatusCode.NOT_FOUND: "not_found"}.get(err.code(), err.code().name)
+        if outcome == "unauthenticated" and case["token"]:
+            assert case["expect"]["error"] in err.details()
+    assert outcome == expected
+
+
+def test_another_orgs_deployment_reads_exactly_like_a_missing_one(jwt_router):
+    good = next(c["token"] for c in RSA_CASES if c["name"] == "good rs256")
+    base, headers = f"http://127.0.0.1:{jwt_router.port}", {"authorization": f"Bearer {good}"}
+    other = httpx.post(f"{base}/v2/models/dep_other/infer", json=ROW, headers=headers)
+    missing = httpx.post(f"{base}/v2/models/dep_nope/infer", json=ROW, headers=headers)
+    assert v2_error(other, 404) == v2_error(missing, 404).replace("dep_nope", "dep_other")
+    assert httpx.get(f"{base}/v2/models/dep_other", headers=headers).status_code == 404
+
+
+def test_health_and_server_metadata_need_no_token_but_models_do(jwt_router):
+    base = f"http://127.0.0.1:{jwt_router.port}"
+    assert httpx.get(f"{base}/v2/health/live").status_code == 200
+    assert httpx.get(f"{base}/v2/health/ready").status_code == 200
+    assert httpx.get(f"{base}/v2").status_code == 200
+    assert v2_error(httpx.get(f"{base}/v2/models/dep_grpc"), 401)
+    assert v2_error(httpx.get(f"{base}/v2/models/dep_grpc/ready"), 401)
+
+
+# --- tsplit-router's auth flags ----------------------------------------------------------------
+
+def test_router_auth_flags_build_the_cores_auth_config(tmp_path):
+    from dataplane.server import parse_settings
+
+    key = tmp_path / "public.pem"
+    key.write_text(VECTORS["verifiers"]["rsa_pem"]["public_key_pem"])
+    settings = parse_settings(["--server", "native", "--auth", "jwt", "--jwt-public-key", str(key),
+                               "--jwt-issuer", "iss", "--jwt-audience", "aud"], env={})
+    assert settings.auth_config() == {"public_key_path": str(key), "jwks_path": None, "issuer": "iss",
+                                      "audience": "aud"}
+    # The shared variables of the control plane's flags work here too.
+    from_env = parse_settings(["--server", "native", "--auth", "jwt"], env={"TSPLIT_JWT_PUBLIC_KEY": str(key)})
+    assert from_env.auth_config()["public_key_path"] == str(key)
+    assert parse_settings([], env={}).auth_config() is None
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--server", "native", "--auth", "jwt"], "exactly one"),
+    (["--server", "native", "--auth", "jwt", "--jwt-public-key", "/nonexistent.pem"], "no such file"),
+    (["--server", "native", "--auth", "basic"], "--auth must be one of"),
+    (["--auth", "jwt", "--jwt-public-key", __file__], "--server native"),
+    (["--jwt-public-key", __file__], "--auth jwt"),
+])
+def test_bad_router_auth_flags_are_refused(argv, words, capsys):
+    from dataplane.server import parse_settings
+
+    with pytest.raises(SystemExit):
+        parse_settings(argv, env={})
+    assert words in capsys.readouterr().err
+
+
+def test_a_bad_key_file_fails_the_core_at_start(tmp_path):
+    bad = tmp_path / "bad.pem"
+    bad.write_text("-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----\n")
+    with pytest.raises(OSError, match="bad.pem"):
+        start_router({"public_key_path": str(bad)})
