@@ -62,6 +62,7 @@ def test_stack_json_has_the_documented_keys(stack):
     assert data["controlplane"]["address"].startswith("127.0.0.1:")
     assert data["gateway"]["url"].startswith("http://127.0.0.1:")
     assert len(data["routers"]) == 2 and all(r["metrics_url"].endswith("/metrics") for r in data["routers"])
+    assert all(r["http_url"] == f"http://{r['address']}" for r in data["routers"])
     assert {m["model_name"] for m in data["demo_models"]} == {"linear-a", "linear-b", "linear-c"}
     assert Path(data["jwt"]["private_key"]).exists() and data["jwt"]["admin_token"].count(".") == 2
     assert all(pid_alive(p) for p in all_pids(data))
