@@ -15,7 +15,7 @@ from tsplit.etcd import parse_endpoints
 from tsplit.layout import DEFAULT_PREFIX, Layout
 from tsplit.settings import SettingsError, check_host_port, join_host_port, option, parse_flags, parse_host_port
 
-SERVER_KINDS = ("aio", "sync", "native")
+SERVER_KINDS = ("aio", "sync")
 EVENT_LOOPS = ("uvloop", "asyncio")
 AUTH_KINDS = ("none", "jwt")
 
