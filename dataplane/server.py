@@ -39,13 +39,14 @@ from dataplane.registration import Registration
 from dataplane.router import NOT_READY_MESSAGE, SERVER_NAME, SERVICE, BackendPool, InferenceRouter
 from tsplit import package_version
 from dataplane.stats import MetricsServer, RouterStats, StatsCollector, settle_on_loop
-from dataplane.settings import RouterSettings, join_host_port, parse_settings, split_host_port
+from dataplane.settings import RouterSettings, available_cpus, join_host_port, parse_settings, split_host_port
 from tsplit.settings import to_argv
 from dataplane.supervision import RestartBackoff, spawn_child
 from dataplane.sync_transport import SyncInferenceRouter, SyncServer
 from tsplit.etcd import Etcd
 from tsplit.etcd_server import free_port
 from tsplit.layout import Layout
+from tsplit.status import LATENCY_BUCKETS_MS
 
 log = logging.getLogger("tsplit.router")
 
@@ -110,9 +111,33 @@ async def _apply_counts_regularly(stats: RouterStats, interval_s: float = 0.05) 
         stats.settle()
 
 
+def _addresses(settings: RouterSettings, host: str, port: int) -> tuple[str, str]:
+    """(the address clients dial, the one the router record advertises)."""
+    address = join_host_port(host, port)
+    return address, settings.advertise or (
+        join_host_port(socket.gethostname(), port) if host in ("0.0.0.0", "::") else address)
+
+
+def _metrics_server(settings: RouterSettings, stats, mirrors, sync: ConfigSync,
+                    settle: Callable[[], object]) -> MetricsServer | None:
+    """The Prometheus endpoint of --metrics-listen (None when off)."""
+    if not settings.metrics_listen:
+        return None
+    m_host, m_port = split_host_port(settings.metrics_listen, "metrics-listen")
+    collector = StatsCollector(
+        stats,
+        gauges=lambda: {"mirrors_inflight": mirrors.inflight, "config_ready": float(sync.table is not None),
+                        "config_revision": sync.revision},
+        applied=sync.applied_versions,   # a copy: the collector runs on its own thread
+        settle=settle)
+    return MetricsServer(collector, m_host, m_port)
+
+
 async def start_router(settings: RouterSettings) -> RunningRouter:
     """Start a router in the running event loop; it serves at once and reports
     NOT_SERVING (health) until the first etcd snapshot is applied."""
+    if settings.server == "native":
+        return await start_native_router(settings)
     router_id = settings.router_id_or_new()
     layout = Layout(settings.etcd_prefix)
     etcd = Etcd(settings.etcd)
@@ -175,20 +200,9 @@ async def start_router(settings: RouterSettings) -> RunningRouter:
             count_applier.cancel()
         await etcd.close()
         raise OSError(f"cannot listen on {settings.listen} (address in use?)")
-    address = join_host_port(host, bound)
-    advertise = settings.advertise or (
-        join_host_port(socket.gethostname(), bound) if host in ("0.0.0.0", "::") else address)
-
-    metrics = None
-    if settings.metrics_listen:
-        m_host, m_port = split_host_port(settings.metrics_listen, "metrics-listen")
-        collector = StatsCollector(
-            stats,
-            gauges=lambda: {"mirrors_inflight": mirrors.inflight, "config_ready": float(sync.table is not None),
-                            "config_revision": sync.revision},
-            applied=sync.applied_versions,   # a copy: the collector runs on its own thread
-            settle=settle_on_loop(asyncio.get_running_loop(), stats) if settings.server == "sync" else lambda: None)
-        metrics = MetricsServer(collector, m_host, m_port)
+    address, advertise = _addresses(settings, host, bound)
+    metrics = _metrics_server(settings, stats, mirrors, sync, settle_on_loop(asyncio.get_running_loop(), stats)
+                              if settings.server == "sync" else lambda: None)
     metrics_url = metrics.url if metrics else ""
 
     registration = Registration(etcd, layout, router_id, "router", advertise, metrics_url,
@@ -228,6 +242,94 @@ async def start_router(settings: RouterSettings) -> RunningRouter:
         log.info("router %s stopped", router_id)
 
     return RunningRouter(router_id, address, bound, metrics_url, settings, stats, sync, mirrors, registration,
+                         stop)
+
+
+class NativeMirrors:
+    """The native core's shadow copies in flight (RunningRouter.mirrors)."""
+
+    def __init__(self, core) -> None:
+        self._core = core
+
+    @property
+    def inflight(self) -> int:
+        try:
+            return self._core.mirrors()[0]
+        except RuntimeError:  # stopped
+            return 0
+
+    async def stop(self, grace_s: float) -> None:
+        """The core ends its mirrors when it stops."""
+
+
+async def start_native_router(settings: RouterSettings) -> RunningRouter:
+    """The router on the native core (dataplane/native): the core serves gRPC on every
+    thread it starts; this loop follows etcd, hands it each new table, registers the
+    router and serves Prometheus from the core's counters."""
+    from dataplane import native_router
+
+    router_id = settings.router_id_or_new()
+    layout = Layout(settings.etcd_prefix)
+    host, port = split_host_port(settings.listen, "listen")
+    threads = settings.workers if settings.workers > 1 else available_cpus()
+    config = {
+        "host": host, "port": port, "threads": threads, "reuse_port": settings.reuse_port, "server_name": SERVER_NAME,
+        "server_version": package_version(), "request_timeout_s": settings.request_timeout_s,
+        "max_message_bytes": settings.max_message_mb * 1024 * 1024,
+        "max_inflight_mirrors": settings.max_inflight_mirrors, "mirror_timeout_s": settings.mirror_timeout_s,
+        "latency_buckets_ms": list(LATENCY_BUCKETS_MS), "auth": settings.auth_config(),
+        "reflection": native_router.reflection_spec((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME,
+                                                     "grpc.reflection.v1.ServerReflection")),
+    }
+    try:
+        core = await asyncio.to_thread(native_router.start, config)
+    except OSError as err:
+        raise OSError(f"cannot listen on {settings.listen}: {err}") from None
+    etcd = Etcd(settings.etcd)
+    stats = native_router.NativeStats(core)
+    registration: Registration | None = None
+    full_applied = False
+
+    def on_changes(table, changes) -> None:
+        nonlocal full_applied
+        if not full_applied:
+            problems = core.swap_table(native_router.snapshot_json(table))
+            full_applied = True
+            log.info("router %s serving on %s (config revision %d, %d deployments)",
+                     router_id, address, table.revision, len(table.routes))
+        elif changes:
+            problems = core.apply_changes(native_router.changes_json(table, changes))
+        else:
+            problems = []
+        for problem in problems:
+            log.warning("route left out: %s", problem)
+        if changes and registration is not None:
+            registration.notify_applied()
+
+    sync = ConfigSync(etcd, layout, on_changes=on_changes)
+    address, advertise = _addresses(settings, host, core.port)
+    mirrors = NativeMirrors(core)
+    metrics = _metrics_server(settings, stats, mirrors, sync, lambda: None)
+    metrics_url = metrics.url if metrics else ""
+    registration = Registration(etcd, layout, router_id, "router", advertise, metrics_url,
+                                applied=lambda: sync.applied, stats=stats.snapshot)
+    await sync.start()
+    await registration.start()
+    log.info("router %s (native, %d threads) listening on %s, etcd %s prefix %s, metrics %s; "
+             "waiting for the first snapshot", router_id, threads, address, settings.etcd, settings.etcd_prefix,
+             metrics_url or "off")
+
+    async def stop(grace_s: float) -> None:
+        log.info("router %s stopping (grace %.1f s)", router_id, grace_s)
+        await asyncio.to_thread(core.stop, grace_s)
+        await registration.stop()
+        await sync.stop()
+        if metrics is not None:
+            await metrics.stop()
+        await etcd.close()
+        log.info("router %s stopped", router_id)
+
+    return RunningRouter(router_id, address, core.port, metrics_url, settings, stats, sync, mirrors, registration,
                          stop)
 
 
@@ -316,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_settings(argv)
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.workers > 1:
+    if settings.workers > 1 and settings.server != "native":  # the native core uses every core itself
         return supervise_workers(settings)
     try:
         run_event_loop(serve(settings), settings.event_loop)

@@ -15,7 +15,7 @@ from tsplit.etcd import parse_endpoints
 from tsplit.layout import DEFAULT_PREFIX, Layout
 from tsplit.settings import SettingsError, check_host_port, join_host_port, option, parse_flags, parse_host_port
 
-SERVER_KINDS = ("aio", "sync")
+SERVER_KINDS = ("aio", "sync", "native")
 EVENT_LOOPS = ("uvloop", "asyncio")
 AUTH_KINDS = ("none", "jwt")
 
@@ -63,7 +63,8 @@ class RouterSettings:
                           parse=_workers)
     # grpc.aio with uvloop and direct Cython backend calls: the least CPU per request of the
     # tries (the sync server spent 20-30 % more); BENCHMARKS.md, "Tries".
-    server: str = option("aio", "gRPC server: 'aio' (grpc.aio, one event loop) or 'sync' (thread pool, sync channels)")
+    server: str = option("aio", "gRPC server: 'aio' (grpc.aio, one event loop), 'sync' (thread pool, sync "
+                                "channels) or 'native' (the Rust core, dataplane/native: one runtime per core)")
     event_loop: str = option("uvloop", "the process's event loop: 'uvloop' (falls back to asyncio's when not "
                              "installed) or 'asyncio'")
     threads: int = option(16, "serving threads of --server sync")

@@ -197,7 +197,8 @@ async def test_a_dead_challenger_fails_over_to_the_champion(backends, router, cl
 async def test_health_and_readiness_follow_the_first_snapshot(tmp_path, client_factory, dp):
     member = EtcdMember(data_dir=tmp_path / "etcd")  # not started yet: no snapshot possible
     router = await start_router(RouterSettings(listen="127.0.0.1:0", etcd=member.endpoint,
-                                               etcd_prefix="/t-health", shutdown_grace_s=0.2))
+                                               etcd_prefix="/t-health", shutdown_grace_s=0.2,
+                                               **dp.server_override()))
     try:
         client = client_factory(router.address)
         health = health_pb2_grpc.HealthStub(client.channel)

@@ -13,7 +13,9 @@ import pytest
 
 from dataplane.settings import SERVER_KINDS, parse_settings
 
-both_servers = pytest.mark.parametrize("server", SERVER_KINDS)
+# The grpcio servers; the native core runs the whole router suite itself
+# (TSPLIT_TEST_ROUTER_SERVER=native, tests/dataplane/conftest.py).
+both_servers = pytest.mark.parametrize("server", [kind for kind in SERVER_KINDS if kind != "native"])
 
 
 @both_servers

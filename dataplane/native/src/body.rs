@@ -118,11 +118,32 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// The code of an answer the caller did not wait for: DEADLINE_EXCEEDED when its
+    /// deadline had (all but) passed, else CANCELLED.
+    pub fn abandoned(self, deadline: tokio::time::Instant) {
+        let passed = tokio::time::Instant::now() + std::time::Duration::from_millis(5) >= deadline;
+        self.finish(if passed { Code::DEADLINE_EXCEEDED } else { Code::CANCELLED });
+    }
+
     pub fn finish(self, code: Code) {
         if self.forced {
-            self.counters.forced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.counters.forced_answered(code);
         } else {
             self.counters.answered(self.started.elapsed(), code);
+        }
+    }
+}
+
+/// Counts a call the caller abandons (its future dropped) before an answer was counted.
+pub struct Pending {
+    pub tally: Option<Tally>,
+    pub deadline: tokio::time::Instant,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(t) = self.tally.take() {
+            t.abandoned(self.deadline);
         }
     }
 }
@@ -203,7 +224,7 @@ impl Drop for Relay {
     fn drop(&mut self) {
         // The caller went away before the answer ended.
         if let Some(t) = self.tally.take() {
-            t.finish(Code::CANCELLED);
+            t.abandoned(self.deadline.deadline());
         }
     }
 }

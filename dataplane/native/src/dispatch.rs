@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use tokio::time::{timeout_at, Instant};
 
 use crate::backends::{Backends, CallError};
-use crate::body::{empty, Parts, Relay, RespBody, Tally, Unary};
+use crate::body::{empty, Parts, Pending, Relay, RespBody, Tally, Unary};
 use crate::grpc::{self, answer_headers, put_status, Code, Status};
 use crate::serve::Shared;
 use crate::table::{Route, Variant};
@@ -286,20 +286,30 @@ async fn infer(
     // Shadow mode: the copy starts on its own; the champion's answer never waits for it.
     let shadow = mirror.and_then(|m| crate::mirror::copy_infer(&shared.mirrors, backends, &m, &call.message, &headers));
     let mut variant = variant;
+    let mut pending = Pending {
+        tally: Some(Tally { counters: variant.counters.clone(), started, forced: is_forced }),
+        deadline: call.deadline,
+    };
     let mut sent = send(backends, &variant, INFER, &call.message, &headers, call.deadline).await;
     // A challenger that gave no answer (unreachable, or UNAVAILABLE before any answer) is
-    // retried on the champion and counted as a failover.
+    // retried on the champion and counted as a failover (not for forced requests, which
+    // the guardrails do not read).
     let gave_no_answer = match &sent {
         Err(CallError::Unavailable(_)) => true,
         Ok(r) => head_status(r) == Some(Code::UNAVAILABLE),
         Err(CallError::DeadlineExceeded) => false,
     };
     if gave_no_answer && !variant.is_champion() {
-        variant.counters.failovers.fetch_add(1, Relaxed);
+        if !is_forced {
+            variant.counters.failovers.fetch_add(1, Relaxed);
+        }
         variant = route.champion().clone();
+        if let Some(t) = pending.tally.as_mut() {
+            t.counters = variant.counters.clone();
+        }
         sent = send(backends, &variant, INFER, &call.message, &headers, call.deadline).await;
     }
-    let tally = Tally { counters: variant.counters.clone(), started, forced: is_forced };
+    let tally = pending.tally.take().expect("the tally is taken only here");
     let extra = variant_headers(&route, &variant);
     match sent {
         Err(err) => {

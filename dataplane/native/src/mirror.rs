@@ -236,10 +236,7 @@ fn compare_answers(ours: Answer, theirs: Answer) -> Result<Comparison, String> {
 
 /// A copy answered (ok) or failed after `latency`.
 fn copy_ended(counters: &Counters, latency: Duration, ok: bool) {
-    counters.mirror_latency_us_sum.fetch_add(latency.as_micros() as u64, Relaxed);
-    if !ok {
-        counters.mirror_errors.fetch_add(1, Relaxed);
-    }
+    counters.mirror_answered(latency, ok);
 }
 
 fn record(counters: &Counters, c: &Comparison) {

@@ -43,6 +43,9 @@ fn default_compare_threads() -> usize {
 fn default_streams() -> u32 {
     4096
 }
+fn default_buckets() -> Vec<f64> {
+    crate::stats::LATENCY_BUCKETS_MS.to_vec()
+}
 
 /// What `start()` takes (JSON from dataplane/server.py).
 #[derive(Deserialize, Clone, Debug)]
@@ -52,6 +55,10 @@ pub struct Config {
     pub port: u16,
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// Share the port with other processes (SO_REUSEPORT beyond this process's own
+    /// listeners). Off: a port another process listens on is an error.
+    #[serde(default)]
+    pub reuse_port: bool,
     #[serde(default)]
     pub server_name: String,
     #[serde(default)]
@@ -66,6 +73,9 @@ pub struct Config {
     pub connections_per_backend: usize,
     #[serde(default = "default_streams")]
     pub max_concurrent_streams: u32,
+    /// Upper edges of the latency histogram, ms (tsplit.status.LATENCY_BUCKETS_MS).
+    #[serde(default = "default_buckets")]
+    pub latency_buckets_ms: Vec<f64>,
     /// gRPC reflection: what the Python side serialized from its descriptor pool.
     #[serde(default)]
     pub reflection: crate::reflection::ReflectionSpec,
@@ -138,6 +148,14 @@ impl Server {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("bad listen host {:?}", config.host))
         })?;
         let threads = config.threads.max(1);
+        if !config.reuse_port && config.port != 0 {
+            // This process's listeners share the port among themselves (SO_REUSEPORT),
+            // which would also let them join another process's: a plain bind first says
+            // whether the port is free.
+            let probe = Socket::new(Domain::for_address(SocketAddr::new(ip, 0)), Type::STREAM, Some(Protocol::TCP))?;
+            probe.set_reuse_address(true)?;
+            probe.bind(&SocketAddr::new(ip, config.port).into())?;
+        }
         let first = listener(SocketAddr::new(ip, config.port))?;
         let port = first.local_addr()?.port();
         let mut listeners = vec![first];
@@ -160,9 +178,9 @@ impl Server {
         let shared = Arc::new(Shared {
             verifier,
             reflection: crate::reflection::Reflection::new(&config.reflection),
+            registry: CountersRegistry::new(&config.latency_buckets_ms),
             config,
             table: ArcSwapOption::empty(),
-            registry: CountersRegistry::default(),
             mirrors,
             stopping: AtomicBool::new(false),
             grace_ms: AtomicU64::new(10_000),

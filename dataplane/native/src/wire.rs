@@ -338,3 +338,48 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod vectors {
+    use super::*;
+    use base64::Engine;
+    use bytes::Bytes;
+
+    /// tests/vectors/rewrite.json, shared with dataplane/wire.py's tests.
+    #[test]
+    fn the_shared_rewrite_vectors_hold() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/vectors/rewrite.json");
+        let text = std::fs::read_to_string(path).expect("tests/vectors/rewrite.json");
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let cases = doc["cases"].as_array().unwrap();
+        assert!(cases.len() >= 10);
+        for case in cases {
+            let name = case["name"].as_str().unwrap();
+            let raw = b64.decode(case["request"].as_str().unwrap()).unwrap();
+            if case["error"].as_bool() == Some(true) {
+                assert!(scan_model_ref(&raw, &INFER_REQUEST).is_err(), "{name}: accepted");
+                continue;
+            }
+            let message = match case["compressed"].as_str() {
+                None => Bytes::from(raw.clone()),
+                Some(packed) => {
+                    let packed = b64.decode(packed).unwrap();
+                    let mut body = vec![1u8];
+                    body.extend((packed.len() as u32).to_be_bytes());
+                    body.extend(packed);
+                    let encoding = case["encoding"].as_str().unwrap().as_bytes();
+                    crate::grpc::unary_message(&Bytes::from(body), Some(encoding), 1 << 20).unwrap()
+                }
+            };
+            assert_eq!(&message[..], &raw[..], "{name}: decompressed");
+            let found = scan_model_ref(&message, &INFER_REQUEST).unwrap();
+            assert_eq!(found.name, case["model_name"].as_str().unwrap(), "{name}");
+            assert_eq!(found.version, case["model_version"].as_str().unwrap(), "{name}");
+            let to = case["rewrite_to"].as_array().unwrap();
+            let mut rewritten = message.to_vec();
+            rewritten.extend(model_ref_suffix(to[0].as_str().unwrap(), to[1].as_str().unwrap()));
+            assert_eq!(rewritten, b64.decode(case["rewritten"].as_str().unwrap()).unwrap(), "{name}: rewritten");
+        }
+    }
+}

@@ -1,0 +1,174 @@
+"""The Python side of the native router (`--server native`): what crosses into
+dataplane._native and back.
+
+Into the core: the start config, one immutable routing snapshot per change (the full
+table at the first snapshot, then only the changed routes), and the reflection
+descriptors. Out of it: the counters, read as JSON and shaped like dataplane.stats
+(RouterStats.snapshot for the router record, VariantStats rows for Prometheus). Nothing
+here runs per request.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any, Iterable, Mapping
+
+from google.protobuf import descriptor_pb2, descriptor_pool
+
+from dataplane import _native
+from dataplane.config_sync import RouteChange
+from dataplane.routing import CHAMPION, DeploymentRoute, RoutingTable
+from dataplane.stats import VariantStats
+from tsplit.resources import BASIS_POINTS
+
+SLOTS = BASIS_POINTS
+
+
+def allocation_from_weights(route: DeploymentRoute) -> list[dict[str, Any]]:
+    """Slot ranges by weights: the champion first, then each active challenger in list
+    order, each its traffic_pct x 100 slots (shadow mode: the challengers' shares are their
+    copies). Used while the routing table carries no allocation of its own."""
+    ranges, start = [], 0
+    challengers = [(c.name, c.weight_bp) for c in route.challengers if c.weight_bp > 0]
+    champion_slots = SLOTS - sum(bp for _, bp in challengers)
+    for name, size in [(CHAMPION, champion_slots), *challengers]:
+        if size > 0:
+            ranges.append({"variant": name, "start": start, "end": start + size})
+            start += size
+    return ranges
+
+
+def allocation_of(route: DeploymentRoute) -> list[dict[str, Any]]:
+    """The route's slot ranges: its own allocation when the table has one, else by weights."""
+    own = getattr(route, "allocation", None)
+    if not own:
+        return allocation_from_weights(route)
+    out = []
+    for r in own:
+        if isinstance(r, Mapping):
+            out.append({"variant": r["variant"], "start": int(r["start"]), "end": int(r["end"])})
+        elif hasattr(r, "variant"):
+            out.append({"variant": r.variant, "start": int(r.start), "end": int(r.end)})
+        else:
+            variant, start, end = r
+            out.append({"variant": variant, "start": int(start), "end": int(end)})
+    return out
+
+
+def route_spec(route: DeploymentRoute, org_of: Mapping[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "slug": route.slug,
+        "cache_version": route.cache_version,
+        "shadow_mode": route.shadow_mode,
+        "org_id": getattr(route, "org_id", "") or (org_of or {}).get(route.slug, ""),
+        "variants": [{"name": v.name, "model_id": v.model_id, "endpoint": v.endpoint, "model_name": v.model_name,
+                      "model_version": v.model_version, "http_endpoint": getattr(v, "http_endpoint", "") or ""}
+                     for v in route.variants],
+        "allocation": allocation_of(route),
+    }
+
+
+def snapshot_json(table: RoutingTable) -> str:
+    return json.dumps({"revision": table.revision, "routes": [route_spec(r) for r in table.routes.values()]})
+
+
+def changes_json(table: RoutingTable, changes: Iterable[RouteChange]) -> str:
+    upsert, remove = [], []
+    for change in changes:
+        if change.new is None:
+            remove.append(change.slug)
+        else:
+            upsert.append(route_spec(change.new))
+    return json.dumps({"revision": table.revision, "upsert": upsert, "remove": remove})
+
+
+_REFLECTED_MODULES = (
+    "tsplit.inference.grpc_predict_v2_pb2",
+    "grpc_health.v1.health_pb2",
+    "grpc_reflection.v1alpha.reflection_pb2",
+)
+
+
+def reflection_spec(services: Iterable[str]) -> dict[str, Any]:
+    """What the core's reflection serves: each service's file and its dependencies as
+    serialized FileDescriptorProtos, and the file of every symbol in them."""
+    import importlib
+
+    for module in _REFLECTED_MODULES:
+        importlib.import_module(module)
+    pool = descriptor_pool.Default()
+    files: dict[str, str] = {}
+    symbols: dict[str, str] = {}
+    deps: dict[str, list[str]] = {}
+
+    def add_file(fd) -> None:
+        if fd.name in files:
+            return
+        proto = descriptor_pb2.FileDescriptorProto()
+        fd.CopyToProto(proto)
+        files[fd.name] = base64.b64encode(proto.SerializeToString()).decode()
+        deps[fd.name] = [d.name for d in fd.dependencies]
+        package = f"{fd.package}." if fd.package else ""
+
+        def add_message(desc, prefix: str) -> None:
+            symbols[prefix + desc.name] = fd.name
+            for nested in desc.nested_types:
+                add_message(nested, f"{prefix}{desc.name}.")
+            for enum in desc.enum_types:
+                symbols[f"{prefix}{desc.name}.{enum.name}"] = fd.name
+
+        for desc in fd.message_types_by_name.values():
+            add_message(desc, package)
+        for enum in fd.enum_types_by_name.values():
+            symbols[package + enum.name] = fd.name
+        for service in fd.services_by_name.values():
+            symbols[package + service.name] = fd.name
+        for dep in fd.dependencies:
+            add_file(dep)
+
+    listed = list(services)
+    for service in listed:
+        try:
+            add_file(pool.FindServiceByName(service).file)
+        except KeyError:
+            continue
+    return {"services": listed, "files": files, "symbols": symbols, "deps": deps}
+
+
+def start(config: Mapping[str, Any]) -> "_native.Router":
+    return _native.start(json.dumps(config))
+
+
+class NativeStats:
+    """The native core's counters with RouterStats's reading interface."""
+
+    def __init__(self, router: "_native.Router") -> None:
+        self._router = router
+        self._last: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def snapshot(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """The "stats" part of the router record (the last reading once the core stopped)."""
+        try:
+            self._last = json.loads(self._router.counters())
+        except RuntimeError:  # stopped: the counters as last read
+            pass
+        return self._last
+
+    def rows(self) -> list[tuple[str, str, VariantStats]]:
+        out = []
+        for slug, variants in self.snapshot().items():
+            for name, counts in variants.items():
+                row = VariantStats(counts.get("model_id", ""))
+                for key, value in counts.items():
+                    if key in VariantStats.__slots__ and key != "model_id":
+                        setattr(row, key, dict(value) if isinstance(value, dict) else
+                                list(value) if isinstance(value, list) else value)
+                out.append((slug, name, row))
+        return out
+
+    def forget(self, slug: str) -> None:
+        """The core forgets a deleted deployment's counters itself."""
+
+    def settle(self) -> None:
+        """Counts are atomics in the core: nothing deferred."""
