@@ -18,42 +18,13 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 
 from dataplane import _native
 from dataplane.config_sync import RouteChange
-from dataplane.routing import CHAMPION, DeploymentRoute, RoutingTable
+from dataplane.routing import DeploymentRoute, RoutingTable
 from dataplane.stats import VariantStats
-from tsplit.resources import BASIS_POINTS
-
-SLOTS = BASIS_POINTS
-
-
-def allocation_from_weights(route: DeploymentRoute) -> list[dict[str, Any]]:
-    """Slot ranges by weights: the champion first, then each active challenger in list
-    order, each its traffic_pct x 100 slots (shadow mode: the challengers' shares are their
-    copies). Used while the routing table carries no allocation of its own."""
-    ranges, start = [], 0
-    challengers = [(c.name, c.weight_bp) for c in route.challengers if c.weight_bp > 0]
-    champion_slots = SLOTS - sum(bp for _, bp in challengers)
-    for name, size in [(CHAMPION, champion_slots), *challengers]:
-        if size > 0:
-            ranges.append({"variant": name, "start": start, "end": start + size})
-            start += size
-    return ranges
 
 
 def allocation_of(route: DeploymentRoute) -> list[dict[str, Any]]:
-    """The route's slot ranges: its own allocation when the table has one, else by weights."""
-    own = getattr(route, "allocation", None)
-    if not own:
-        return allocation_from_weights(route)
-    out = []
-    for r in own:
-        if isinstance(r, Mapping):
-            out.append({"variant": r["variant"], "start": int(r["start"]), "end": int(r["end"])})
-        elif hasattr(r, "variant"):
-            out.append({"variant": r.variant, "start": int(r.start), "end": int(r.end)})
-        else:
-            variant, start, end = r
-            out.append({"variant": variant, "start": int(start), "end": int(end)})
-    return out
+    """The route's slot ranges (DeploymentRoute.allocation, over its routed variants)."""
+    return [{"variant": r.variant, "start": r.start, "end": r.end} for r in route.allocation]
 
 
 def route_spec(route: DeploymentRoute, org_of: Mapping[str, str] | None = None) -> dict[str, Any]:
