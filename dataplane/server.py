@@ -254,7 +254,7 @@ class NativeMirrors:
     @property
     def inflight(self) -> int:
         try:
-            return self._core.mirrors()[0]
+            return self._core.mirrors_inflight()
         except RuntimeError:  # stopped
             return 0
 
