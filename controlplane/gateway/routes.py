@@ -288,9 +288,12 @@ class Handlers:
         return json_response(message_to_json(answer))
 
 
+_MAX_COUNT = 2**31 - 1  # the gRPC fields are 32-bit
+
+
 def _count_param(request: Request, name: str) -> int:
     """A non-negative integer query parameter (0 when absent)."""
     text = request.query_params.get(name, "0")
-    if not text.isdigit() or len(text) > 18:
-        raise ApiError("invalid_request", f"query parameter {name} must be a whole number, 0 or more")
+    if not text.isdigit() or len(text) > 10 or int(text) > _MAX_COUNT:
+        raise ApiError("invalid_request", f"query parameter {name} must be a whole number from 0 to {_MAX_COUNT}")
     return int(text)

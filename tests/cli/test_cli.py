@@ -373,9 +373,18 @@ def test_up_on_a_partly_running_stack_starts_only_what_is_down(tmp_path):
         while (pid_alive(before["etcd"]["pid"]) or pid_alive(models["linear-a"]["pid"])) and time.monotonic() < deadline:
             time.sleep(0.05)
         # Hold linear-a's old port so that it must come back on a new one.
+        # The killed server's socket can take a moment to be released: retry, bounded.
         holder = socket.socket()
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the port may be in TIME_WAIT
-        holder.bind(("127.0.0.1", int(models["linear-a"]["endpoint"].rpartition(":")[2])))
+        port = int(models["linear-a"]["endpoint"].rpartition(":")[2])
+        for attempt in range(100):
+            try:
+                holder.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                if attempt == 99:
+                    raise
+                time.sleep(0.05)
         holder.listen()
         try:
             healed = tsplit("up", *d, "--routers", "1", "--demo-models", "--detach")
