@@ -475,9 +475,13 @@ mod tests {
         serde_json::from_str(&text).unwrap()
     }
 
-    /// The verifiers the vectors name, from their keys written to a temporary folder.
+    /// The verifiers the vectors name, from their keys written to a temporary folder of
+    /// this call's own (tests run in parallel threads of one process: a shared folder let
+    /// one test read a key file another was rewriting).
     fn verifiers(v: &Value) -> HashMap<String, Verifier> {
-        let dir = std::env::temp_dir().join(format!("tsplit-jwt-vectors-{}", std::process::id()));
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("tsplit-jwt-vectors-{}-{call}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut out = HashMap::new();
         for (name, spec) in v["verifiers"].as_object().unwrap() {
@@ -498,6 +502,7 @@ mod tests {
             }
             out.insert(name.clone(), Verifier::new(&config).unwrap_or_else(|e| panic!("verifier {name}: {e}")));
         }
+        let _ = std::fs::remove_dir_all(&dir);
         out
     }
 
