@@ -11,9 +11,8 @@ from typing import Mapping, Sequence
 from controlplane.auth import AuthSettings
 from controlplane.records import DEFAULT_IDEMPOTENCY_TTL_S
 from controlplane.store import StoreSettings
-from tsplit.etcd import parse_endpoints
 from tsplit.layout import DEFAULT_PREFIX, Layout
-from tsplit.settings import SettingsError, check_host_port, option, parse_duration, parse_flags
+from tsplit.settings import SettingsError, check_host_port, option, parse_duration, parse_flags, parse_host_port_list
 
 DEFAULT_LISTEN = "127.0.0.1:50050"
 DEFAULT_ETCD = "127.0.0.1:2379"
@@ -35,7 +34,7 @@ class ControlPlaneSettings:
 
 
 def _endpoints(text: str) -> tuple[str, ...]:
-    return tuple(parse_endpoints(text))
+    return tuple(parse_host_port_list(text))
 
 
 def _prefix(text: str) -> str:

@@ -18,13 +18,11 @@ bound address is printed on stdout as one JSON line, {"address": "127.0.0.1:PORT
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import http.server
 import json
 import logging
 import math
-import os
 import signal
 import sys
 import threading
@@ -36,6 +34,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from dataplane.tensors import DATATYPES, Tensor, TensorError, decode_input, encode_raw, fill_contents
 from tsplit.inference import grpc_predict_v2_pb2 as pb, grpc_predict_v2_pb2_grpc as pb_grpc
+from tsplit.settings import (
+    SettingsError, check_host_port, check_optional_host_port, join_host_port, option, parse_flags, parse_host_port,
+)
 
 log = logging.getLogger("tsplit.demo_model")
 
@@ -222,15 +223,15 @@ class RunningDemoServer:
 async def start_demo_server(models: Sequence[DemoModel] = (DEFAULT_MODEL,),
                             listen: str = "127.0.0.1:0") -> RunningDemoServer:
     """Serve `models` on the running event loop; `listen` ":0" picks a free port."""
-    host, _, port_text = listen.rpartition(":")
+    host, port = parse_host_port(listen)
     server = grpc.aio.server()
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(DemoInferenceService(models), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(f"{host or '127.0.0.1'}:{port_text or 0}")
+    port = server.add_insecure_port(join_host_port(host, port))
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    return RunningDemoServer(f"{host or '127.0.0.1'}:{port}", port, server)
+    return RunningDemoServer(join_host_port(host, port), port, server)
 
 
 @dataclass(frozen=True)
@@ -381,14 +382,14 @@ class RestDemoServer:
 def start_demo_rest_server(models: Sequence[DemoModel] = (DEFAULT_MODEL,),
                            listen: str = "127.0.0.1:0") -> RestDemoServer:
     """Serve `models` over v2 REST (HTTP/1.1, keep-alive) in a daemon thread."""
-    host, _, port_text = listen.rpartition(":")
+    host, port = parse_host_port(listen)
     handler = type("DemoRestHandler", (_RestHandler,), {"models": {m.name: m for m in models}})
-    server = http.server.ThreadingHTTPServer((host or "127.0.0.1", int(port_text or 0)), handler)
+    server = http.server.ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="demo-model-rest", daemon=True)
     thread.start()
     port = server.server_address[1]
-    return RestDemoServer(f"{host or '127.0.0.1'}:{port}", port, server, thread)
+    return RestDemoServer(join_host_port(host, port), port, server, thread)
 
 
 # --- command line -------------------------------------------------------------------------
@@ -405,36 +406,40 @@ def parse_weights(text: str, classes: int | None) -> tuple[tuple[float, ...], ..
     return tuple(tuple(r) for r in values)
 
 
-def _env(flag: str, default: str | None) -> str | None:
-    return os.environ.get("TSPLIT_DEMO_MODEL_" + flag.upper().replace("-", "_"), default)
+@dataclass(frozen=True)
+class DemoModelFlags:
+    """tsplit-demo-model's flags (tsplit.settings: variables TSPLIT_DEMO_MODEL_<FLAG>)."""
+
+    listen: str = option("127.0.0.1:0", "host:port (':0' picks a free port)", parse=check_host_port)
+    http_listen: str = option("", "host:port of a v2 REST port beside gRPC (':0' picks a free port; empty: none)",
+                              parse=check_optional_host_port)
+    model_name: str = option(DEFAULT_MODEL.name, "the model's name")
+    model_version: str = option(DEFAULT_MODEL.version, "the model's version")
+    weights: str = option("1,0;0,1", "row-major [inputs, classes]: '1,0,0,1' (classes from --bias) or '1,0;0,1'")
+    bias: str = option("", "one value per class (default: zeros)")
+    latency_ms: float = option(0.0, "added latency of every answer, ms")
+    error_rate: float = option(0.0, "share of requests (0..1) that fail with --error-code")
+    error_code: str = option("INTERNAL", "gRPC status code name, e.g. INTERNAL, UNAVAILABLE, RESOURCE_EXHAUSTED")
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[str, DemoModel, str]:
-    p = argparse.ArgumentParser(prog="tsplit-demo-model", description=__doc__.split("\n\n")[0])
-    p.add_argument("--listen", default=_env("listen", "127.0.0.1:0"), help="host:port (':0' picks a free port)")
-    p.add_argument("--http-listen", default=_env("http-listen", ""),
-                   help="host:port of a v2 REST port beside gRPC (':0' picks a free port; empty: none)")
-    p.add_argument("--model-name", default=_env("model-name", DEFAULT_MODEL.name))
-    p.add_argument("--model-version", default=_env("model-version", DEFAULT_MODEL.version))
-    p.add_argument("--weights", default=_env("weights", "1,0;0,1"),
-                   help="row-major [inputs, classes]: '1,0,0,1' (classes from --bias) or '1,0;0,1'")
-    p.add_argument("--bias", default=_env("bias", None), help="one value per class (default: zeros)")
-    p.add_argument("--latency-ms", type=float, default=float(_env("latency-ms", "0")))
-    p.add_argument("--error-rate", type=float, default=float(_env("error-rate", "0")),
-                   help="share of requests (0..1) that fail with --error-code")
-    p.add_argument("--error-code", default=_env("error-code", "INTERNAL"),
-                   help="gRPC status code name, e.g. INTERNAL, UNAVAILABLE, RESOURCE_EXHAUSTED")
-    args = p.parse_args(argv)
+    prog = "tsplit-demo-model"
     try:
-        bias = tuple(float(v) for v in args.bias.split(",")) if args.bias else None
-        weights = parse_weights(args.weights, len(bias) if bias else None)
-        code = grpc.StatusCode[args.error_code.upper()]
-        model = DemoModel(args.model_name, weights, bias or tuple(0.0 for _ in weights[0]), args.model_version,
-                          args.latency_ms, args.error_rate, code)
-    except KeyError:
-        p.error(f"--error-code: {args.error_code!r} is not a gRPC status code name")
-    except (ValueError, IndexError) as err:
-        p.error(str(err) if str(err).startswith(("--", "model")) else f"--weights/--bias: {err}")
+        args = parse_flags(DemoModelFlags, "demo_model", argv, prog=prog, description=__doc__.split("\n\n")[0])
+        try:
+            bias = tuple(float(v) for v in args.bias.split(",")) if args.bias else None
+            weights = parse_weights(args.weights, len(bias) if bias else None)
+            code = grpc.StatusCode[args.error_code.upper()]
+            model = DemoModel(args.model_name, weights, bias or tuple(0.0 for _ in weights[0]), args.model_version,
+                              args.latency_ms, args.error_rate, code)
+        except KeyError:
+            raise SettingsError(f"--error-code: {args.error_code!r} is not a gRPC status code name") from None
+        except (ValueError, IndexError) as err:
+            raise SettingsError(str(err) if str(err).startswith(("--", "model")) else f"--weights/--bias: {err}") \
+                from None
+    except SettingsError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     return args.listen, model, args.http_listen
 
 

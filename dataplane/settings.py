@@ -11,9 +11,11 @@ import sys
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from tsplit.etcd import parse_endpoints
 from tsplit.layout import DEFAULT_PREFIX, Layout
-from tsplit.settings import SettingsError, check_host_port, join_host_port, option, parse_flags, parse_host_port
+from tsplit.settings import (
+    SettingsError, check_host_port, check_optional_host_port, join_host_port, option, parse_flags, parse_host_port,
+    parse_host_port_list, parse_int,
+)
 
 SERVER_KINDS = ("aio", "sync", "native")
 EVENT_LOOPS = ("uvloop", "asyncio")
@@ -40,11 +42,7 @@ def available_cpus() -> int:
 
 
 def _workers(text: str) -> int:
-    return available_cpus() if text.strip().lower() == "auto" else int(text)
-
-
-def _optional_host_port(text: str) -> str:
-    return check_host_port(text) if text else ""
+    return available_cpus() if text.strip().lower() == "auto" else parse_int(text)
 
 
 @dataclass(frozen=True)
@@ -53,7 +51,7 @@ class RouterSettings:
                          parse=check_host_port)
     etcd: str = option("127.0.0.1:2379", "etcd endpoints, comma-separated host:port", shared=True)
     etcd_prefix: str = option(DEFAULT_PREFIX, "etcd key prefix", shared=True)
-    metrics_listen: str = option("", "Prometheus metrics host:port (empty: off)", parse=_optional_host_port)
+    metrics_listen: str = option("", "Prometheus metrics host:port (empty: off)", parse=check_optional_host_port)
     router_id: str = option("", "this router's id in etcd (default r-<random>)")
     advertise: str = option("", "address other processes reach this router at (default: the bound address)")
     # Processes of main(), each its own router ('auto': one per CPU). One by default: a
@@ -91,7 +89,7 @@ class RouterSettings:
         if self.metrics_listen:
             split_host_port(self.metrics_listen, "metrics-listen")
         try:
-            parse_endpoints(self.etcd)
+            parse_host_port_list(self.etcd)
         except ValueError as err:
             raise ValueError(f"--etcd: {err}") from None
         Layout(self.etcd_prefix)

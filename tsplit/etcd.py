@@ -24,6 +24,8 @@ import grpc
 from aetcd.rpc import rpc_pb2 as pb
 from aetcd.rpc import rpc_pb2_grpc as pb_grpc
 
+from tsplit.settings import parse_host_port_list
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 3.0
@@ -129,19 +131,6 @@ def prefix_range_end(prefix: str) -> bytes:
     return b"\0"
 
 
-def parse_endpoints(text: str | Sequence[str]) -> list[str]:
-    """'h1:2379,h2:2379' (or a list) to a list of host:port, validated."""
-    items = text.split(",") if isinstance(text, str) else list(text)
-    endpoints = [e.strip().removeprefix("http://") for e in items if e.strip()]
-    if not endpoints:
-        raise ValueError("no etcd endpoint given")
-    for endpoint in endpoints:
-        host, sep, port = endpoint.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"etcd endpoint {endpoint!r} is not host:port")
-    return endpoints
-
-
 # etcd's own texts (server/etcdserver/api/v3rpc/rpctypes) and grpc's size limits.
 _STORAGE_FULL_TEXTS = ("database space exceeded", "request is too large", "message larger than max")
 
@@ -189,7 +178,7 @@ class Etcd:
     """One connection to an etcd cluster. Every call has a deadline."""
 
     def __init__(self, endpoints: str | Sequence[str], timeout: float = DEFAULT_TIMEOUT_S):
-        self.endpoints = parse_endpoints(endpoints)
+        self.endpoints = parse_host_port_list(endpoints)
         self.timeout = timeout
         self.switches = 0  # times the client moved to another member (metrics, tests)
         self._retired: set[asyncio.Task] = set()

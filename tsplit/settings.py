@@ -1,9 +1,11 @@
-"""One way for every process to take its settings (SPEC section 7): a frozen dataclass whose
-fields are the flags. Each field becomes a `--flag`, and its environment variable is
-TSPLIT_<FLAG> for the flags processes share (`--etcd`, `--etcd-prefix`, the JWT flags, ...)
-or TSPLIT_<PROCESS>_<FLAG> for a process's own (`--listen`, ...). A flag wins over its
-variable, a variable over the default; every value goes through the field's parser, and a
-bad one is a SettingsError naming the flag and the variable.
+"""One way for every process and `tsplit` command to take its settings (SPEC section 7): a
+frozen dataclass whose fields are the flags. Each field becomes a `--flag`, and its
+environment variable is TSPLIT_<FLAG> for the flags processes share (`--etcd`,
+`--etcd-prefix`, the JWT flags, ...) or TSPLIT_<PROCESS>_<FLAG> for a process's own
+(`--listen`, ...); the operator CLI (process None) names every flag's variable
+TSPLIT_<FLAG> (`tsplit up --routers`: TSPLIT_ROUTERS). A flag wins over its variable, a
+variable over the default; every value, flag or variable, goes through the field's parser
+(and its choices), and a bad one is a SettingsError naming the flag and the variable.
 
     @dataclass(frozen=True)
     class Flags:
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import re
 from typing import Any, Callable, Mapping, Sequence, TypeVar
@@ -33,12 +36,16 @@ class SettingsError(ValueError):
 
 
 def option(default: Any, help: str, *, parse: Callable[[str], Any] | None = None, shared: bool = False,
-           metavar: str | None = None, name: str | None = None) -> Any:
+           metavar: str | None = None, name: str | None = None, choices: Sequence[str] = (),
+           aliases: Sequence[str] = (), required: bool = False) -> Any:
     """A settings field: its default, its help, the parser of its text (default: the
-    default's type; bool fields are switches), whether processes share it and the flag's
-    name when it is not the field's (mirror_timeout_s: name="mirror_timeout")."""
+    default's type; bool fields are switches), whether processes share it, the flag's
+    name when it is not the field's (mirror_timeout_s: name="mirror_timeout"), the texts
+    it accepts (choices), other spellings of the flag ("-f") and whether the flag or its
+    variable must be given."""
     return dataclasses.field(default=default, metadata={
-        "help": help, "parse": parse, "shared": shared, "metavar": metavar, "name": name})
+        "help": help, "parse": parse, "shared": shared, "metavar": metavar, "name": name,
+        "choices": tuple(choices), "aliases": tuple(aliases), "required": required})
 
 
 def _name(f: dataclasses.Field) -> str:
@@ -49,24 +56,32 @@ def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
-def variable_name(field_name: str, process: str, shared: bool) -> str:
+def variable_name(field_name: str, process: str | None, shared: bool) -> str:
+    """TSPLIT_<FLAG> for a shared flag or any of the CLI's (process None), else
+    TSPLIT_<PROCESS>_<FLAG>."""
     suffix = field_name.upper().replace("-", "_")
-    return f"TSPLIT_{suffix}" if shared else f"TSPLIT_{process.upper()}_{suffix}"
+    return f"TSPLIT_{suffix}" if shared or not process else f"TSPLIT_{process.upper()}_{suffix}"
 
 
-def add_flags(parser: argparse.ArgumentParser, cls: type, process: str) -> None:
-    """One argument per field of cls; values stay text (None when absent) until parse_flags."""
+def add_flags(parser: argparse.ArgumentParser, cls: type, process: str | None) -> None:
+    """One argument per field of cls, its help naming its variable; values stay text until
+    settings_from (an absent flag is absent from the namespace: argparse.SUPPRESS, so a
+    flag given before a subcommand survives the subcommand's parser)."""
     for f in dataclasses.fields(cls):
-        variable = variable_name(_name(f), process, f.metadata.get("shared", False))
+        meta = f.metadata
+        variable = variable_name(_name(f), process, meta.get("shared", False))
         default = f.default if f.default is not dataclasses.MISSING else None
         shown = "" if default in (None, "", False) else f"; default {default}"
-        text = f"{f.metadata.get('help', '')} [env {variable}{shown}]"
+        required = "required; " if meta.get("required") else ""
+        text = f"{meta.get('help', '')} [{required}env {variable}{shown}]".replace("%", "%%")
+        names = [*meta.get("aliases", ()), flag_name(_name(f))]
         if isinstance(default, bool):
-            parser.add_argument(flag_name(_name(f)), dest=f.name, action="store_const", const="true", default=None,
-                                help=text)
+            parser.add_argument(*names, dest=f.name, action="store_const", const="true",
+                                default=argparse.SUPPRESS, help=text)
         else:
-            parser.add_argument(flag_name(_name(f)), dest=f.name, default=None, metavar=f.metadata.get("metavar"),
-                                help=text)
+            choices = meta.get("choices") or ()
+            metavar = meta.get("metavar") or ("{" + ",".join(choices) + "}" if choices else None)
+            parser.add_argument(*names, dest=f.name, default=argparse.SUPPRESS, metavar=metavar, help=text)
 
 
 def _parse_bool(text: str) -> bool:
@@ -78,21 +93,45 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"{text!r} is not true or false")
 
 
-def settings_from(cls: type[T], process: str, values: Mapping[str, str | None], environ: Mapping[str, str]) -> T:
-    """cls from flag texts by field name (None: not given), then variables, then defaults."""
+def parse_int(text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError("is not a whole number") from None
+
+
+def parse_float(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError("is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError("is not a finite number")
+    return value
+
+
+_PARSERS: dict[type, Callable[[str], Any]] = {bool: _parse_bool, int: parse_int, float: parse_float}
+
+
+def settings_from(cls: type[T], process: str | None, values: Mapping[str, Any], environ: Mapping[str, str]) -> T:
+    """cls from flag texts by field name (absent or None: not given), then variables, then
+    defaults."""
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
-        shared = f.metadata.get("shared", False)
-        variable = variable_name(_name(f), process, shared)
+        meta = f.metadata
+        variable = variable_name(_name(f), process, meta.get("shared", False))
         text = values.get(f.name)
         source = flag_name(_name(f))
         if text is None and environ.get(variable, "") != "":
             text, source = environ[variable], f"{variable} ({source})"
         if text is None:
+            if meta.get("required"):
+                raise SettingsError(f"{source} is required (or set {variable})")
             continue
-        default = f.default
-        parse = f.metadata.get("parse") or (
-            _parse_bool if isinstance(default, bool) else type(default) if default is not None else str)
+        choices = meta.get("choices") or ()
+        if choices and text not in choices:
+            raise SettingsError(f"{source} {text!r}: must be one of {', '.join(choices)}")
+        parse = meta.get("parse") or _PARSERS.get(type(f.default), str)
         try:
             kwargs[f.name] = parse(text)
         except (ValueError, TypeError) as err:
@@ -134,6 +173,27 @@ def join_host_port(host: str, port: int) -> str:
 def check_host_port(text: str) -> str:
     """text as a canonical host:port (":0" -> "127.0.0.1:0"); ValueError when it is not one."""
     return join_host_port(*parse_host_port(text))
+
+
+def check_optional_host_port(text: str) -> str:
+    """check_host_port, or "" for "" (a flag whose empty value turns a thing off)."""
+    return check_host_port(text) if text.strip() else ""
+
+
+def parse_host_port_list(text: str | Sequence[str]) -> list[str]:
+    """"h1:2379,h2:2379" (or a list; an "http://" in front is dropped) as canonical
+    host:port texts, each through parse_host_port; ValueError when one is not host:port or
+    none is given."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    endpoints = [check_host_port(e.strip().removeprefix("http://")) for e in items if e.strip()]
+    if not endpoints:
+        raise ValueError("no host:port given")
+    return endpoints
+
+
+def check_host_port_list(text: str) -> str:
+    """parse_host_port_list joined by commas: the text form of a --etcd flag."""
+    return ",".join(parse_host_port_list(text))
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")

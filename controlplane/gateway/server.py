@@ -21,7 +21,7 @@ from controlplane.gateway.client import CallTimeouts, ControlPlaneClient
 from controlplane.gateway.http_protocol import GatewayHttpProtocol
 from controlplane.gateway.routes import Handlers
 from controlplane.interceptors import VerifiedTokens
-from tsplit.settings import SettingsError, check_host_port, option, parse_flags, parse_host_port
+from tsplit.settings import SettingsError, check_host_port, option, parse_flags, parse_float, parse_host_port, parse_int
 
 log = logging.getLogger("tsplit.gateway")
 
@@ -47,14 +47,14 @@ class GatewaySettings:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = parse_int(text)
     if value < 1:
         raise ValueError("must be 1 or more")
     return value
 
 
 def _seconds(text: str) -> float:
-    value = float(text)
+    value = parse_float(text)
     if not value > 0:
         raise ValueError("must be a positive number of seconds")
     return value

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from dataplane.registration import RegistrationSettings
-from tsplit.etcd import parse_endpoints
 from tsplit.layout import DEFAULT_PREFIX, Layout
+from tsplit.settings import parse_host_port_list
 
 ENV_ETCD = "TSPLIT_ETCD"
 ENV_ETCD_PREFIX = "TSPLIT_ETCD_PREFIX"
@@ -31,7 +31,7 @@ class ProxylessSettings:
     registration: RegistrationSettings = field(default_factory=RegistrationSettings)
 
     def __post_init__(self) -> None:
-        endpoints = parse_endpoints(self.etcd)
+        endpoints = parse_host_port_list(self.etcd)
         object.__setattr__(self, "etcd", ",".join(endpoints))
         Layout(self.etcd_prefix)
         if self.client_id and ("/" in self.client_id or not self.client_id.isprintable()):

@@ -61,7 +61,7 @@ def scripted():
 
 def client(address: str) -> ControlPlaneClient:
     ctx = CliContext(directory=Path("."), etcd_endpoints=None, etcd_prefix="/tsplit", controlplane=address,
-                     gateway_url=None, token="t", stack={})
+                     token="t", stack={})
     return ControlPlaneClient(ctx)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,6 @@ class CliContext:
     etcd_endpoints: str | None
     etcd_prefix: str
     controlplane: str | None
-    gateway_url: str | None
     token: str | None
     stack: dict[str, Any]
 
@@ -63,19 +61,16 @@ def _first(*values: str | None) -> str | None:
 
 
 def resolve(args: Any) -> CliContext:
-    directory = Path(_first(getattr(args, "dir", None), os.environ.get("TSPLIT_DIR"), ".tsplit"))
+    """The context of a command whose flags tsplit.cli.flags.resolve set (a flag, else its
+    TSPLIT_* variable): what they leave unset comes from DIR/stack.json."""
+    directory = Path(_first(getattr(args, "dir", None), ".tsplit"))
     stack = load_stack(directory)
     stack_etcd = ",".join(stack.get("etcd", {}).get("endpoints", [])) or None
     return CliContext(
         directory=directory,
-        etcd_endpoints=_first(getattr(args, "etcd", None), os.environ.get("TSPLIT_ETCD"), stack_etcd),
-        etcd_prefix=_first(getattr(args, "etcd_prefix", None), os.environ.get("TSPLIT_ETCD_PREFIX"),
-                           stack.get("etcd", {}).get("prefix"), DEFAULT_PREFIX),
-        controlplane=_first(getattr(args, "controlplane", None), os.environ.get("TSPLIT_CONTROLPLANE"),
-                            stack.get("controlplane", {}).get("address")),
-        gateway_url=_first(getattr(args, "gateway", None), os.environ.get("TSPLIT_GATEWAY"),
-                           stack.get("gateway", {}).get("url")),
-        token=_first(getattr(args, "token", None), os.environ.get("TSPLIT_TOKEN"),
-                     stack.get("jwt", {}).get("admin_token")),
+        etcd_endpoints=_first(getattr(args, "etcd", None), stack_etcd),
+        etcd_prefix=_first(getattr(args, "etcd_prefix", None), stack.get("etcd", {}).get("prefix"), DEFAULT_PREFIX),
+        controlplane=_first(getattr(args, "controlplane", None), stack.get("controlplane", {}).get("address")),
+        token=_first(getattr(args, "token", None), stack.get("jwt", {}).get("admin_token")),
         stack=stack,
     )

@@ -19,16 +19,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tsplit.cli import render
+from tsplit.cli import flags, render
 from tsplit.cli.changes import ApiCallError, ControlPlaneClient, to_json
 from tsplit.cli.context import CliContext, CliError, resolve
 from tsplit.cli.reads import add_slots_moved, alarm_text, read_history, read_state
+from tsplit.settings import SettingsError
 
 log = logging.getLogger("tsplit")
 
 
 def _json(args) -> bool:
-    return getattr(args, "json", False)
+    return args.json
 
 
 def _out(data: Any) -> None:
@@ -70,8 +71,6 @@ def cmd_get(args, ctx: CliContext) -> int:
         if text is not None:
             print(text)
         return 0
-    if args.interval <= 0:
-        raise CliError(f"--interval must be positive, got {args.interval:g}")
     terminal = sys.stdout.isatty()
     try:
         while True:
@@ -321,7 +320,7 @@ def cmd_promote(args, ctx: CliContext) -> int:
 
 def guardrail_policy_from_flags(args, current: dict[str, Any] | None) -> dict[str, Any] | None:
     """The policy the flags ask for, on top of the current one; None: no flag given."""
-    if getattr(args, "off", False):
+    if args.off:
         return {}
     changes: dict[str, Any] = {}
     if args.alpha is not None:
@@ -382,7 +381,7 @@ def cmd_up(args, ctx: CliContext) -> int:
     from tsplit.cli.stack import UpOptions, down, up
 
     options = UpOptions(directory=ctx.directory, routers=args.routers, demo_models=args.demo_models,
-                        etcd=getattr(args, "etcd", None), etcd_prefix=ctx.etcd_prefix,
+                        etcd=args.etcd, etcd_prefix=ctx.etcd_prefix,
                         org_id=args.org, auth=args.auth)
     started_at = time.monotonic()
     stack, _ = up(options, _info)
@@ -437,7 +436,7 @@ def cmd_demo(args, ctx: CliContext) -> int:
 
     from tsplit.cli.demo import run_demo
 
-    if getattr(args, "dir", None) or os.environ.get("TSPLIT_DIR"):
+    if args.dir:  # --dir or TSPLIT_DIR
         return run_demo(ctx, keep=args.keep)
     scratch = Path(tempfile.mkdtemp(prefix="tsplit-demo."))
     try:
@@ -449,104 +448,61 @@ def cmd_demo(args, ctx: CliContext) -> int:
 
 # parser --------------------------------------------------------------------------------
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value} (a token with no lifetime is already expired)")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    # SUPPRESS: an option absent after the subcommand must not undo one given before it.
-    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
-    common.add_argument("--dir", help="stack directory with stack.json (env TSPLIT_DIR, default ./.tsplit)")
-    common.add_argument("--etcd", help="etcd endpoints host:port[,host:port...] (env TSPLIT_ETCD)")
-    common.add_argument("--etcd-prefix", help="etcd key prefix (env TSPLIT_ETCD_PREFIX, default /tsplit)")
-    common.add_argument("--controlplane", help="control plane host:port (env TSPLIT_CONTROLPLANE)")
-    common.add_argument("--token", help="bearer JWT for changes (env TSPLIT_TOKEN; default: the stack's admin token)")
-    common.add_argument("--json", action="store_true", help="print JSON only on stdout (logs go to stderr)")
+    """The commands and their flags (tsplit.cli.flags: each flag's variable is TSPLIT_<FLAG>)."""
+    common = argparse.ArgumentParser(add_help=False)
+    flags.add_common(common)
 
     parser = argparse.ArgumentParser(
         prog="tsplit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add_action(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
-        return subparsers.add_parser(name, parents=[common], help=help_text, description=help_text)
+    def add_action(subparsers, name: str, help_text: str, cls: type | None = None) -> argparse.ArgumentParser:
+        p = subparsers.add_parser(name, parents=[common], help=help_text, description=help_text)
+        return flags.add(p, cls, flags.ACTION_FLAGS) if cls else p
 
-    def add(name: str, func, help_text: str, **kw) -> argparse.ArgumentParser:
+    def add(name: str, func, help_text: str, cls: type | None = None, **kw) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=help_text, description=help_text, **kw)
         p.set_defaults(func=func)
-        return p
+        return flags.add(p, cls) if cls else p
 
-    p = add("up", cmd_up, "start the local stack: etcd, control plane, gateway, routers (and demo models)")
-    p.add_argument("--routers", type=int, default=2, help="number of routers (default 2)")
-    p.add_argument("--demo-models", action="store_true", help="also start and register three demo model servers")
-    p.add_argument("--detach", action="store_true", help="return once healthy (stop later with `tsplit down`)")
-    p.add_argument("--org", default="org_1", help="org of the admin token (default org_1)")
-    p.add_argument("--auth", choices=("none", "jwt"), default="none",
-                   help="routers' auth: 'jwt' makes inference calls need a token (`tsplit token`) of the "
-                        "deployment's org (default none)")
+    add("up", cmd_up, "start the local stack: etcd, control plane, gateway, routers (and demo models)", flags.Up)
     add("down", cmd_down, "stop every process of the local stack in --dir")
-    p = add("demo", cmd_demo, "the scripted end-to-end story (what scripts/demo runs)")
-    p.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
+    add("demo", cmd_demo, "the scripted end-to-end story (what scripts/demo runs)", flags.Demo)
 
-    p = add("get", cmd_get, "show deployments, or one deployment's variants, stats and router sync (from etcd)")
+    p = add("get", cmd_get, "show deployments, or one deployment's variants, stats and router sync (from etcd)",
+            flags.Get)
     p.add_argument("slug", nargs="?", help="a deployment slug (dep_...)")
-    p.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
-    p.add_argument("--interval", type=float, default=1.0, help="--watch refresh period in seconds")
-    p = add("history", cmd_history, "the versions of a deployment: action, actor, time, split (from etcd)")
+    p = add("history", cmd_history, "the versions of a deployment: action, actor, time, split (from etcd)",
+            flags.History)
     p.add_argument("slug")
-    p.add_argument("--after", type=int, default=0, metavar="N", help="only versions after N (default 0)")
-    p.add_argument("--limit", type=int, default=1000, metavar="M", help="at most M versions (default 1000)")
-    p = add("rollback", cmd_rollback, "a new version whose challengers and shadow mode equal version N's")
+    p = add("rollback", cmd_rollback, "a new version whose challengers and shadow mode equal version N's",
+            flags.Rollback)
     p.add_argument("slug")
-    p.add_argument("--to", type=int, required=True, metavar="N", help="the version to return to")
-    p = add("apply", cmd_apply, "apply a desired traffic state (YAML or JSON) as one change, like `cortex deploy`",
-            epilog="file format:\n  deployment: dep_xK8m\n  champion: mod_a1b2c3d4\n  shadow_mode: false\n"
-                   "  challengers:\n    - model_id: mod_nY5kT2Wq\n      traffic_pct: 10\n"
-                   "  guardrails:             # optional; absent: unchanged, {} removes\n    steps: [5, 10, 25]\n",
-            formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-f", "--file", required=True, help="the desired state file ('-' for stdin)")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
+    add("apply", cmd_apply, "apply a desired traffic state (YAML or JSON) as one change, like `cortex deploy`",
+        flags.Apply,
+        epilog="file format:\n  deployment: dep_xK8m\n  champion: mod_a1b2c3d4\n  shadow_mode: false\n"
+               "  challengers:\n    - model_id: mod_nY5kT2Wq\n      traffic_pct: 10\n"
+               "  guardrails:             # optional; absent: unchanged, {} removes\n    steps: [5, 10, 25]\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p = add("promote", cmd_promote, "make a challenger the champion (promote_challenger; the old champion is dropped)")
     p.add_argument("slug")
     p.add_argument("challenger", metavar="CHALLENGER", help="the challenger's id (ch_...) or its model id (mod_...)")
-    p = add("guardrails", cmd_guardrails, "show a deployment's guardrail policy; with flags, set it (one version)")
+    p = add("guardrails", cmd_guardrails, "show a deployment's guardrail policy; with flags, set it (one version)",
+            flags.Guardrails)
     p.add_argument("slug")
-    p.add_argument("--alpha", type=float, default=None, help="the tests' level, in (0, 0.5] (default 0.01)")
-    p.add_argument("--steps", default=None, help="traffic_pct steps, e.g. 5,10,25,50 ('' for none)")
-    p.add_argument("--step-after", type=int, default=None, metavar="N",
-                   help="challenger requests since its last change before the next step (default 2000)")
-    p.add_argument("--latency-quantile", default=None, metavar="Q", help="quantile in (0, 1) or 'off' (default 0.99)")
-    p.add_argument("--error-rate", choices=("on", "off"), default=None, help="the error-rate test (default on)")
-    p.add_argument("--srm", choices=("on", "off"), default=None, help="the sample-ratio test (default on)")
-    p.add_argument("--off", action="store_true", help="remove the policy")
     add("routers", cmd_routers, "live routers and clients: address, applied versions, uptime (from etcd)")
-    p = add("token", cmd_token, "mint a dev token with the local stack's key (production tokens come from your IdP)")
-    p.add_argument("--sub", default="dev-user", help="subject (default dev-user)")
-    p.add_argument("--org", help="org_id claim (default: the stack's org)")
-    p.add_argument("--role", default="admin", help="owner, admin or viewer (default admin)")
-    p.add_argument("--ttl", type=_positive_int, default=3600, help="lifetime in seconds, positive (default 3600)")
-    p.add_argument("--private-key", help="PEM private key (default: the stack's dev key)")
+    add("token", cmd_token, "mint a dev token with the local stack's key (production tokens come from your IdP)",
+        flags.Token)
 
     p = add("models", cmd_models, "register, change, delete or list models (bare `tsplit models` lists)")
     msub = p.add_subparsers(dest="models_command", metavar="ACTION")
     add_model_command = functools.partial(add_action, msub)
-    r = add_model_command("register", "register an Open Inference Protocol v2 model (gRPC endpoint, optional REST)")
-    r.add_argument("--endpoint", required=True, help="host:port of the model server's v2 gRPC port")
-    r.add_argument("--model-name", required=True, help="the model's name on that server")
-    r.add_argument("--model-version", default="", help="the model's version on that server (default: none)")
-    r.add_argument("--model-id", help="mod_... (generated when absent)")
-    r.add_argument("--http-endpoint", help="host:port of the same server's v2 REST port (optional)")
-    u = add_model_command("update", "change a model in place: routers follow, deployments keep naming it")
+    add_model_command("register", "register an Open Inference Protocol v2 model (gRPC endpoint, optional REST)",
+                      flags.ModelsRegister)
+    u = add_model_command("update", "change a model in place: routers follow, deployments keep naming it",
+                          flags.ModelsUpdate)
     u.add_argument("model_id", metavar="MODEL_ID")
-    u.add_argument("--endpoint", help="new host:port of the v2 gRPC port")
-    u.add_argument("--http-endpoint", help="new host:port of the v2 REST port ('' removes it)")
-    u.add_argument("--model-name", help="new model name on the server")
-    u.add_argument("--model-version", help="new model version ('' clears it)")
     x = add_model_command("delete", "delete a model no deployment uses as champion or active challenger")
     x.add_argument("model_id", metavar="MODEL_ID")
     add_model_command("list", "list models (from etcd)")
@@ -554,9 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("deployments", cmd_deployments, "create, delete or list deployments (bare `tsplit deployments` lists)")
     dsub = p.add_subparsers(dest="deployments_command", metavar="ACTION")
     add_deployment_command = functools.partial(add_action, dsub)
-    c = add_deployment_command("create", "create a deployment with a champion model (version 1)")
-    c.add_argument("--champion", required=True, help="the champion model id (mod_...)")
-    c.add_argument("--id", help="dep_... (generated when absent)")
+    add_deployment_command("create", "create a deployment with a champion model (version 1)", flags.DeploymentsCreate)
     d = add_deployment_command("delete", "delete a deployment (its history is kept; the slug is never reused)")
     d.add_argument("slug")
     add_deployment_command("list", "list deployments (from etcd)")
@@ -567,6 +521,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("TSPLIT_LOG_LEVEL", "WARNING"), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    try:
+        flags.resolve(args, os.environ)
+    except SettingsError as err:  # a usage error, as argparse's own
+        print(f"tsplit {args.command}: error: {err}", file=sys.stderr)
+        return 2
     try:
         return args.func(args, resolve(args))
     except CliError as err:
