@@ -1,7 +1,9 @@
-"""gRPC request bodies for h2load: the length-prefixed message framing of gRPC over HTTP/2."""
+"""Request bodies for h2load: the length-prefixed message framing of gRPC over HTTP/2, and
+the v2 REST JSON body of the same request."""
 
 from __future__ import annotations
 
+import json
 import struct
 
 from tsplit.inference import grpc_predict_v2_pb2 as pb
@@ -39,3 +41,20 @@ def infer_request(model_name: str, features: int = 4) -> pb.ModelInferRequest:
 
 def infer_request_body(model_name: str, features: int = 4) -> bytes:
     return grpc_frame(infer_request(model_name, features).SerializeToString())
+
+
+def rest_infer_body(features: int = 4) -> bytes:
+    """The v2 REST JSON body of infer_request (the model is named by the URL path)."""
+    return json.dumps({"id": "bench", "inputs": [
+        {"name": "input-0", "datatype": "FP32", "shape": [1, features],
+         "data": [0.5 + i for i in range(features)]}]}).encode()
+
+
+def large_request_body(model_name: str, mib: float) -> bytes:
+    """A ModelInfer request for model_name carrying `mib` MiB of raw FP32 input, framed."""
+    values = int(mib * (1 << 20)) // 4
+    request = infer_request(model_name)
+    request.ClearField("inputs")
+    request.inputs.add(name="input-0", datatype="FP32", shape=[1, values])
+    request.raw_input_contents.append(bytes(4 * values))
+    return grpc_frame(request.SerializeToString())

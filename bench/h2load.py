@@ -67,11 +67,22 @@ class LoadResult:
         return percentile(self.latencies_us, 99) / 1000 if self.latencies_us else None
 
 
+REST_HEADERS = ("content-type: application/json",)
+
+
+def rest_infer_path(model_name: str) -> str:
+    return f"/v2/models/{model_name}/infer"
+
+
 def command(url: str, body_path: Path, load: LoadSettings, log_path: Path | None = None,
-            extra_headers: tuple[str, ...] = ()) -> list[str]:
-    """The h2load command line for POSTing one gRPC frame to MODEL_INFER_PATH at url."""
+            extra_headers: tuple[str, ...] = (), rest_model: str = "") -> list[str]:
+    """The h2load command line for POSTing one gRPC frame to MODEL_INFER_PATH at url, or with
+    rest_model one JSON body to that model's v2 REST infer path over HTTP/1.1 (--h1; -m is
+    then the pipelining depth, so the REST rows keep it at 1 and use more clients)."""
     cmd = ["h2load", "-t", str(load.threads), "-c", str(load.clients), "-m", str(load.streams),
            "-d", str(body_path), "-T", f"{load.timeout_s:g}", "-N", f"{load.timeout_s:g}"]
+    if rest_model:
+        cmd.append("--h1")
     if load.rps:
         cmd += ["--rps", str(load.rps)]
     if load.duration_s:
@@ -80,11 +91,11 @@ def command(url: str, body_path: Path, load: LoadSettings, log_path: Path | None
         if load.requests <= 0:
             raise ValueError("an h2load run needs a duration or a request count")
         cmd += ["-n", str(load.requests)]
-    for header in GRPC_HEADERS + tuple(extra_headers):
+    for header in (REST_HEADERS if rest_model else GRPC_HEADERS) + tuple(extra_headers):
         cmd += ["-H", header]
     if log_path is not None:
         cmd += ["--log-file", str(log_path)]
-    cmd.append(url.rstrip("/") + MODEL_INFER_PATH)
+    cmd.append(url.rstrip("/") + (rest_infer_path(rest_model) if rest_model else MODEL_INFER_PATH))
     return cmd
 
 
@@ -138,10 +149,10 @@ def parse_log(text: str) -> tuple[list[float], int]:
 
 
 def run(url: str, body_path: Path, load: LoadSettings, work_dir: Path,
-        extra_headers: tuple[str, ...] = ()) -> LoadResult:
+        extra_headers: tuple[str, ...] = (), rest_model: str = "") -> LoadResult:
     """Run h2load once, bounded by its own duration plus a margin."""
     log_path = work_dir / f"h2load-{time.monotonic_ns()}.log"
-    cmd = command(url, body_path, load, log_path, extra_headers)
+    cmd = command(url, body_path, load, log_path, extra_headers, rest_model)
     # A counted run is bounded by its count at a pessimistic 200 requests per second.
     expected = load.duration_s + load.warmup_s if load.duration_s else 30.0 + load.requests / 200
     limit = expected + load.timeout_s + 15

@@ -83,13 +83,14 @@ class Run:
                           "fsync": "as is (etcd defaults, no --unsafe-no-fsync)", "members": 1}
 
     def start_backends(self) -> None:
-        addresses = []
+        addresses, http = [], []
         for name, delay in (("champion", 0), ("challenger", 0), ("slow1", 50), ("slow2", 50)):
             child, address = start_backend(self.work, name, delay)
             self.stoppers.append(child)
             self.backend_pids.append(child.pid)
             addresses.append(address)
-        self.backends = seed.BenchBackends(*addresses)
+            http.append(child.http_address)
+        self.backends = seed.BenchBackends(*addresses, champion_http=http[0], challenger_http=http[1])
         log(f"backends: {self.backends}")
 
     async def seed(self) -> None:
@@ -223,7 +224,8 @@ class Run:
             row = {"name": t.row, "kind": kind, "status": "ok",
                    "address": t.address, "model_name": t.model_name, "load": t.load.describe(), "runs": []}
             try:
-                row["sample"] = (await probe.sample_answers(t.address, t.model_name, 20)).to_json()
+                row["sample"] = (await probe.sample_answers(t.address, t.model_name, 20, headers=t.headers,
+                                                           rest=t.rest)).to_json()
                 row["isolated"] = t.isolated
                 with self._placement(t):
                     await loadrows.warm_up(t, self.work, self.s.warmup_requests)
@@ -409,7 +411,9 @@ class Run:
         # The 90/10 rows' answers count too: every request of every run is a trial.
         split_checks = []
         for row in self.rows:
-            if row.get("model_name") == "dep_split" and row["name"].startswith("router") and row.get("runs"):
+            # Every router row of the split (gRPC and REST, load phase and native phase).
+            if (row.get("model_name") in ("dep_split", "dep_split_grpc") and "router" in row["name"]
+                    and row.get("runs")):
                 for run in row["runs"]:
                     n = run["by_model"].get("linear-a", 0) + run["by_model"].get("linear-b", 0)
                     if n:

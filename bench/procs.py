@@ -20,6 +20,7 @@ class Child:
     command: list[str]
     log_path: Path
     process: subprocess.Popen | None = field(default=None, repr=False)
+    http_address: str = ""  # a bench backend's v2 REST side, host:port
 
     def start(self, env: dict[str, str] | None = None) -> "Child":
         log = open(self.log_path, "ab")
@@ -70,13 +71,17 @@ def wait_for_listen(child: Child, port: int, timeout: float) -> None:
 
 
 def start_backend(work_dir: Path, name: str, delay_ms: float = 0.0, timeout: float = 15.0) -> tuple[Child, str]:
-    """One bench backend process; (child, "127.0.0.1:port")."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "bench.backend", "--listen", f"127.0.0.1:{port}", "--name", name]
+    """One bench backend process; (child, "127.0.0.1:port") of its gRPC side. Its v2 REST
+    side (HTTP/1.1) listens too, at child.http_address."""
+    port, http_port = free_port(), free_port()
+    cmd = [sys.executable, "-m", "bench.backend", "--listen", f"127.0.0.1:{port}", "--name", name,
+           "--http-listen", f"127.0.0.1:{http_port}"]
     if delay_ms:
         cmd += ["--delay-ms", str(delay_ms)]
-    child = Child(f"backend {name}", cmd, work_dir / f"backend-{name}.log").start()
+    child = Child(f"backend {name}", cmd, work_dir / f"backend-{name}.log",
+                  http_address=f"127.0.0.1:{http_port}").start()
     wait_for_listen(child, port, timeout)
+    wait_for_listen(child, http_port, timeout)
     return child, f"127.0.0.1:{port}"
 
 

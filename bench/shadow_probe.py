@@ -30,8 +30,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from bench import h2load, loadrows, probe, profile, seed
-from bench.frames import grpc_frame, infer_request, infer_request_body
+from bench import h2load, loadrows, probe, profile, seed, stack
+from bench.frames import infer_request_body, large_request_body
 from bench.h2load import LoadSettings
 from bench.loadrows import LoadTarget
 from bench.procs import Child, descendants, start_backend, wait_for_listen
@@ -86,9 +86,16 @@ dataplane.server.MirrorProcess = InProcessMirrors
 def start_router(work: Path, etcd: str, router_id: str, switch_interval: float | None, extra: list[str],
                  in_process_mirrors: bool = False, sender_nice: int | None = None) -> tuple[Child, str]:
     port, metrics = free_port(), free_port()
+    # The native router unless --router-arg names another server.
+    server = [] if "--server" in extra else list(stack.server_flags("native"))
     args = ["--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{metrics}", "--etcd", etcd,
-            "--etcd-prefix", PREFIX, "--router-id", router_id, *extra]
-    # Tries are set up in a wrapper before the router starts: no change to the router.
+            "--etcd-prefix", PREFIX, "--router-id", router_id, *server, *extra]
+    if not (switch_interval or in_process_mirrors or sender_nice is not None):
+        child = Child(f"router {router_id}", [stack.script("tsplit-router"), *args],
+                      work / f"router-{router_id}.log").start()
+        wait_for_listen(child, port, 30)
+        return child, f"127.0.0.1:{port}"
+    # Tries on the Python router are set up in a wrapper before it starts: no change to the router.
     code = ("import sys\n"
             + (f"sys.setswitchinterval({switch_interval!r})\n" if switch_interval else "")
             + (_IN_PROCESS_MIRRORS if in_process_mirrors else "")
@@ -98,16 +105,6 @@ def start_router(work: Path, etcd: str, router_id: str, switch_interval: float |
     child = Child(f"router {router_id}", [sys.executable, "-c", code], work / f"router-{router_id}.log").start()
     wait_for_listen(child, port, 30)
     return child, f"127.0.0.1:{port}"
-
-
-def large_request_body(model_name: str, mib: float) -> bytes:
-    """A ModelInfer request for model_name carrying `mib` MiB of raw FP32 input."""
-    values = int(mib * (1 << 20)) // 4
-    request = infer_request(model_name)
-    request.ClearField("inputs")
-    request.inputs.add(name="input-0", datatype="FP32", shape=[1, values])
-    request.raw_input_contents.append(bytes(4 * values))
-    return grpc_frame(request.SerializeToString())
 
 
 def _large_load(address: str, body: Path, rps: int, seconds: float, work: Path) -> dict:

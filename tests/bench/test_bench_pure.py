@@ -3,6 +3,7 @@ statistics. Fast, no processes."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import shutil
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from bench import h2load
-from bench.frames import grpc_frame, infer_request_body, parse_grpc_frame
+from bench.frames import grpc_frame, infer_request_body, large_request_body, parse_grpc_frame, rest_infer_body
 from bench.nginx import NginxSettings, NginxUpstream, render_config, split_lines
 from bench.settings import BenchSettings, quick_settings
 from bench.stats import binomial_bound, median, percentile, within_binomial_bound
@@ -75,6 +76,28 @@ def test_command_posts_grpc_frames_with_bounded_time(tmp_path):
         h2load.command("http://x:1", tmp_path / "b", h2load.LoadSettings(duration_s=0, requests=0))
 
 
+def test_rest_command_posts_json_over_http1_to_the_models_infer_path(tmp_path):
+    load = h2load.LoadSettings(clients=64, streams=1, duration_s=4, warmup_s=0)
+    cmd = h2load.command("http://127.0.0.1:9", tmp_path / "body.json", load, None, ("authorization: Bearer t",),
+                         rest_model="dep_split")
+    joined = " ".join(cmd)
+    assert "--h1" in cmd and cmd[-1] == "http://127.0.0.1:9/v2/models/dep_split/infer"
+    assert "-H content-type: application/json" in joined and "-H authorization: Bearer t" in joined
+    assert "application/grpc" not in joined and "te: trailers" not in joined and "-c 64" in joined
+
+
+def test_rest_body_is_a_v2_infer_request_like_the_grpc_one():
+    body = json.loads(rest_infer_body())
+    assert body["inputs"] == [{"name": "input-0", "datatype": "FP32", "shape": [1, 4], "data": [0.5, 1.5, 2.5, 3.5]}]
+
+
+def test_large_body_carries_the_size_asked_for():
+    body = large_request_body("dep_big", 1)
+    request = pb.ModelInferRequest.FromString(parse_grpc_frame(body))
+    assert request.model_name == "dep_big" and len(request.raw_input_contents[0]) == 1 << 20
+    assert request.inputs[0].shape == [1, (1 << 20) // 4]
+
+
 def test_body_is_one_grpc_frame_of_a_model_infer_request():
     body = infer_request_body("dep_xK8m")
     assert body[0] == 0 and int.from_bytes(body[1:5], "big") == len(body) - 5
@@ -92,10 +115,20 @@ def test_parse_grpc_frame_rejects_a_bad_length():
         parse_grpc_frame(grpc_frame(b"abc") + b"x")
 
 
-def _nginx_settings(tmp_path: Path, mirrors=()) -> NginxSettings:
+def _nginx_settings(tmp_path: Path, mirrors=(), protocol="grpc") -> NginxSettings:
     return NginxSettings("127.0.0.1:18080", (NginxUpstream("champion", "127.0.0.1:9001", 9000),
                                              NginxUpstream("challenger", "127.0.0.1:9002", 1000)),
-                         tmp_path, mirrors=mirrors)
+                         tmp_path, mirrors=mirrors, protocol=protocol)
+
+
+def test_nginx_rest_config_proxies_http1_with_keepalive_to_the_split(tmp_path):
+    conf = render_config(_nginx_settings(tmp_path, protocol="http"))
+    assert "90.00% champion;" in conf and "proxy_pass http://$variant;" in conf
+    assert "proxy_http_version 1.1;" in conf and 'proxy_set_header Connection "";' in conf
+    assert "listen 127.0.0.1:18080;" in conf and "http2;" not in conf.split("server {")[1]
+    assert "grpc_pass" not in conf and "keepalive 64;" in conf
+    with pytest.raises(ValueError, match="no mirrors"):
+        render_config(_nginx_settings(tmp_path, mirrors=("127.0.0.1:9003",), protocol="http"))
 
 
 def test_nginx_config_splits_and_keeps_every_path_in_its_dir(tmp_path):
@@ -119,11 +152,12 @@ def test_nginx_config_mirrors_to_each_shadow(tmp_path):
 def test_nginx_accepts_the_generated_config(tmp_path):
     (tmp_path / "tmp").mkdir()
     conf = tmp_path / "nginx.conf"
-    conf.write_text(render_config(_nginx_settings(tmp_path, mirrors=("127.0.0.1:9003",))))
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
-    check = subprocess.run([binary, "-t", "-p", str(tmp_path), "-c", str(conf)], capture_output=True, text=True,
-                           timeout=20)
-    assert check.returncode == 0, check.stderr
+    for settings in (_nginx_settings(tmp_path, mirrors=("127.0.0.1:9003",)), _nginx_settings(tmp_path, protocol="http")):
+        conf.write_text(render_config(settings))
+        check = subprocess.run([binary, "-t", "-p", str(tmp_path), "-c", str(conf)], capture_output=True, text=True,
+                               timeout=20)
+        assert check.returncode == 0, check.stderr
 
 
 def test_split_lines_need_shares_that_add_up():

@@ -68,10 +68,17 @@ def test_machine_names_cores_and_memory():
 def test_bench_configs_are_valid_splits():
     models = {m.model_id for m in bench_models(BenchBackends("h:1", "h:2", "h:3", "h:4"))}
     deployments = bench_deployments()
-    assert {d.deployment_id for d in deployments} == {"dep_split", "dep_solo", "dep_shadow", "dep_precise"}
+    assert {d.deployment_id for d in deployments} == {"dep_split", "dep_split_grpc", "dep_solo", "dep_shadow",
+                                                            "dep_shadow_large", "dep_precise"}
     for d in deployments:
         assert d.challenger_bp <= 5000, d.deployment_id  # the 50 % cap of SPEC section 3
         assert {d.champion_model_id, *(c.model_id for c in d.challengers)} <= models
+    # The REST rows: the split's models forward REST (http_endpoint), dep_split_grpc's translate.
+    by_id = {m.model_id: m for m in bench_models(BenchBackends("h:1", "h:2", "h:3", "h:4", "h:5", "h:6"))}
+    grpc_only = next(d for d in deployments if d.deployment_id == "dep_split_grpc")
+    assert by_id["mod_champ001"].http_endpoint == "h:5" and by_id["mod_chall001"].http_endpoint == "h:6"
+    assert not by_id[grpc_only.champion_model_id].http_endpoint
+    assert not any(by_id[c.model_id].http_endpoint for c in grpc_only.challengers)
     precise = next(d for d in deployments if d.deployment_id == "dep_precise")
     assert sorted(c.traffic_bp for c in precise.challengers) == [1, 1234]
 
