@@ -184,6 +184,147 @@ def test_rest_answers_are_counted_with_grpc_ones(client, router):
     assert sum(after["latency_buckets"]) == sum(before["latency_buckets"]) + 2
 
 
+# --- shadow copies over REST ------------------------------------------------------------------
+
+SLOW = DemoModel("slow-b", weights=((0.0, 1.0), (1.0, 0.0)), bias=(0.0, 0.0), latency_ms=4000)
+FORMS = ("forwarded", "translated")
+SHADOW_ALLOCATION = [("champion", 0, 2000), ("ch_same", 2000, 6000), ("ch_b", 6000, 10000)]
+
+
+@pytest.fixture(scope="module")
+def shadow_router(backends):
+    grpc_address, rest_address = backends
+    slow_grpc = start_demo_server_in_thread([SLOW])
+    slow_rest = start_demo_rest_server([SLOW])
+
+    def v(name, model_name, form, grpc_at=grpc_address, rest_at=rest_address):
+        return variant(name, f"mod_{name}", grpc_at, model_name, rest_at if form == "forwarded" else "")
+
+    routes = []
+    for champion in FORMS:
+        for challenger in FORMS:
+            r = route(f"dep_sh_{champion[0]}{challenger[0]}", [
+                v("champion", "linear-a", champion), v("ch_same", "linear-a", challenger),
+                v("ch_b", "linear-b", challenger)], SHADOW_ALLOCATION)
+            routes.append({**r, "shadow_mode": True})
+    for form in FORMS:
+        slow = route(f"dep_sh_slow_{form[0]}", [
+            v("champion", "linear-a", form),
+            v("ch_slow", "slow-b", form, slow_grpc.address, slow_rest.address)], [("ch_slow", 0, 10000)])
+        routes.append({**slow, "shadow_mode": True})
+    config = {"host": "127.0.0.1", "port": 0, "threads": 2, "max_message_bytes": LIMIT, "request_timeout_s": 10.0,
+              "max_inflight_mirrors": 2, "mirror_timeout_s": 10.0}
+    r = _native.start(json.dumps(config))
+    assert r.swap_table(json.dumps({"revision": 1, "routes": routes})) == []
+    yield r
+    r.stop(0.5)
+    slow_rest.stop()
+    slow_grpc.stop()
+
+
+def settled(router, slug, variants, timeout=20.0):
+    """The deployment's counters once every copy sent has been scored or failed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = counters(router, slug)
+        rows = [stats.get(v, {}) for v in variants]
+        done = all(r.get("mirrored", 0) == r.get("compared", 0) + r.get("mirror_errors", 0) for r in rows)
+        if (done and router.mirrors_inflight() == 0) or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.02)
+
+
+def _rows(n: int):
+    # The demo's REST and gRPC servers agree bit for bit on this row (not on every row: the
+    # REST one computes in float64, the gRPC one in float32).
+    return {"inputs": [{"name": "input", "datatype": "FP32", "shape": [n, 2], "data": [[0.1, 0.9]] * n}]}
+
+
+@pytest.mark.parametrize("champion", FORMS)
+@pytest.mark.parametrize("challenger", FORMS)
+def test_rest_shadow_copies_go_to_the_slots_challenger_in_its_own_form_and_are_compared(
+        shadow_router, champion, challenger):
+    """Champion and challengers each forwarded (http_endpoint: the REST call mirrored) or
+    translated (the ModelInfer mirrored); the champion answers every call; each pair is
+    scored: the same model matches exactly and agrees on every label, the opposite one on
+    none. One call of 3,000 rows (answers compared off the runtime threads)."""
+    from tsplit.allocation import slot_of
+
+    slug = f"dep_sh_{champion[0]}{challenger[0]}"
+    base = f"http://127.0.0.1:{shadow_router.port}/v2/models/{slug}/infer"
+    owners = {"ch_same": 0, "ch_b": 0}
+    with httpx.Client(timeout=10) as http:
+        for i in range(30):
+            key = f"user-{i}"
+            slot = slot_of(slug, key)
+            owner = next(name for name, start, end in SHADOW_ALLOCATION if start <= slot < end)
+            # Sequential calls: never more than the router's two copies in flight.
+            settled(shadow_router, slug, ("ch_same", "ch_b"))
+            response = http.post(base, json=ROW, headers={"x-routing-key": key})
+            assert response.status_code == 200, response.text
+            assert response.headers["tsplit-variant"] == "champion"
+            assert response.json()["model_name"] == "linear-a"
+            if owner != "champion":
+                owners[owner] += 1
+        settled(shadow_router, slug, ("ch_same", "ch_b"))
+        big = http.post(base, json=_rows(3000), headers={"x-routing-key": next(
+            f"big-{i}" for i in range(1000) if 2000 <= slot_of(slug, f"big-{i}") < 6000)})
+        assert big.status_code == 200 and len(big.content) > 16 * 1024
+        owners["ch_same"] += 1
+    stats = settled(shadow_router, slug, ("ch_same", "ch_b"))
+    same, other = stats["ch_same"], stats["ch_b"]
+    assert min(owners.values()) > 0, owners
+    for row, n in ((same, owners["ch_same"]), (other, owners["ch_b"])):
+        assert (row["mirrored"], row["compared"], row["mirror_errors"], row["mirror_dropped"]) == (n, n, 0, 0), row
+        assert row["requests"] == 0  # copies are not answers
+    assert same["exact_matches"] == owners["ch_same"] and same["label_agree"] == same["label_total"] > 0
+    assert other["exact_matches"] == 0 and other["label_agree"] == 0 < other["label_total"]
+    assert other["abs_diff_count"] > 0
+    assert stats["champion"]["ok"] == 31 and stats["champion"]["requests"] == 31
+
+
+def test_rest_and_grpc_shadow_copies_are_counted_together(shadow_router):
+    slug = "dep_sh_tt"
+    from tsplit.allocation import slot_of
+
+    key = next(f"k-{i}" for i in range(1000) if 6000 <= slot_of(slug, f"k-{i}"))
+    before = settled(shadow_router, slug, ("ch_b",))["ch_b"]
+    assert httpx.post(f"http://127.0.0.1:{shadow_router.port}/v2/models/{slug}/infer", json=ROW,
+                      headers={"x-routing-key": key}, timeout=10).status_code == 200
+    settled(shadow_router, slug, ("ch_b",))
+    with grpc.insecure_channel(f"127.0.0.1:{shadow_router.port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub.ModelInfer(_grpc_request(slug), metadata=[("x-routing-key", key)], timeout=10)
+    after = settled(shadow_router, slug, ("ch_b",))["ch_b"]
+    assert after["mirrored"] == before["mirrored"] + 2 and after["compared"] == before["compared"] + 2
+    assert after["label_total"] > before["label_total"] and after["label_agree"] == before["label_agree"]
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_rest_copies_past_the_bound_are_dropped_and_never_delay_the_champion(shadow_router, form):
+    """The challenger takes 4 s; the router holds two copies in flight: of six calls at
+    once, two are mirrored and four dropped (counted), and every champion answer comes
+    long before any copy's (this machine may be loaded: seconds, not milliseconds)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    slug = f"dep_sh_slow_{form[0]}"
+    url = f"http://127.0.0.1:{shadow_router.port}/v2/models/{slug}/infer"
+    settled(shadow_router, slug, ("ch_slow",))
+
+    def call(_):
+        started = time.monotonic()
+        response = httpx.post(url, json=ROW, timeout=10)
+        return response.status_code, response.headers.get("tsplit-variant"), time.monotonic() - started
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(call, range(6)))
+    assert all(status == 200 and variant == "champion" for status, variant, _ in answers), answers
+    assert max(elapsed for _, _, elapsed in answers) < 3.0, answers
+    stats = settled(shadow_router, slug, ("ch_slow",))["ch_slow"]
+    assert (stats["mirrored"], stats["mirror_dropped"], stats["compared"]) == (2, 4, 2), stats
+    assert stats["mirror_latency_ms_sum"] >= 2 * 4000
+
+
 # --- metadata, health -----------------------------------------------------------------------
 
 def test_health_server_and_model_metadata(client):

@@ -25,6 +25,7 @@
 //! slower to verify and a larger tree; 9.3 on ring is neither.)
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -109,6 +110,8 @@ pub struct Verifier {
     leeway: f64,
     cache: Mutex<HashMap<Box<str>, Entry>>,
     cache_entries: usize,
+    /// Tokens checked by signature (not served from the cache), refused ones too.
+    signature_checks: AtomicU64,
 }
 
 fn now() -> f64 {
@@ -302,6 +305,7 @@ impl Verifier {
             leeway: config.leeway_s as f64,
             cache: Mutex::new(HashMap::new()),
             cache_entries: config.cache_entries.max(1),
+            signature_checks: AtomicU64::new(0),
         })
     }
 
@@ -317,6 +321,7 @@ impl Verifier {
                 }
             }
         }
+        self.signature_checks.fetch_add(1, Relaxed);
         let (principal, exp) = self.verify_at(token, at)?;
         let principal = Arc::new(principal);
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -333,6 +338,11 @@ impl Verifier {
     /// How many verified tokens are cached (tests and the status read it).
     pub fn cached(&self) -> usize {
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// How many tokens `check` verified by signature (the rest came from the cache).
+    pub fn signature_checks(&self) -> u64 {
+        self.signature_checks.load(Relaxed)
     }
 
     /// Verify a token now, without the cache.
@@ -642,6 +652,7 @@ mod tests {
         assert_eq!(verifier.cached(), 1);
         let second = verifier.check(token).unwrap();
         assert!(Arc::ptr_eq(&first, &second), "the second check is the cached principal");
+        assert_eq!(verifier.signature_checks(), 1, "the second check verified no signature");
         // The cache keeps only what verified: a refused token is not cached.
         let _ = verifier.check("a.b.c");
         assert_eq!(verifier.cached(), 1);

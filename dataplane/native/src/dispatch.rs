@@ -145,6 +145,56 @@ fn route_of(
         .ok_or_else(|| Status::new(Code::NOT_FOUND, format!("{field} {}: no such deployment", py_repr(name))))
 }
 
+/// Which variant answers a call, and which challenger gets its shadow copy.
+pub(crate) struct Choice {
+    pub variant: Arc<Variant>,
+    pub mirror: Option<Arc<Variant>>,
+    /// Forced with x-tsplit-variant (counted in `forced` only; never mirrored).
+    pub forced: bool,
+}
+
+/// The variant a call names with x-tsplit-variant, else its slot's owner (by x-routing-key,
+/// or a random slot) and, in shadow mode, the challenger that gets a copy. gRPC and REST
+/// alike; Err: the forced variant is not one of the deployment's (the message).
+pub(crate) fn choose(route: &Route, headers: &HeaderMap) -> Result<Choice, String> {
+    match headers.get(FORCED_VARIANT_HEADER).map(|v| String::from_utf8_lossy(v.as_bytes())) {
+        Some(name) if !name.is_empty() => match route.variant(&name) {
+            Some(v) => Ok(Choice { variant: v.clone(), mirror: None, forced: true }),
+            None => {
+                let known: Vec<&str> = route.variants.iter().map(|v| v.name.as_str()).collect();
+                Err(format!(
+                    "x-tsplit-variant {} is not a variant of deployment {} (variants: {})",
+                    py_repr(&name),
+                    route.slug,
+                    known.join(", ")
+                ))
+            }
+        },
+        _ => {
+            let key = headers.get(ROUTING_KEY_HEADER).map(|v| v.as_bytes());
+            let (answer, mirror) = route.choose(route.slot_of(key));
+            Ok(Choice { variant: answer.clone(), mirror: mirror.cloned(), forced: false })
+        }
+    }
+}
+
+impl Choice {
+    /// After an attempt that got no answer at all (the backend unreachable, or UNAVAILABLE
+    /// before any answer): a challenger is retried on the champion, counted as a failover
+    /// (not for forced calls, which the guardrails do not read). True: retry on the
+    /// champion, now `self.variant`.
+    pub(crate) fn fail_over(&mut self, route: &Route) -> bool {
+        if self.variant.is_champion() {
+            return false;
+        }
+        if !self.forced {
+            self.variant.counters.failovers.fetch_add(1, Relaxed);
+        }
+        self.variant = route.champion().clone();
+        true
+    }
+}
+
 /// Python's repr() of a str, for messages that match the Python router's.
 fn py_repr(text: &str) -> String {
     if text.contains('\'') && !text.contains('"') {
@@ -154,31 +204,41 @@ fn py_repr(text: &str) -> String {
     }
 }
 
-/// Client metadata passed to a backend: not `authorization`, `x-tsplit-*`, HTTP/2
-/// pseudo and hop-by-hop headers, nor what describes this hop (its deadline, encoding).
+/// Headers never passed to a backend: the caller's token, tsplit's own (`x-tsplit-*`), and
+/// what describes this hop (hop-by-hop headers, the host, the body's length).
+pub(crate) fn stays_here(name: &str) -> bool {
+    matches!(
+        name,
+        "authorization"
+            | "proxy-authorization"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "upgrade"
+            | "te"
+            | "trailer"
+            | "host"
+            | "content-length"
+    ) || name.starts_with("x-tsplit-")
+}
+
+/// Client metadata passed to a gRPC backend: not what `stays_here`, nor what describes
+/// this call's encoding and deadline (the router sets its own).
 pub(crate) fn forwardable(headers: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(headers.len() + 3);
     for (k, v) in headers {
         let name = k.as_str();
-        let hop = matches!(
+        let grpc_hop = matches!(
             name,
-            "authorization"
-                | "connection"
-                | "keep-alive"
-                | "proxy-connection"
-                | "transfer-encoding"
-                | "upgrade"
-                | "te"
-                | "host"
-                | "content-type"
-                | "content-length"
+            "content-type"
                 | "user-agent"
                 | "grpc-timeout"
                 | "grpc-encoding"
                 | "grpc-accept-encoding"
                 | "grpc-message-type"
         );
-        if !hop && !name.starts_with("x-tsplit-") {
+        if !grpc_hop && !stays_here(name) {
             out.append(k.clone(), v.clone());
         }
     }
@@ -258,57 +318,30 @@ async fn infer(
     let principal = authenticate(shared, &call.headers)?;
     let found = wire::scan_model_ref(&call.message, &wire::INFER_REQUEST).map_err(invalid)?;
     let route = route_of(shared, found.name, "model_name", &principal)?;
-    let forced = call.headers.get(FORCED_VARIANT_HEADER).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let (variant, mirror) = match &forced {
-        Some(name) if !name.is_empty() => match route.variant(name) {
-            Some(v) => (v.clone(), None),
-            None => {
-                let known: Vec<&str> = route.variants.iter().map(|v| v.name.as_str()).collect();
-                return Err(Status::new(
-                    Code::INVALID_ARGUMENT,
-                    format!(
-                        "x-tsplit-variant {} is not a variant of deployment {} (variants: {})",
-                        py_repr(name),
-                        route.slug,
-                        known.join(", ")
-                    ),
-                ));
-            }
-        },
-        _ => {
-            let key = call.headers.get(ROUTING_KEY_HEADER).map(|v| v.as_bytes());
-            let (answer, mirror) = route.choose(route.slot_of(key));
-            (answer.clone(), mirror.cloned())
-        }
-    };
-    let is_forced = forced.as_deref().is_some_and(|f| !f.is_empty());
+    let mut choice = choose(&route, &call.headers).map_err(|m| Status::new(Code::INVALID_ARGUMENT, m))?;
     let headers = forwardable(&call.headers);
     // Shadow mode: the copy starts on its own; the champion's answer never waits for it.
-    let shadow = mirror.and_then(|m| crate::mirror::copy_infer(&shared.mirrors, backends, &m, &call.message, &headers));
-    let mut variant = variant;
+    let shadow = choice
+        .mirror
+        .take()
+        .and_then(|m| crate::mirror::copy_infer(&shared.mirrors, backends, &m, &call.message, &headers));
     let mut pending = Pending {
-        tally: Some(Tally { counters: variant.counters.clone(), started, forced: is_forced }),
+        tally: Some(Tally { counters: choice.variant.counters.clone(), started, forced: choice.forced }),
         deadline: call.deadline,
     };
-    let mut sent = send(backends, &variant, INFER, &call.message, &headers, call.deadline).await;
-    // A challenger that gave no answer (unreachable, or UNAVAILABLE before any answer) is
-    // retried on the champion and counted as a failover (not for forced requests, which
-    // the guardrails do not read).
+    let mut sent = send(backends, &choice.variant, INFER, &call.message, &headers, call.deadline).await;
     let gave_no_answer = match &sent {
         Err(CallError::Unavailable(_)) => true,
         Ok(r) => head_status(r) == Some(Code::UNAVAILABLE),
         Err(CallError::DeadlineExceeded) => false,
     };
-    if gave_no_answer && !variant.is_champion() {
-        if !is_forced {
-            variant.counters.failovers.fetch_add(1, Relaxed);
-        }
-        variant = route.champion().clone();
+    if gave_no_answer && choice.fail_over(&route) {
         if let Some(t) = pending.tally.as_mut() {
-            t.counters = variant.counters.clone();
+            t.counters = choice.variant.counters.clone();
         }
-        sent = send(backends, &variant, INFER, &call.message, &headers, call.deadline).await;
+        sent = send(backends, &choice.variant, INFER, &call.message, &headers, call.deadline).await;
     }
+    let variant = choice.variant;
     let tally = pending.tally.take().expect("the tally is taken only here");
     let extra = variant_headers(&route, &variant);
     match sent {

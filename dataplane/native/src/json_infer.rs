@@ -605,6 +605,34 @@ fn tensor_values(t: &TensorIn<'_>, raw: &[Bytes], index: usize, kind: &str) -> R
     Ok((datatype, values))
 }
 
+/// A request input or response output (the same fields) as a TensorIn.
+macro_rules! tensor_in {
+    ($t:expr) => {
+        TensorIn {
+            name: &$t.name,
+            datatype: &$t.datatype,
+            shape: &$t.shape,
+            parameters: &$t.parameters,
+            contents: $t.contents.as_ref(),
+        }
+    };
+}
+
+/// The tensors with their decoded values, ready to be written.
+fn tensors_out<'a>(tensors: &'a [TensorIn<'a>], values: &'a [(DataType, Values)]) -> Vec<TensorOut<'a>> {
+    tensors
+        .iter()
+        .zip(values)
+        .map(|(t, (datatype, values))| TensorOut {
+            name: t.name,
+            datatype: t.datatype,
+            shape: t.shape,
+            parameters: some_parameters(t.parameters),
+            data: DataOut { datatype: *datatype, values },
+        })
+        .collect()
+}
+
 fn tensors_json<'a>(tensors: &[TensorIn<'a>], raw: &[Bytes], kind: &str) -> Result<Vec<(DataType, Values)>, JsonError> {
     tensors.iter().enumerate().map(|(i, t)| tensor_values(t, raw, i, kind)).collect()
 }
@@ -624,34 +652,14 @@ struct ResponseOut<'a> {
 /// A ModelInferResponse as the v2 REST JSON answer. Err: the answer's tensors do not
 /// decode (the router answers that as its own error, never a half-written body).
 pub fn response_to_json(response: &ModelInferResponse) -> Result<Vec<u8>, JsonError> {
-    let tensors: Vec<TensorIn<'_>> = response
-        .outputs
-        .iter()
-        .map(|o| TensorIn {
-            name: &o.name,
-            datatype: &o.datatype,
-            shape: &o.shape,
-            parameters: &o.parameters,
-            contents: o.contents.as_ref(),
-        })
-        .collect();
+    let tensors: Vec<TensorIn<'_>> = response.outputs.iter().map(|o| tensor_in!(o)).collect();
     let values = tensors_json(&tensors, &response.raw_output_contents, "output")?;
     let out = ResponseOut {
         model_name: &response.model_name,
         model_version: &response.model_version,
         id: &response.id,
         parameters: some_parameters(&response.parameters),
-        outputs: tensors
-            .iter()
-            .zip(&values)
-            .map(|(t, (datatype, values))| TensorOut {
-                name: t.name,
-                datatype: t.datatype,
-                shape: t.shape,
-                parameters: some_parameters(t.parameters),
-                data: DataOut { datatype: *datatype, values },
-            })
-            .collect(),
+        outputs: tensors_out(&tensors, &values),
     };
     serde_json::to_vec(&out).map_err(|e| bad(format!("the answer cannot be written as JSON: {e}")))
 }
@@ -677,32 +685,12 @@ struct RequestedOut<'a> {
 /// A ModelInferRequest as a v2 REST JSON request (the inverse of `request_from_json`; the
 /// model's name and version are in the REST path, not the body).
 pub fn request_to_json(request: &ModelInferRequest) -> Result<Vec<u8>, JsonError> {
-    let tensors: Vec<TensorIn<'_>> = request
-        .inputs
-        .iter()
-        .map(|t| TensorIn {
-            name: &t.name,
-            datatype: &t.datatype,
-            shape: &t.shape,
-            parameters: &t.parameters,
-            contents: t.contents.as_ref(),
-        })
-        .collect();
+    let tensors: Vec<TensorIn<'_>> = request.inputs.iter().map(|t| tensor_in!(t)).collect();
     let values = tensors_json(&tensors, &request.raw_input_contents, "input")?;
     let out = RequestOut {
         id: &request.id,
         parameters: some_parameters(&request.parameters),
-        inputs: tensors
-            .iter()
-            .zip(&values)
-            .map(|(t, (datatype, values))| TensorOut {
-                name: t.name,
-                datatype: t.datatype,
-                shape: t.shape,
-                parameters: some_parameters(t.parameters),
-                data: DataOut { datatype: *datatype, values },
-            })
-            .collect(),
+        inputs: tensors_out(&tensors, &values),
         outputs: request
             .outputs
             .iter()

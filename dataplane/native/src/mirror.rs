@@ -32,13 +32,15 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
+use prost::Message;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::backends::Backends;
 use crate::body::{BoxError, RespBody};
-use crate::compare::{compare_raw, Comparison};
+use crate::compare::{compare_responses, Comparison};
 use crate::grpc::Code;
+use crate::oip::ModelInferResponse;
 use crate::stats::Counters;
 use crate::table::Variant;
 
@@ -50,11 +52,25 @@ pub const INLINE_COMPARE_BYTES: usize = 16 * 1024;
 /// The largest answer a comparison decompresses (a compressed answer past it is not scored).
 const MAX_ANSWER_BYTES: usize = 1 << 30;
 
-/// A gRPC answer body as it came (message frames) and its grpc-encoding.
+/// How an answer's bytes are laid out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Form {
+    /// gRPC message frames as they came; `encoding` is the grpc-encoding.
+    #[default]
+    Grpc,
+    /// One serialized ModelInferResponse (a translated REST call's answer, read whole).
+    Message,
+    /// A v2 REST JSON answer; `encoding` is its content-encoding.
+    Json,
+}
+
+/// An answer body as it came (its chunks, shared with what the caller is sent), its
+/// encoding and its form.
 #[derive(Clone, Debug, Default)]
 pub struct Answer {
     pub chunks: Vec<Bytes>,
     pub encoding: Option<HeaderValue>,
+    pub form: Form,
 }
 
 impl Answer {
@@ -62,9 +78,8 @@ impl Answer {
         self.chunks.iter().map(Bytes::len).sum()
     }
 
-    /// The one message of the answer, decompressed; Err where it is not one whole message.
-    fn message(self) -> Result<Bytes, String> {
-        let body = match self.chunks.len() {
+    fn joined(self) -> Bytes {
+        match self.chunks.len() {
             1 => self.chunks.into_iter().next().expect("one chunk"),
             _ => {
                 let mut joined = BytesMut::with_capacity(self.len());
@@ -73,10 +88,48 @@ impl Answer {
                 }
                 joined.freeze()
             }
-        };
-        crate::grpc::unary_message(&body, self.encoding.as_ref().map(HeaderValue::as_bytes), MAX_ANSWER_BYTES)
-            .map_err(|status| status.message)
+        }
     }
+
+    /// The answer as a ModelInferResponse (gRPC: the one message, decompressed; JSON:
+    /// translated). Err where it is not one whole answer.
+    fn response(self) -> Result<ModelInferResponse, String> {
+        let (form, encoding) = (self.form, self.encoding.clone());
+        let body = self.joined();
+        let message = match form {
+            Form::Grpc => {
+                crate::grpc::unary_message(&body, encoding.as_ref().map(HeaderValue::as_bytes), MAX_ANSWER_BYTES)
+                    .map_err(|status| status.message)?
+            }
+            Form::Message => body,
+            Form::Json => {
+                let json = match encoding.as_ref().map(HeaderValue::as_bytes) {
+                    None | Some(b"identity") => body,
+                    Some(b"gzip") => gunzip(&body)?,
+                    Some(other) => {
+                        return Err(format!("a REST answer in content-encoding {}", String::from_utf8_lossy(other)))
+                    }
+                };
+                return crate::json_infer::response_from_json(&json)
+                    .map_err(|e| format!("a REST answer is not a v2 inference response: {e}"));
+            }
+        };
+        ModelInferResponse::decode(message)
+            .map_err(|e| format!("an answer does not parse as a ModelInferResponse: {e}"))
+    }
+}
+
+fn gunzip(body: &[u8]) -> Result<Bytes, String> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(body)
+        .take(MAX_ANSWER_BYTES as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("a gzip REST answer does not decompress: {e}"))?;
+    if out.len() > MAX_ANSWER_BYTES {
+        return Err("a gzip REST answer is larger than the comparison's limit".into());
+    }
+    Ok(Bytes::from(out))
 }
 
 /// The champion's side of a pair: the frames of its answer as they go to the caller. An
@@ -88,6 +141,11 @@ pub struct ChampionAnswer {
 }
 
 impl ChampionAnswer {
+    /// The form of the champion's answer (gRPC frames unless said otherwise).
+    pub fn set_form(&mut self, form: Form) {
+        self.answer.form = form;
+    }
+
     pub fn set_encoding(&mut self, encoding: Option<&HeaderValue>) {
         self.answer.encoding = encoding.cloned();
     }
@@ -230,8 +288,7 @@ impl Mirrors {
 }
 
 fn compare_answers(ours: Answer, theirs: Answer) -> Result<Comparison, String> {
-    let (ours, theirs) = (ours.message()?, theirs.message()?);
-    compare_raw(ours, theirs).map_err(|e| format!("an answer does not parse as a ModelInferResponse: {e}"))
+    Ok(compare_responses(&ours.response()?, &theirs.response()?))
 }
 
 /// A copy answered (ok) or failed after `latency`.
@@ -282,7 +339,8 @@ pub async fn send_copy(
         return Err(CopyFailed(format!("grpc-status {:?} and no answer", code)));
     }
     let (parts, mut body) = response.into_parts();
-    let mut answer = Answer { chunks: Vec::new(), encoding: parts.headers.get("grpc-encoding").cloned() };
+    let mut answer =
+        Answer { chunks: Vec::new(), encoding: parts.headers.get("grpc-encoding").cloned(), form: Form::Grpc };
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| CopyFailed(format!("the answer broke off: {e}")))?;
         match frame.into_data() {
@@ -300,17 +358,32 @@ pub async fn send_copy(
 }
 
 /// The champion's answer body on its way to the caller, its frames also handed to the
-/// pair's ChampionAnswer (clones of Bytes). Only an answer that ends with grpc-status OK
-/// is handed over; the caller's frames are never held back.
+/// pair's ChampionAnswer (clones of Bytes). Only a whole answer is handed over: a gRPC one
+/// that ends with grpc-status OK, a REST one (its status already known to be 2xx) once its
+/// body has ended. The caller's frames are never held back.
 pub struct Tee {
     inner: RespBody,
     shadow: Option<ChampionAnswer>,
 }
 
 impl Tee {
+    /// A gRPC answer (grpc-encoding `encoding`).
     pub fn boxed(inner: RespBody, mut shadow: ChampionAnswer, encoding: Option<&HeaderValue>) -> RespBody {
         shadow.set_encoding(encoding);
         Tee { inner, shadow: Some(shadow) }.boxed_unsync()
+    }
+
+    /// A 2xx v2 REST JSON answer (content-encoding `encoding`).
+    pub fn boxed_json(inner: RespBody, mut shadow: ChampionAnswer, encoding: Option<&HeaderValue>) -> RespBody {
+        shadow.set_form(Form::Json);
+        shadow.set_encoding(encoding);
+        Tee { inner, shadow: Some(shadow) }.boxed_unsync()
+    }
+
+    fn hand_over(&mut self) {
+        if let Some(shadow) = self.shadow.take() {
+            shadow.ok();
+        }
     }
 }
 
@@ -321,17 +394,27 @@ impl Body for Tee {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                if let Some(shadow) = this.shadow.as_mut() {
-                    shadow.data(data);
-                }
-            } else if let Some(trailers) = frame.trailers_ref() {
-                let ok = trailers.get("grpc-status").is_some_and(|v| Code::parse(v.as_bytes()) == Code::OK);
-                if let (true, Some(shadow)) = (ok, this.shadow.take()) {
-                    shadow.ok();
+        let json = this.shadow.as_ref().is_some_and(|s| s.answer.form == Form::Json);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if let Some(shadow) = this.shadow.as_mut() {
+                        shadow.data(data);
+                    }
+                    // A body that knows it has ended may not be polled again.
+                    if json && this.inner.is_end_stream() {
+                        this.hand_over();
+                    }
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    let ok = trailers.get("grpc-status").is_some_and(|v| Code::parse(v.as_bytes()) == Code::OK);
+                    if ok || json {
+                        this.hand_over();
+                    }
                 }
             }
+            Poll::Ready(None) if json => this.hand_over(),
+            Poll::Ready(Some(Err(_))) => this.shadow = None,
+            _ => {}
         }
         polled
     }
@@ -436,7 +519,7 @@ mod tests {
             raw_output_contents: vec![Bytes::from(raw)],
             ..Default::default()
         };
-        Answer { chunks: vec![crate::grpc::frame(&response.encode_to_vec())], encoding: None }
+        Answer { chunks: vec![crate::grpc::frame(&response.encode_to_vec())], encoding: None, form: Form::Grpc }
     }
 
     fn get(a: &AtomicU64) -> u64 {
@@ -545,7 +628,11 @@ mod tests {
         let mut framed = vec![1u8];
         framed.extend((packed.len() as u32).to_be_bytes());
         framed.extend(packed);
-        let theirs = Answer { chunks: vec![Bytes::from(framed)], encoding: Some(HeaderValue::from_static("gzip")) };
+        let theirs = Answer {
+            chunks: vec![Bytes::from(framed)],
+            encoding: Some(HeaderValue::from_static("gzip")),
+            form: Form::Grpc,
+        };
         mirrors.start(&c, |_| async move { Ok(theirs) }).unwrap().set(ours.chunks[0].clone(), None);
         settled(&mirrors).await;
         assert_eq!((get(&c.compared), get(&c.exact_matches), get(&c.label_agree)), (1, 1, 1));
@@ -556,12 +643,69 @@ mod tests {
     async fn answers_that_do_not_parse_are_not_scored() {
         let mirrors = Mirrors::new(4, Duration::from_secs(5), 1);
         let c = counters();
-        let garbage = Answer { chunks: vec![crate::grpc::frame(b"\xff\xff\xff")], encoding: None };
+        let garbage = Answer { chunks: vec![crate::grpc::frame(b"\xff\xff\xff")], encoding: None, form: Form::Grpc };
         mirrors.start(&c, |_| async move { Ok(garbage) }).unwrap().set(answer(&[1.0]).chunks[0].clone(), None);
-        let unframed = Answer { chunks: vec![Bytes::from_static(b"\x00\x00")], encoding: None };
+        let unframed = Answer { chunks: vec![Bytes::from_static(b"\x00\x00")], encoding: None, form: Form::Grpc };
         mirrors.start(&c, |_| async move { Ok(unframed) }).unwrap().set(answer(&[1.0]).chunks[0].clone(), None);
         settled(&mirrors).await;
         assert_eq!((get(&c.mirrored), get(&c.compared), get(&c.mirror_errors)), (2, 0, 0));
+    }
+
+    /// The JSON of `grpc_answer()`.
+    const SAME_JSON: &str =
+        r#"{"model_name":"m","outputs":[{"name":"p","datatype":"FP32","shape":[1,3],"data":[0.25,0.5,0.25]}]}"#;
+
+    fn body_of(bytes: Bytes) -> RespBody {
+        http_body_util::Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+    }
+
+    /// One FP32 output "p" of [0.25, 0.5, 0.25], over gRPC (raw contents).
+    fn grpc_answer() -> Answer {
+        answer(&[0.25, 0.5, 0.25])
+    }
+
+    async fn relayed(body: RespBody) {
+        let _ = body.collect().await;
+    }
+
+    #[tokio::test]
+    async fn a_rest_json_answer_is_scored_against_a_grpc_one_and_a_broken_one_is_not() {
+        let mirrors = Mirrors::new(4, Duration::from_secs(5), 1);
+        let c = counters();
+        let same = SAME_JSON;
+        let other =
+            r#"{"model_name":"m","outputs":[{"name":"p","datatype":"FP32","shape":[1,3],"data":[0.5,0.25,0.25]}]}"#;
+        for champion in [same, other, r#"{"model_name":"m","outputs":[{"name":"p""#] {
+            let shadow = mirrors.start(&c, |_| async { Ok(grpc_answer()) }).unwrap();
+            relayed(Tee::boxed_json(body_of(Bytes::from_static(champion.as_bytes())), shadow, None)).await;
+        }
+        // The copy's answer in JSON too (a challenger with an http_endpoint).
+        let theirs = Answer { chunks: vec![Bytes::from_static(same.as_bytes())], encoding: None, form: Form::Json };
+        let shadow = mirrors.start(&c, |_| async move { Ok(theirs) }).unwrap();
+        relayed(Tee::boxed(crate::body::Unary::ok(grpc_answer().chunks.remove(0)), shadow, None)).await;
+        settled(&mirrors).await;
+        assert_eq!((get(&c.mirrored), get(&c.compared), get(&c.exact_matches)), (4, 3, 2));
+        assert_eq!((get(&c.label_agree), get(&c.label_total)), (2, 3));
+        assert_eq!(f64::from_bits(get(&c.abs_diff_sum_bits)), 0.5);
+    }
+
+    #[tokio::test]
+    async fn a_gzip_rest_answer_and_a_message_answer_are_scored() {
+        use std::io::Write;
+        let mirrors = Mirrors::new(4, Duration::from_secs(5), 1);
+        let c = counters();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(SAME_JSON.as_bytes()).unwrap();
+        let body = body_of(Bytes::from(gz.finish().unwrap()));
+        let shadow = mirrors.start(&c, |_| async { Ok(grpc_answer()) }).unwrap();
+        relayed(Tee::boxed_json(body, shadow, Some(&HeaderValue::from_static("gzip")))).await;
+        // A translated champion's answer: the one message, unframed.
+        let message = grpc_answer().chunks.remove(0).slice(5..);
+        let mut shadow = mirrors.start(&c, |_| async { Ok(grpc_answer()) }).unwrap();
+        shadow.set_form(Form::Message);
+        shadow.set(message, None);
+        settled(&mirrors).await;
+        assert_eq!((c.compared.load(Relaxed), c.exact_matches.load(Relaxed)), (2, 2));
     }
 }
 
@@ -596,7 +740,7 @@ mod wire_tests {
         let mirrors = Mirrors::new(4, Duration::from_secs(5), 1);
         let c = CountersRegistry::default().get("dep_a", "ch_b", "mod_b");
         let answer = crate::grpc::frame(&[]); // an empty ModelInferResponse
-        let theirs = Answer { chunks: vec![answer.clone()], encoding: None };
+        let theirs = Answer { chunks: vec![answer.clone()], encoding: None, form: Form::Grpc };
         let shadow = mirrors
             .start(&c, |_| {
                 let t = theirs.clone();

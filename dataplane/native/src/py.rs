@@ -1,6 +1,6 @@
 //! The Python face, `dataplane._native`: start(config) -> Router; Router.swap_table,
-//! apply_changes, counters, stop. Python objects are touched only at these calls; the
-//! serving threads never take the GIL.
+//! apply_changes, counters, auth_stats, stop. Python objects are touched only at these
+//! calls; the serving threads never take the GIL.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
@@ -72,6 +72,11 @@ impl Router {
             let m = &s.shared.mirrors;
             Ok((m.compared_inline.load(Relaxed), m.compared_off_runtime.load(Relaxed)))
         })
+    }
+
+    /// `--auth jwt`: (tokens cached, tokens verified by signature); None without auth.
+    fn auth_stats(&self) -> PyResult<Option<(usize, u64)>> {
+        self.with_server(|s| Ok(s.shared.verifier.as_ref().map(|v| (v.cached(), v.signature_checks()))))
     }
 
     /// Whether the health service says SERVING.

@@ -45,9 +45,10 @@ use tokio::time::{timeout_at, Instant};
 use crate::auth::{bearer_token, AuthError, Principal};
 use crate::backends::{Backends, CallError};
 use crate::body::{BoxError, RespBody, Tally};
-use crate::dispatch::{self, FORCED_VARIANT_HEADER, NOT_READY_MESSAGE, ROUTING_KEY_HEADER};
+use crate::dispatch::{self, NOT_READY_MESSAGE, ROUTING_KEY_HEADER};
 use crate::grpc::{self, Code};
 use crate::json_infer::{error_body, request_from_json, response_to_json};
+use crate::mirror::CopyFailed;
 use crate::oip;
 use crate::serve::Shared;
 use crate::table::{Route, Variant};
@@ -210,28 +211,13 @@ fn rest_client() -> RestClient {
     })
 }
 
-/// Request headers passed to a REST backend: not `authorization`, `x-tsplit-*`,
-/// hop-by-hop headers or the host.
+/// Request headers passed to a REST backend: not what `dispatch::stays_here`, nor
+/// `expect` or the routing key.
 fn rest_forwardable(headers: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(headers.len());
     for (k, v) in headers {
         let name = k.as_str();
-        let hop = matches!(
-            name,
-            "authorization"
-                | "connection"
-                | "keep-alive"
-                | "proxy-connection"
-                | "proxy-authorization"
-                | "transfer-encoding"
-                | "upgrade"
-                | "te"
-                | "trailer"
-                | "host"
-                | "content-length"
-                | "expect"
-        );
-        if !hop && !name.starts_with("x-tsplit-") && name != ROUTING_KEY_HEADER {
+        if !dispatch::stays_here(name) && name != "expect" && name != ROUTING_KEY_HEADER {
             out.append(k.clone(), v.clone());
         }
     }
@@ -408,59 +394,156 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 /// What one attempt on a variant gave.
 enum Attempt {
-    Answer(Response<RespBody>, StatusCode),
+    /// An answer, and its status; `message` is the ModelInferResponse a translated call's
+    /// 200 was made from (what its shadow pair compares).
+    Answer {
+        response: Response<RespBody>,
+        status: StatusCode,
+        message: Option<Bytes>,
+    },
     /// No answer at all: the variant's backend cannot be reached.
     Unreachable,
     Deadline,
+}
+
+fn router_answer(status: StatusCode, message: &str) -> Attempt {
+    Attempt::Answer { response: error(status, message), status, message: None }
+}
+
+/// A JSON inference request as a ModelInfer message (without the model's name and
+/// version: dispatch::send appends the variant's own as its suffix).
+fn translate(body: &[u8]) -> Result<Bytes, String> {
+    request_from_json(body, "", "").map(|r| Bytes::from(r.encode_to_vec())).map_err(|e| e.0)
+}
+
+/// The call's body as it reaches each kind of backend: as it came, and translated once
+/// (when a variant without an http_endpoint needs it).
+struct Bodies {
+    json: Bytes,
+    translated: Option<Result<Bytes, String>>,
+}
+
+impl Bodies {
+    fn translated(&mut self) -> &Result<Bytes, String> {
+        self.translated.get_or_insert_with(|| translate(&self.json))
+    }
 }
 
 async fn attempt(
     shared: &Shared,
     backends: &Backends,
     variant: &Variant,
-    body: &Bytes,
+    bodies: &mut Bodies,
     rest_headers: &HeaderMap,
     grpc_headers: &HeaderMap,
     deadline: Instant,
 ) -> Attempt {
     if !variant.http_endpoint.is_empty() {
-        return match send_rest(variant, Method::POST, "infer", body.clone(), rest_headers, deadline).await {
+        return match send_rest(variant, Method::POST, "infer", bodies.json.clone(), rest_headers, deadline).await {
             Ok(response) => {
                 let status = response.status();
-                Attempt::Answer(pass_through(response, &HeaderMap::new()), status)
+                Attempt::Answer { response: pass_through(response, &HeaderMap::new()), status, message: None }
             }
             Err(CallError::Unavailable(_)) => Attempt::Unreachable,
             Err(CallError::DeadlineExceeded) => Attempt::Deadline,
         };
     }
-    // Translated: the model's name and version are appended by dispatch::send (the
-    // variant's suffix), so the request is encoded without them.
-    let request = match request_from_json(body, "", "") {
-        Ok(r) => r,
-        Err(err) => return Attempt::Answer(error(StatusCode::BAD_REQUEST, &err.0), StatusCode::BAD_REQUEST),
+    let message = match bodies.translated() {
+        Ok(m) => m.clone(),
+        Err(err) => return router_answer(StatusCode::BAD_REQUEST, err),
     };
-    let message = Bytes::from(request.encode_to_vec());
     match grpc_call(shared, backends, variant, dispatch::INFER, &message, grpc_headers, deadline).await {
         Err(CallError::Unavailable(_)) => Attempt::Unreachable,
         Err(CallError::DeadlineExceeded) => Attempt::Deadline,
         Ok(a) if a.code == Code::UNAVAILABLE => Attempt::Unreachable,
-        Ok(a) if a.code != Code::OK => {
-            let status = http_status(a.code);
-            Attempt::Answer(error(status, &a.message), status)
-        }
+        Ok(a) if a.code != Code::OK => router_answer(http_status(a.code), &a.message),
         Ok(a) => {
-            let decoded = oip::ModelInferResponse::decode(a.data)
+            let decoded = oip::ModelInferResponse::decode(a.data.clone())
                 .map_err(|e| format!("the backend's answer is not a ModelInferResponse: {e}"))
                 .and_then(|r| response_to_json(&r).map_err(|e| format!("the backend's answer: {e}")));
             match decoded {
-                Ok(json) => Attempt::Answer(answer(StatusCode::OK, Bytes::from(json)), StatusCode::OK),
-                Err(message) => Attempt::Answer(error(StatusCode::BAD_GATEWAY, &message), StatusCode::BAD_GATEWAY),
+                Ok(json) => Attempt::Answer {
+                    response: answer(StatusCode::OK, Bytes::from(json)),
+                    status: StatusCode::OK,
+                    message: Some(a.data),
+                },
+                Err(message) => router_answer(StatusCode::BAD_GATEWAY, &message),
             }
         }
     }
 }
 
-async fn infer(shared: &Shared, backends: &Backends, route: &Route, req: Request<Incoming>) -> Response<RespBody> {
+// --- shadow copies ---------------------------------------------------------------------
+
+/// Bodies larger than this are translated for a shadow copy off the runtime thread.
+const INLINE_TRANSLATE_BYTES: usize = 16 * 1024;
+
+/// Start the shadow copy of a REST call for the challenger `variant`, in its own form: the
+/// JSON body as it came to its http_endpoint, else the ModelInfer (translated once, shared
+/// with the champion's call when that is translated too; translated in the copy's own task
+/// otherwise, off the runtime thread when large). None: dropped past the bound (counted).
+fn start_copy(
+    shared: &Shared,
+    backends: &Arc<Backends>,
+    variant: &Arc<Variant>,
+    bodies: &mut Bodies,
+    rest_headers: &HeaderMap,
+    grpc_headers: &HeaderMap,
+    champion_translated: bool,
+) -> Option<crate::mirror::ChampionAnswer> {
+    let (backends, variant) = (backends.clone(), variant.clone());
+    if !variant.http_endpoint.is_empty() {
+        let (body, mut headers) = (bodies.json.clone(), rest_headers.clone());
+        headers.remove(header::ACCEPT_ENCODING); // the copy's answer is read as it is
+        return shared
+            .mirrors
+            .start(&variant.counters.clone(), move |deadline| send_rest_copy(variant, body, headers, deadline));
+    }
+    let ready = if champion_translated { Some(bodies.translated().clone()) } else { None };
+    let (json, headers) = (bodies.json.clone(), grpc_headers.clone());
+    shared.mirrors.start(&variant.counters.clone(), move |deadline| async move {
+        let message = match ready {
+            Some(translated) => translated,
+            None if json.len() <= INLINE_TRANSLATE_BYTES => translate(&json),
+            None => tokio::task::spawn_blocking(move || translate(&json))
+                .await
+                .unwrap_or_else(|_| Err("the translation stopped".into())),
+        };
+        let message = message.map_err(|e| CopyFailed(format!("the request does not translate: {e}")))?;
+        crate::mirror::send_copy(backends, variant, message, headers, deadline).await
+    })
+}
+
+/// Send a shadow copy of a REST call to a challenger's http_endpoint and read its whole
+/// answer (a 2xx one; any other status is the copy's error).
+async fn send_rest_copy(
+    variant: Arc<Variant>,
+    body: Bytes,
+    headers: HeaderMap,
+    deadline: Instant,
+) -> Result<crate::mirror::Answer, CopyFailed> {
+    let response = send_rest(&variant, Method::POST, "infer", body, &headers, deadline)
+        .await
+        .map_err(|e| CopyFailed(format!("{e:?}")))?;
+    if !response.status().is_success() {
+        return Err(CopyFailed(format!("HTTP status {}", response.status())));
+    }
+    let (parts, mut body) = response.into_parts();
+    let mut answer = crate::mirror::Answer {
+        chunks: Vec::new(),
+        encoding: parts.headers.get(header::CONTENT_ENCODING).cloned(),
+        form: crate::mirror::Form::Json,
+    };
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| CopyFailed(format!("the answer broke off: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            answer.chunks.push(data);
+        }
+    }
+    Ok(answer)
+}
+
+async fn infer(shared: &Shared, backends: &Arc<Backends>, route: &Route, req: Request<Incoming>) -> Response<RespBody> {
     let started = std::time::Instant::now();
     let deadline = Instant::now() + Duration::from_secs_f64(shared.config.request_timeout_s);
     let (parts, body) = req.into_parts();
@@ -470,46 +553,50 @@ async fn infer(shared: &Shared, backends: &Backends, route: &Route, req: Request
             "an inference request is JSON: send Content-Type: application/json",
         );
     }
-    let body = match read_body(shared, body, deadline).await {
+    let json = match read_body(shared, body, deadline).await {
         Ok(b) => b,
         Err(answer) => return answer,
     };
-    let forced = parts.headers.get(FORCED_VARIANT_HEADER).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let is_forced = forced.as_deref().is_some_and(|f| !f.is_empty());
-    let mut variant = match &forced {
-        Some(name) if !name.is_empty() => match route.variant(name) {
-            Some(v) => v.clone(),
-            None => {
-                let known: Vec<&str> = route.variants.iter().map(|v| v.name.as_str()).collect();
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    &format!(
-                        "x-tsplit-variant '{name}' is not a variant of deployment {} (variants: {})",
-                        route.slug,
-                        known.join(", ")
-                    ),
-                );
-            }
-        },
-        _ => {
-            let key = parts.headers.get(ROUTING_KEY_HEADER).map(|v| v.as_bytes());
-            route.choose(route.slot_of(key)).0.clone()
-        }
+    let mut choice = match dispatch::choose(route, &parts.headers) {
+        Ok(c) => c,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
+    let mut bodies = Bodies { json, translated: None };
     let rest_headers = rest_forwardable(&parts.headers);
     let grpc_headers = dispatch::forwardable(&grpc_metadata(&parts.headers));
-    let mut outcome = attempt(shared, backends, &variant, &body, &rest_headers, &grpc_headers, deadline).await;
-    if matches!(outcome, Attempt::Unreachable) && !variant.is_champion() {
-        if !is_forced {
-            variant.counters.failovers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        variant = route.champion().clone();
-        outcome = attempt(shared, backends, &variant, &body, &rest_headers, &grpc_headers, deadline).await;
+    // Shadow mode: the copy starts on its own; the champion's answer never waits for it.
+    let champion_translated = choice.variant.http_endpoint.is_empty();
+    let mut shadow = choice
+        .mirror
+        .take()
+        .and_then(|m| start_copy(shared, backends, &m, &mut bodies, &rest_headers, &grpc_headers, champion_translated));
+    let mut outcome =
+        attempt(shared, backends, &choice.variant, &mut bodies, &rest_headers, &grpc_headers, deadline).await;
+    if matches!(outcome, Attempt::Unreachable) && choice.fail_over(route) {
+        outcome = attempt(shared, backends, &choice.variant, &mut bodies, &rest_headers, &grpc_headers, deadline).await;
     }
-    let tally = Tally { counters: variant.counters.clone(), started, forced: is_forced };
+    let variant = choice.variant;
+    let tally = Tally { counters: variant.counters.clone(), started, forced: choice.forced };
     let extra = dispatch::variant_headers(route, &variant);
     let (response, status) = match outcome {
-        Attempt::Answer(response, status) => (response, status),
+        Attempt::Answer { response, status, message } => {
+            // The pair is scored only when the champion answered 2xx (else the shadow is
+            // dropped and the pair left unscored).
+            let response = match (shadow.take(), message) {
+                (Some(mut pair), Some(message)) if status.is_success() => {
+                    pair.set_form(crate::mirror::Form::Message);
+                    pair.set(message, None);
+                    response
+                }
+                (Some(pair), None) if status.is_success() => {
+                    let (head, body) = response.into_parts();
+                    let encoding = head.headers.get(header::CONTENT_ENCODING).cloned();
+                    Response::from_parts(head, crate::mirror::Tee::boxed_json(body, pair, encoding.as_ref()))
+                }
+                _ => response,
+            };
+            (response, status)
+        }
         Attempt::Unreachable => (
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
