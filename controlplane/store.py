@@ -46,6 +46,7 @@ from controlplane.records import (
     ABSENT, DEFAULT_IDEMPOTENCY_TTL_S, Record, RecordLease, change_result, fence_value, history_value, record_value,
     same_request,
 )
+from tsplit import router_record
 from tsplit.errors import ApiError
 from tsplit.etcd import (
     Etcd, EtcdError, EtcdLeaseNotFound, EtcdStorageFull, EtcdUnavailable, KeyValue, delete_op, get_op, key_missing,
@@ -274,13 +275,7 @@ class ControlPlaneStore:
         return config if config.org_id == org_id else None
 
     async def router_records(self) -> list[dict[str, Any]]:
-        records = []
-        for kv in await self._get_prefix(self.layout.routers):
-            try:
-                records.append(loads(kv.value))
-            except ValueError:
-                log.warning("router record %s is not JSON; ignored", kv.key)
-        return records
+        return router_record.parse_records(kv.value for kv in await self._get_prefix(self.layout.routers))
 
     async def etcd_alarms(self) -> list[str]:
         """etcd's raised alarms, each once ("NOSPACE": every write answers storage_full)."""

@@ -8,19 +8,7 @@ and within a few ms of notify_applied() (the routing table changed), so the stat
 propagation as it happens. If the lease is lost (etcd unreachable for longer
 than the TTL), a new one is granted and the record rewritten once etcd answers again.
 
-The record (tsplit/status.py sums the counters; the agreed format):
-    {"router_id": "r-…", "kind": "router" | "client", "address": "127.0.0.1:8001",
-     "metrics_url": "http://…/metrics" or "", "pid": 123,
-     "started_at": "…Z", "updated_at": "…Z",
-     "applied": {"dep_x": 4, …},            # cache_version applied per deployment
-     "stats": {"dep_x": {"<variant>": {…counters…}}}}
-
-The counters (dataplane.stats.VariantStats.to_json, cumulative since the router started):
-requests, ok, errors, errors_by_code, latency_ms_sum, latency_buckets (tsplit.status
-buckets), failovers, mirrored, mirror_dropped, mirror_errors, mirror_latency_ms_sum, compared,
-exact_matches, label_agree, label_total, abs_diff_sum, abs_diff_count, and for the
-guardrails: forced, forced_errors (x-tsplit-variant requests, in no other counter),
-mirror_answers, mirror_latency_buckets (shadow copies answered, errors included).
+The record's fields and counters are defined once in tsplit/router_record.py.
 """
 
 from __future__ import annotations
@@ -35,12 +23,12 @@ from typing import Any, Callable, Mapping
 from dataplane.applied import AppliedVersions
 from dataplane.config_sync import Backoff
 from tsplit.etcd import Etcd, EtcdError, EtcdUnavailable
+from tsplit import router_record
 from tsplit.layout import Layout
 from tsplit.resources import dumps
 
 log = logging.getLogger(__name__)
 
-KINDS = ("router", "client")
 
 
 @dataclass(frozen=True)
@@ -91,16 +79,9 @@ class Registration:
         stats: Callable[[], dict],
         settings: RegistrationSettings = RegistrationSettings(),
     ):
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
-        if not router_id or "/" in router_id:
-            raise ValueError(f"router_id {router_id!r} must be non-empty and without '/'")
+        self._identity = router_record.identity(router_id, kind, address, metrics_url, os.getpid(), utc_now())
         self._etcd, self._settings = etcd, settings
         self.key = layout.router(router_id)
-        self._identity = {
-            "router_id": router_id, "kind": kind, "address": address,
-            "metrics_url": metrics_url, "pid": os.getpid(), "started_at": utc_now(),
-        }
         self._applied, self._stats = applied, stats
         self._identity_json = dumps(self._identity).decode()[:-1]   # without the closing brace
         self._changed = asyncio.Event()

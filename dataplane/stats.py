@@ -18,18 +18,15 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import start_http_server
 
+from tsplit.router_record import VARIANT_FIELDS
 from tsplit.status import LATENCY_BUCKETS_MS, empty_buckets, latency_bucket
 
 
 class VariantStats:
-    """Cumulative counters of one variant of one deployment (the router record's fields)."""
+    """Cumulative counters of one variant of one deployment: the router record's variant
+    fields (tsplit.router_record.VARIANT_FIELDS), one attribute each."""
 
-    __slots__ = (
-        "model_id", "requests", "ok", "errors", "errors_by_code", "latency_ms_sum", "latency_buckets",
-        "failovers", "mirrored", "mirror_dropped", "mirror_errors", "mirror_latency_ms_sum",
-        "compared", "exact_matches", "label_agree", "label_total", "abs_diff_sum", "abs_diff_count",
-        "forced", "forced_errors", "mirror_answers", "mirror_latency_buckets",
-    )
+    __slots__ = VARIANT_FIELDS
 
     def __init__(self, model_id: str) -> None:
         self.model_id = model_id
@@ -83,18 +80,11 @@ class VariantStats:
         self.abs_diff_count += abs_diff_count
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "model_id": self.model_id, "requests": self.requests, "ok": self.ok, "errors": self.errors,
-            "errors_by_code": dict(self.errors_by_code), "latency_ms_sum": self.latency_ms_sum,
-            "latency_buckets": list(self.latency_buckets), "failovers": self.failovers,
-            "mirrored": self.mirrored, "mirror_dropped": self.mirror_dropped,
-            "mirror_errors": self.mirror_errors, "mirror_latency_ms_sum": self.mirror_latency_ms_sum,
-            "compared": self.compared, "exact_matches": self.exact_matches,
-            "label_agree": self.label_agree, "label_total": self.label_total,
-            "abs_diff_sum": self.abs_diff_sum, "abs_diff_count": self.abs_diff_count,
-            "forced": self.forced, "forced_errors": self.forced_errors,
-            "mirror_answers": self.mirror_answers, "mirror_latency_buckets": list(self.mirror_latency_buckets),
-        }
+        out: dict[str, Any] = {}
+        for name in VARIANT_FIELDS:
+            value = getattr(self, name)
+            out[name] = list(value) if isinstance(value, list) else dict(value) if isinstance(value, dict) else value
+        return out
 
 
 class RouterStats:

@@ -12,9 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tsplit.resources import Challenger, Deployment
+from tsplit.router_record import parse_records as parse_router_records, read_records as read_router_records
 from tsplit.status import (
-    LATENCY_BUCKETS_MS, empty_buckets, latency_bucket, parse_router_records,
-    quantile_from_buckets, read_router_records, router_sync_summary, summarize_deployment_status,
+    LATENCY_BUCKETS_MS, empty_buckets, latency_bucket, quantile_from_buckets, router_sync_summary,
+    summarize_deployment_status,
 )
 from tsplit.v1 import controlplane_pb2
 
@@ -255,3 +256,70 @@ def test_guardrail_objects_come_from_the_judges_state_and_are_null_without_a_pol
     assert status["guardrails"]["srm"] is True and status["guardrails"]["policy"]["steps"] == [10, 25]
     message = json_format.ParseDict(status, controlplane_pb2.DeploymentStatus())
     assert message.variants[1].guardrail["requests_since_change"] == 42
+
+
+# --- a variant's health (issue 11: a challenger that only fails over reads failing) --------
+
+def written_record(stats: "RouterStats", router_id: str = "r-1", applied: dict | None = None) -> dict:
+    """The record a Python router writes (dataplane.registration) over these counters, as
+    etcd hands it back."""
+    from dataplane.registration import Registration
+    from tsplit.layout import Layout
+    from tsplit.resources import dumps
+
+    registration = Registration(None, Layout("/t"), router_id, "router", "127.0.0.1:1", "",
+                                lambda: applied or {"dep_x": 4}, stats.snapshot)
+    return json.loads(dumps(registration.record()))
+
+
+def counted(failovers: int = 0, answered: int = 0, errors: int = 0, copies: int = 0, copy_errors: int = 0,
+            stats: "RouterStats | None" = None, variant: str = "ch_a") -> "RouterStats":
+    """RouterStats as the router counts: the champion answers what the challenger failed over."""
+    from dataplane.stats import RouterStats
+
+    stats = stats or RouterStats()
+    champion, challenger = stats.variant("dep_x", "champion", "mod_champ"), stats.variant("dep_x", variant, "mod_a")
+    for _ in range(failovers):
+        challenger.failovers += 1
+        champion.answered(2.0)
+    for i in range(answered):
+        challenger.answered(3.0, "UNAVAILABLE" if i < errors else None)
+    for i in range(copies):
+        challenger.mirrored += 1
+        challenger.mirror_answered(4.0, ok=i >= copy_errors)
+    return stats
+
+
+def test_a_challenger_that_only_fails_over_is_failing_and_one_that_mostly_errors_is_erroring():
+    stats = counted(failovers=74)
+    counted(answered=10, errors=7, stats=stats, variant="ch_b")
+    status = summarize_deployment_status(deployment(), [written_record(stats)])
+    assert (row(status, "ch_a")["failovers"], row(status, "ch_a")["requests"]) == (74, 0)
+    assert [(r["variant"], r["health"]) for r in status["variants"]] == [
+        ("champion", "live"), ("ch_a", "failing"), ("ch_b", "erroring")]
+    assert summarize_deployment_status(deployment(), [])["variants"][1]["health"] == "live"  # nothing sent yet
+
+
+def test_a_shadow_challenger_whose_every_copy_failed_is_failing_with_its_mirror_errors():
+    status = summarize_deployment_status(deployment(shadow=True), [written_record(counted(copies=67, copy_errors=67))])
+    ch_a = row(status, "ch_a")
+    assert (ch_a["mirrored"], ch_a["mirror_errors"], ch_a["mirror_answers"], ch_a["health"]) == (67, 67, 67, "failing")
+    some_ok = summarize_deployment_status(deployment(shadow=True), [written_record(counted(copies=67, copy_errors=60))])
+    assert row(some_ok, "ch_a")["health"] == "live"
+
+
+def test_health_reads_the_window_since_the_previous_status():
+    """A challenger that answered once and now only fails over: live over the routers'
+    whole run, failing over the last window; an idle window keeps it; a restarted router
+    (counts down) falls back to the whole run."""
+    stats = counted(answered=100)
+    before = summarize_deployment_status(deployment(), [written_record(stats)])
+    counted(failovers=10, stats=stats)
+    records = [written_record(stats)]
+    assert row(summarize_deployment_status(deployment(), records), "ch_a")["health"] == "live"
+    now = summarize_deployment_status(deployment(), records, previous=before)
+    assert row(now, "ch_a")["health"] == "failing" and row(now, "champion")["health"] == "live"
+    idle = summarize_deployment_status(deployment(), records, previous=now)
+    assert row(idle, "ch_a")["health"] == "failing"
+    restarted = summarize_deployment_status(deployment(), [written_record(counted(answered=3))], previous=idle)
+    assert row(restarted, "ch_a")["health"] == "live"

@@ -2,40 +2,59 @@
 
 Each router (or proxyless client) keeps one lease-bound JSON record under
 ``{prefix}/routers/{router_id}`` with the cache_version it applied per deployment and
-cumulative counters per deployment and variant (the format is in dataplane/registration.py).
-This module owns the latency bucket bounds those counters use and turns a list of records
-into the status JSON the control plane, the gateway and the CLI show. It is pure: records
-in, a dict out; a record that is malformed in part counts as zeros for that part, so one
-bad router never hides the others.
+cumulative counters per deployment and variant (tsplit/router_record.py defines it). This
+module turns a list of records into the status JSON the control plane, the gateway and the
+CLI show. It is pure: records in, a dict out; a record that is malformed in part counts as
+zeros for that part, so one bad router never hides the others.
 """
 
 from __future__ import annotations
 
 import bisect
-import json
-import logging
-import math
 from typing import Any, Iterable, Mapping
 
+from tsplit import router_record
 from tsplit.allocation import slot_counts
 from tsplit.resources import Deployment, pct_to_json
+from tsplit.router_record import LATENCY_BUCKETS_MS, applied_version, count, mapping
 
-log = logging.getLogger(__name__)
-
-# Upper bounds (ms, inclusive, as Prometheus' "le") of the latency histogram buckets, exactly
-# SPEC section 4's (the native core's stats.rs has the same 12); the counts list has one more
-# entry for the overflow (+inf). The one source of truth on the Python side: the router's
-# counters, its Prometheus buckets, the status and the guardrail judge all read it.
-LATENCY_BUCKETS_MS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+__all__ = ["CHAMPION", "LATENCY_BUCKETS_MS", "empty_buckets", "latency_bucket", "quantile_from_buckets",
+           "router_sync_summary", "summarize_deployment_status", "variant_health"]
 
 CHAMPION = "champion"
 
-# Counters summed across routers, as named in the router record.
-_COUNTERS = (
-    "requests", "ok", "errors", "failovers", "mirrored", "mirror_dropped", "mirror_errors",
-    "compared", "exact_matches", "label_agree", "label_total", "abs_diff_count", "forced",
-)
-_SUMS = ("latency_ms_sum", "mirror_latency_ms_sum", "abs_diff_sum")
+# A variant's health (its row's `health`), from its counters in a window: the counts since
+# the routers started, or what changed between two readings (`tsplit get --watch`).
+LIVE, FAILING, ERRORING = "live", "failing", "erroring"
+_HEALTH_COUNTS = ("requests", "ok", "errors", "failovers", "mirror_answers", "mirror_errors")
+
+
+def variant_health(counts: Mapping[str, Any]) -> str:
+    """'failing': in the window the variant answered nothing itself and either failed over
+    (its calls went to the champion) or had every shadow copy fail; 'erroring': more
+    errors than successes; else 'live'."""
+    requests, ok, errors, failovers, mirror_answers, mirror_errors = (
+        count(counts.get(name)) for name in _HEALTH_COUNTS)
+    if requests == 0 and (failovers > 0 or 0 < mirror_answers <= mirror_errors):
+        return FAILING
+    if requests > 0 and errors > ok:
+        return ERRORING
+    return LIVE
+
+
+def _health(now: Mapping[str, Any], before: Mapping[str, Any] | None) -> str:
+    """A row's health over what changed since `before` (the same variant's row of an
+    earlier status): when nothing happened since, the health `before` had; with no earlier
+    row, or a count that went down (a router restarted: its counts before are gone), over
+    the counts since the routers started."""
+    if before is None:
+        return variant_health(now)
+    delta = {name: count(now.get(name)) - count(before.get(name)) for name in _HEALTH_COUNTS}
+    if min(delta.values()) < 0:
+        return variant_health(now)
+    if not (delta["requests"] or delta["failovers"] or delta["mirror_answers"]):
+        return before.get("health") if before.get("health") in (LIVE, FAILING, ERRORING) else variant_health(now)
+    return variant_health(delta)
 
 
 def latency_bucket(latency_ms: float) -> int:
@@ -67,31 +86,20 @@ def quantile_from_buckets(buckets: list[int], q: float) -> float:
     return float(LATENCY_BUCKETS_MS[-1])
 
 
-def _number(value: Any) -> float:
-    """A counter from a record: a finite, non-negative number, else 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return 0
-    if not math.isfinite(value) or value < 0:
-        return 0
-    return value
-
-
 class _VariantTotals:
     """Counters of one variant summed over routers."""
 
     def __init__(self) -> None:
-        self.values: dict[str, float] = dict.fromkeys(_COUNTERS + _SUMS, 0)
+        self.values: dict[str, float] = dict.fromkeys(router_record.COUNTS + router_record.SUMS, 0)
         self.buckets = empty_buckets()
 
     def add(self, stats: Mapping[str, Any]) -> None:
         for name in self.values:
-            self.values[name] += _number(stats.get(name))
-        buckets = stats.get("latency_buckets")
+            self.values[name] += count(stats.get(name))
         # A record with other bucket bounds (another version of the router) cannot be
         # summed bucket by bucket: its latencies still count in the average, not in p99.
-        if isinstance(buckets, list) and len(buckets) == len(self.buckets):
-            for i, count in enumerate(buckets):
-                self.buckets[i] += int(_number(count))
+        for i, n in enumerate(router_record.histogram(stats.get("latency_buckets")) or ()):
+            self.buckets[i] += n
 
     def row(self, variant: str, model_id: str, traffic_pct: float) -> dict[str, Any]:
         v = self.values
@@ -102,7 +110,7 @@ class _VariantTotals:
             "p99_latency_ms": quantile_from_buckets(self.buckets, 0.99),
             "failovers": int(v["failovers"]),
             "mirrored": int(v["mirrored"]), "mirror_dropped": int(v["mirror_dropped"]),
-            "mirror_errors": int(v["mirror_errors"]),
+            "mirror_errors": int(v["mirror_errors"]), "mirror_answers": int(v["mirror_answers"]),
             "avg_mirror_latency_ms": _ratio(v["mirror_latency_ms_sum"], v["mirrored"]) or 0.0,
             "compared": int(v["compared"]),
             "label_agreement": _ratio(v["label_agree"], v["label_total"]),
@@ -118,19 +126,9 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return float(numerator) / denominator if denominator > 0 else None
 
 
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
 def _records(router_records: Iterable[Any]) -> list[Mapping[str, Any]]:
     """The records that are JSON objects (a writer's bug must not break everyone's status)."""
     return [record for record in router_records if isinstance(record, Mapping)]
-
-
-def applied_version(record: Mapping[str, Any], deployment_id: str) -> int:
-    """The cache_version a router has applied for a deployment, 0 if none."""
-    version = _mapping(record.get("applied")).get(deployment_id, 0)
-    return version if isinstance(version, int) and not isinstance(version, bool) else 0
 
 
 def _router_rows(deployment: Deployment, router_records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -152,9 +150,9 @@ def _guardrail_rows(deployment: Deployment, state: Any) -> tuple[dict[str, Any] 
     looked): every challenger watching, nothing measured."""
     if deployment.guardrails is None:
         return None, {}
-    state = _mapping(state)
-    challengers = _mapping(state.get("challengers"))
-    srm = _mapping(state.get("srm"))
+    state = mapping(state)
+    challengers = mapping(state.get("challengers"))
+    srm = mapping(state.get("srm"))
     rows = {}
     for c in deployment.active_challengers:
         row = challengers.get(c.id)
@@ -168,28 +166,32 @@ def _guardrail_rows(deployment: Deployment, state: Any) -> tuple[dict[str, Any] 
 
 
 def summarize_deployment_status(deployment: Deployment, router_records: list[dict],
-                                guardrail_state: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                                guardrail_state: Mapping[str, Any] | None = None,
+                                previous: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The status JSON of SPEC section 4: router sync and per-variant stats summed over
     the live routers' records. Rows: the champion, then each active challenger in the
     deployment's order, each with the slots it owns; field names match
     tsplit.v1.DeploymentStatus. guardrail_state is the judge's published state of the
-    deployment, when there is one."""
+    deployment, when there is one. Each row's `health` (variant_health) reads its counts
+    since the routers started, or, given `previous` (an earlier status of the deployment),
+    what changed since then."""
     router_records = _records(router_records)
     variants = [(CHAMPION, deployment.champion_model_id)] + [
         (c.id, c.model_id) for c in deployment.active_challengers]
     totals = {variant: _VariantTotals() for variant, _ in variants}
     for record in router_records:
-        per_variant = _mapping(_mapping(record.get("stats")).get(deployment.deployment_id))
-        for variant, stats in per_variant.items():
-            if variant in totals and isinstance(stats, Mapping):
+        for variant, stats in router_record.deployment_counters(record, deployment.deployment_id):
+            if variant in totals:
                 totals[variant].add(stats)
 
     champion_pct = 100 if deployment.shadow_mode else pct_to_json(deployment.champion_bp)
     rows = [totals[CHAMPION].row(CHAMPION, deployment.champion_model_id, champion_pct)]
     rows += [totals[c.id].row(c.id, c.model_id, c.traffic_pct) for c in deployment.active_challengers]
     slots = slot_counts(deployment.allocation or ())
+    before = {row.get("variant"): row for row in mapping(previous).get("variants") or () if isinstance(row, Mapping)}
     for row in rows:
         row["slots"] = slots.get(row["variant"], 0)
+        row["health"] = _health(row, before.get(row["variant"]))
     guardrails, guardrail_rows = _guardrail_rows(deployment, guardrail_state)
     for row in rows[1:]:
         row["guardrail"] = guardrail_rows.get(row["variant"])
@@ -213,25 +215,3 @@ def router_sync_summary(deployment: Deployment, router_records: list[dict]) -> t
         str(record.get("router_id", "")) for record in router_records
         if applied_version(record, deployment.deployment_id) < deployment.cache_version)
     return len(router_records) - len(stale), len(router_records), stale
-
-
-def parse_router_records(values: Iterable[bytes]) -> list[dict[str, Any]]:
-    """Router records from their etcd values; one that is not a JSON object is skipped
-    (logged), so a single broken writer does not break the status of all."""
-    records = []
-    for raw in values:
-        try:
-            record = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            record = None
-        if isinstance(record, dict):
-            records.append(record)
-        else:
-            log.warning("skipping a router record that is not a JSON object: %.80r", raw)
-    return records
-
-
-async def read_router_records(etcd, layout) -> list[dict[str, Any]]:
-    """Every live router record under layout.routers (tsplit.etcd.Etcd, tsplit.layout.Layout)."""
-    kvs, _ = await etcd.get_prefix(layout.routers)
-    return parse_router_records(kv.value for kv in kvs)

@@ -1,6 +1,6 @@
 """Per-interval deltas of the routers' cumulative counters (pure, no I/O).
 
-Each router record (dataplane/registration.py) holds counters cumulative since that router
+Each router record (tsplit/router_record.py) holds counters cumulative since that router
 started. The judge reads every record once a tick; CounterDeltas keeps each router's last
 counters and answers what happened since, per deployment and variant, summed across
 routers. A router seen for the first time, one whose started_at changed, or one any of
@@ -16,11 +16,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tsplit.status import LATENCY_BUCKETS_MS
+from tsplit import router_record
+from tsplit.router_record import HISTOGRAMS, N_BUCKETS
 
-N_BUCKETS = len(LATENCY_BUCKETS_MS) + 1
+# The router record's counts the guardrails read (a subset of router_record.COUNTS).
 SCALARS = ("requests", "errors", "failovers", "mirrored", "mirror_dropped", "mirror_answers", "mirror_errors")
-HISTOGRAMS = ("latency_buckets", "mirror_latency_buckets")
 
 
 @dataclass
@@ -49,31 +49,14 @@ class VariantDelta:
 Counters = dict[str, dict[str, tuple]]  # slug -> variant -> (scalars..., histograms...)
 
 
-def _count(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
-        return 0
-    return int(value)
-
-
-def _histogram(value: Any) -> tuple[int, ...]:
-    if isinstance(value, list) and len(value) == N_BUCKETS:
-        return tuple(_count(v) for v in value)
-    return (0,) * N_BUCKETS  # another router version's bounds: not comparable, counted as none
-
-
 def read_counters(record: Mapping[str, Any]) -> Counters:
-    """The counters the guardrails read, from one router record."""
+    """The counters the guardrails read, from one router record (a histogram with other
+    bounds than ours counts as none: not comparable)."""
     out: Counters = {}
-    stats = record.get("stats")
-    if not isinstance(stats, Mapping):
-        return out
-    for slug, variants in stats.items():
-        if not isinstance(variants, Mapping):
-            continue
-        out[slug] = {
-            name: tuple(_count(row.get(s)) for s in SCALARS) + tuple(_histogram(row.get(h)) for h in HISTOGRAMS)
-            for name, row in variants.items() if isinstance(row, Mapping)
-        }
+    for slug, name, row in router_record.all_counters(record):
+        out.setdefault(slug, {})[name] = (
+            tuple(int(router_record.count(row.get(s))) for s in SCALARS)
+            + tuple(router_record.histogram(row.get(h)) or (0,) * N_BUCKETS for h in HISTOGRAMS))
     return out
 
 

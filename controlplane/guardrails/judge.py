@@ -40,7 +40,8 @@ from tsplit.errors import ApiError
 from tsplit.etcd import Etcd, EtcdError, delete_op, put_op
 from tsplit.layout import Layout
 from tsplit.resources import BASIS_POINTS, Deployment, GuardrailPolicy, dumps, loads, pct_to_json
-from tsplit.status import CHAMPION, LATENCY_BUCKETS_MS, parse_router_records
+from tsplit.router_record import parse_records
+from tsplit.status import CHAMPION, LATENCY_BUCKETS_MS
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +327,7 @@ class Judge:
     async def tick(self, lease: int = 0) -> None:
         (deployment_kvs, router_kvs), _ = await asyncio.wait_for(
             self.etcd.get_prefixes([self.layout.deployments, self.layout.routers]), self.settings.write_timeout_s)
-        deltas = self.deltas.tick(parse_router_records(kv.value for kv in router_kvs))
+        deltas = self.deltas.tick(parse_records(kv.value for kv in router_kvs))
         guarded: dict[str, Deployment] = {}
         parsed: dict[str, tuple[int, Deployment | None]] = {}
         for kv in deployment_kvs:

@@ -455,3 +455,51 @@ def test_down_says_which_parts_were_not_running(tmp_path):
     out = tsplit("down", "--dir", str(tmp_path))
     assert f"router r-1 (pid {data['routers'][0]['pid']}) was not running" in out.stderr
     assert "stopped 3 processes" in out.stdout
+
+
+def _get_rows(slug: str, d: list[str]) -> dict[str, dict]:
+    view = json.loads(tsplit("get", slug, "--json", *d).stdout)
+    return {v["variant"]: v for v in view["deployments"][0]["status"]["variants"]}
+
+
+def _wait_rows(slug: str, d: list[str], done, timeout: float = 15.0) -> dict[str, dict]:
+    """The rows of `tsplit get SLUG --json` once done(rows) (routers publish every second)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = _get_rows(slug, d)
+        if done(rows) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.3)
+
+
+def test_get_shows_a_dead_challenger_as_failing_and_its_mirror_errors(stack):
+    """Issue 11: a challenger whose server is down only fails over: `get` says failing, not
+    live; in shadow mode every copy to it fails, and the table says so beside mirrored."""
+    d, models, data = _d(stack), _models(stack), stack[1]
+    dead = json.loads(tsplit("models", "register", "--endpoint", "127.0.0.1:1", "--model-name", "dead",
+                             "--json", *d).stdout)["model_id"]
+    desired = {"deployment": "dep_dead", "champion": models["linear-a"], "shadow_mode": False,
+               "challengers": [{"model_id": dead, "traffic_pct": 50}]}
+    tsplit("apply", "-f", "-", *d, stdin=json.dumps(desired))
+    assert set(infer(data["routers"][0]["address"], "dep_dead", 40)) == {"champion"}   # every call failed over
+    rows = _wait_rows("dep_dead", d, lambda rows: sum(r["requests"] for r in rows.values()) == 40)
+    challenger = next(v for k, v in rows.items() if k != "champion")
+    assert challenger["failovers"] > 0 and challenger["requests"] == 0 and challenger["health"] == "failing"
+    line = next(line for line in tsplit("get", "dep_dead", *d).stdout.splitlines()
+                if line.startswith(challenger["variant"]))
+    assert " failing " in line and " live " not in line, line
+    assert rows["champion"]["health"] == "live"
+
+    tsplit("apply", "-f", "-", *d, stdin=json.dumps({**desired, "shadow_mode": True}))
+    infer(data["routers"][0]["address"], "dep_dead", 40)   # half of them copied (its 50 %)
+
+    def copies_settled(rows: dict[str, dict]) -> bool:
+        shadow = next(v for k, v in rows.items() if k != "champion")
+        return rows["champion"]["requests"] == 80 and 0 < shadow["mirrored"] == shadow["mirror_answers"]
+    rows = _wait_rows("dep_dead", d, copies_settled)
+    challenger = next(v for k, v in rows.items() if k != "champion")
+    copies = challenger["mirrored"]
+    assert copies > 0 and challenger["mirror_errors"] == copies and challenger["health"] == "failing"
+    line = next(line for line in tsplit("get", "dep_dead", *d).stdout.splitlines()
+                if line.startswith(challenger["variant"]))
+    assert f" {copies} ({copies} errors) " in line and " failing " in line, line

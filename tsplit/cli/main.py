@@ -45,6 +45,8 @@ def _info(message: str) -> None:
 def cmd_get(args, ctx: CliContext) -> int:
     from tsplit.status import router_sync_summary, summarize_deployment_status
 
+    previous: dict[str, dict[str, Any]] = {}  # --watch: each status as last shown, the window of health
+
     def render_once() -> str | None:
         state = asyncio.run(read_state(ctx.require_etcd(), ctx.layout))
         if args.slug and args.slug not in state.deployments:
@@ -53,9 +55,15 @@ def cmd_get(args, ctx: CliContext) -> int:
         chosen = [state.deployments[args.slug]] if args.slug else sorted(
             state.deployments.values(), key=lambda d: d.deployment_id)
         sync = {d.deployment_id: router_sync_summary(d, state.routers) for d in chosen}
+
+        def status(d) -> dict[str, Any]:
+            now = summarize_deployment_status(d, state.routers, state.guardrails.get(d.deployment_id),
+                                              previous.get(d.deployment_id))
+            previous[d.deployment_id] = now
+            return now
+
         if _json(args):
-            data = {"deployments": [{"config": d.to_json(), "status": summarize_deployment_status(
-                d, state.routers, state.guardrails.get(d.deployment_id))} for d in chosen]}
+            data = {"deployments": [{"config": d.to_json(), "status": status(d)} for d in chosen]}
             print(json.dumps(data, separators=(",", ":")) if args.watch else json.dumps(data, indent=2))
             return None
         if not chosen:
@@ -63,8 +71,7 @@ def cmd_get(args, ctx: CliContext) -> int:
         if not args.slug:
             return render.deployments_summary(chosen, state.models, sync)
         d = chosen[0]
-        return render.deployment_view(d, summarize_deployment_status(d, state.routers, state.guardrails.get(d.deployment_id)),
-                                      state.models, sync[d.deployment_id])
+        return render.deployment_view(d, status(d), state.models, sync[d.deployment_id])
 
     if not args.watch:
         text = render_once()

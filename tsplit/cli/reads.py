@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tsplit import router_record
 from tsplit.cli.context import CliError
 from tsplit.allocation import moved_slots
 from tsplit.etcd import Etcd, EtcdError
@@ -43,16 +44,10 @@ async def read_state(endpoints: str, layout: Layout) -> ClusterState:
         except EtcdError as err:
             raise CliError(f"etcd at {endpoints} is unreachable: {err}") from err
     by_kind = {"models": models, "deployments": deployments, "guardrails": guardrail_kvs}
-    routers = []
-    for kv in router_kvs:
-        try:
-            routers.append(loads(kv.value))
-        except ValueError:
-            continue
     return ClusterState(
         deployments=_parse_all(by_kind["deployments"], layout, Deployment.from_json),
         models=_parse_all(by_kind["models"], layout, Model.from_json),
-        routers=routers,
+        routers=router_record.parse_records(kv.value for kv in router_kvs),
         revision=revision,
         alarms=alarms,
         guardrails=_parse_all(by_kind["guardrails"], layout, dict),

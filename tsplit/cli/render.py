@@ -43,13 +43,19 @@ def model_label(model_id: str, models: dict[str, Model]) -> str:
 
 
 def variant_status(row: dict[str, Any], in_sync: int, total: int) -> str:
+    """'no routers', 'updating' (a router is behind), else the row's health (tsplit.status:
+    live, failing, erroring)."""
     if total == 0:
         return "no routers"
     if in_sync < total:
         return "updating"
-    if row.get("requests") and row.get("errors", 0) > row.get("ok", 0):
-        return "erroring"
-    return "live"
+    return row.get("health") or "live"
+
+
+def mirrored(row: dict[str, Any]) -> str:
+    """Shadow copies sent, with the failed ones beside: '67 (67 errors)'."""
+    errors = row.get("mirror_errors", 0)
+    return f"{row.get('mirrored', 0)} ({errors} error{'' if errors == 1 else 's'})" if errors else str(row.get("mirrored", 0))
 
 
 def deployment_view(deployment: Deployment, status: dict[str, Any], models: dict[str, Model],
@@ -66,7 +72,7 @@ def deployment_view(deployment: Deployment, status: dict[str, Any], models: dict
                _ms(v.get("avg_latency_ms")), _ms(v.get("p99_latency_ms")), v.get("failovers", 0)]
         if shadow:
             diff = v.get("mean_abs_diff")
-            row += [v.get("mirrored", 0), v.get("mirror_dropped", 0), _pct(v.get("label_agreement")),
+            row += [mirrored(v), v.get("mirror_dropped", 0), _pct(v.get("label_agreement")),
                     _pct(v.get("exact_match_rate")), "-" if diff is None else f"{diff:.4f}"]
         rows.append(row)
     lines = [f"{deployment.deployment_id}   org {deployment.org_id}   mode {'shadow' if shadow else 'split'}", "",

@@ -292,7 +292,7 @@ class RouterSync(_message.Message):
     def __init__(self, router_id: _Optional[str] = ..., address: _Optional[str] = ..., applied_cache_version: _Optional[int] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class VariantStats(_message.Message):
-    __slots__ = ("variant", "model_id", "traffic_pct", "requests", "ok", "errors", "avg_latency_ms", "mirrored", "mirror_dropped", "label_agreement", "p99_latency_ms", "failovers", "compared", "exact_match_rate", "mean_abs_diff", "mirror_errors", "avg_mirror_latency_ms", "forced", "latency_buckets_ms", "latency_counts", "guardrail", "slots")
+    __slots__ = ("variant", "model_id", "traffic_pct", "requests", "ok", "errors", "avg_latency_ms", "mirrored", "mirror_dropped", "label_agreement", "p99_latency_ms", "failovers", "compared", "exact_match_rate", "mean_abs_diff", "mirror_errors", "avg_mirror_latency_ms", "mirror_answers", "forced", "latency_buckets_ms", "latency_counts", "guardrail", "health", "slots")
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     TRAFFIC_PCT_FIELD_NUMBER: _ClassVar[int]
@@ -310,10 +310,12 @@ class VariantStats(_message.Message):
     MEAN_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
     MIRROR_ERRORS_FIELD_NUMBER: _ClassVar[int]
     AVG_MIRROR_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    MIRROR_ANSWERS_FIELD_NUMBER: _ClassVar[int]
     FORCED_FIELD_NUMBER: _ClassVar[int]
     LATENCY_BUCKETS_MS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_COUNTS_FIELD_NUMBER: _ClassVar[int]
     GUARDRAIL_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     variant: str
     model_id: str
@@ -332,12 +334,14 @@ class VariantStats(_message.Message):
     mean_abs_diff: float
     mirror_errors: int
     avg_mirror_latency_ms: float
+    mirror_answers: int
     forced: int
     latency_buckets_ms: _containers.RepeatedScalarFieldContainer[float]
     latency_counts: _containers.RepeatedScalarFieldContainer[int]
     guardrail: _struct_pb2.Struct
+    health: str
     slots: int
-    def __init__(self, variant: _Optional[str] = ..., model_id: _Optional[str] = ..., traffic_pct: _Optional[float] = ..., requests: _Optional[int] = ..., ok: _Optional[int] = ..., errors: _Optional[int] = ..., avg_latency_ms: _Optional[float] = ..., mirrored: _Optional[int] = ..., mirror_dropped: _Optional[int] = ..., label_agreement: _Optional[float] = ..., p99_latency_ms: _Optional[float] = ..., failovers: _Optional[int] = ..., compared: _Optional[int] = ..., exact_match_rate: _Optional[float] = ..., mean_abs_diff: _Optional[float] = ..., mirror_errors: _Optional[int] = ..., avg_mirror_latency_ms: _Optional[float] = ..., forced: _Optional[int] = ..., latency_buckets_ms: _Optional[_Iterable[float]] = ..., latency_counts: _Optional[_Iterable[int]] = ..., guardrail: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., slots: _Optional[int] = ...) -> None: ...
+    def __init__(self, variant: _Optional[str] = ..., model_id: _Optional[str] = ..., traffic_pct: _Optional[float] = ..., requests: _Optional[int] = ..., ok: _Optional[int] = ..., errors: _Optional[int] = ..., avg_latency_ms: _Optional[float] = ..., mirrored: _Optional[int] = ..., mirror_dropped: _Optional[int] = ..., label_agreement: _Optional[float] = ..., p99_latency_ms: _Optional[float] = ..., failovers: _Optional[int] = ..., compared: _Optional[int] = ..., exact_match_rate: _Optional[float] = ..., mean_abs_diff: _Optional[float] = ..., mirror_errors: _Optional[int] = ..., avg_mirror_latency_ms: _Optional[float] = ..., mirror_answers: _Optional[int] = ..., forced: _Optional[int] = ..., latency_buckets_ms: _Optional[_Iterable[float]] = ..., latency_counts: _Optional[_Iterable[int]] = ..., guardrail: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., health: _Optional[str] = ..., slots: _Optional[int] = ...) -> None: ...
 
 class DeploymentStatus(_message.Message):
     __slots__ = ("deployment_id", "cache_version", "shadow_mode", "routers", "variants", "etcd_alarms", "guardrails")
