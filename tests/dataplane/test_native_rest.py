@@ -2,7 +2,8 @@
 client through dataplane._native to demo models on both REST paths (a model with an
 http_endpoint is forwarded as REST, one without is translated to ModelInfer), every error
 path's status and v2 error object, malformed HTTP, and `--auth jwt` on REST and gRPC with the
-shared token table (tests/vectors/jwt.json)."""
+shared token table (tests/vectors/jwt.json); shadow copies over REST in every form pair; every
+v2 datatype, BYTES and parameters through a real echo backend."""
 
 from __future__ import annotations
 
@@ -325,6 +326,117 @@ def test_rest_copies_past_the_bound_are_dropped_and_never_delay_the_champion(sha
     assert stats["mirror_latency_ms_sum"] >= 2 * 4000
 
 
+# --- every datatype, BYTES, parameters: through a real echo backend -----------------------------
+
+class EchoModel(pb_grpc.GRPCInferenceServiceServicer):
+    """A v2 gRPC backend that answers each input as an output of the same name, datatype,
+    shape, contents and parameters (and the request's parameters), and keeps what it got."""
+
+    def __init__(self):
+        self.seen: list[pb.ModelInferRequest] = []
+
+    def ModelInfer(self, request, context):
+        self.seen.append(request)
+        response = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+        for key, value in request.parameters.items():
+            response.parameters[key].CopyFrom(value)
+        for tensor in request.inputs:
+            out = response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+            if tensor.HasField("contents"):
+                out.contents.CopyFrom(tensor.contents)
+            for key, value in tensor.parameters.items():
+                out.parameters[key].CopyFrom(value)
+        response.raw_output_contents.extend(request.raw_input_contents)
+        return response
+
+
+@pytest.fixture(scope="module")
+def echo():
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = EchoModel()
+    server = grpc.server(ThreadPoolExecutor(4))
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(model, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    router = start_router(table={"revision": 1, "routes": [
+        route("dep_echo", [variant("champion", "mod_echo", f"127.0.0.1:{port}", "echo")], [("champion", 0, 10000)])]})
+    yield router, model
+    router.stop(0.5)
+    server.stop(0)
+
+
+TYPED = [  # (datatype, shape, data sent, the ModelInferRequest field it must land in)
+    ("BOOL", [3], [True, False, True], "bool_contents"),
+    ("UINT8", [2], [0, 255], "uint_contents"),
+    ("UINT16", [2], [0, 65535], "uint_contents"),
+    ("UINT32", [2], [0, 4294967295], "uint_contents"),
+    ("UINT64", [2], [0, 18446744073709551615], "uint64_contents"),
+    ("INT8", [2], [-128, 127], "int_contents"),
+    ("INT16", [2], [-32768, 32767], "int_contents"),
+    ("INT32", [2], [-2147483648, 2147483647], "int_contents"),
+    ("INT64", [2], [-9223372036854775808, 9223372036854775807], "int64_contents"),
+    ("FP32", [2, 2], [0.5, -1.25, 3.0, 1e-3], "fp32_contents"),
+    ("FP64", [2], [1e300, -0.1], "fp64_contents"),
+    ("BYTES", [2], ["hello", "w\u00f6rld \U0001f600"], "bytes_contents"),
+]
+
+
+def test_every_typed_datatype_bytes_as_strings_and_parameters_cross_both_ways(echo):
+    router, model = echo
+    inputs = [{"name": f"in_{dt.lower()}", "datatype": dt, "shape": shape, "data": data,
+               "parameters": {"tag": dt}} for dt, shape, data, _ in TYPED]
+    body = {"id": "r-7", "parameters": {"flag": True, "count": 3, "ratio": 0.25, "note": "n"},
+            "inputs": inputs, "outputs": [{"name": "in_fp32", "parameters": {"binary_data": False}}]}
+    response = httpx.post(f"http://127.0.0.1:{router.port}/v2/models/dep_echo/infer", json=body, timeout=10)
+    assert response.status_code == 200, response.text
+    # What the backend got: each datatype in its typed field, BYTES as bytes, parameters typed.
+    got = model.seen[-1]
+    assert got.model_name == "echo" and got.id == "r-7" and not got.raw_input_contents
+    params = {k: (v.WhichOneof("parameter_choice"), getattr(v, v.WhichOneof("parameter_choice")))
+              for k, v in got.parameters.items()}
+    assert params == {"flag": ("bool_param", True), "count": ("int64_param", 3),
+                      "ratio": ("double_param", 0.25), "note": ("string_param", "n")}
+    for tensor, (dt, shape, data, field) in zip(got.inputs, TYPED):
+        assert (tensor.datatype, list(tensor.shape)) == (dt, shape)
+        assert tensor.parameters["tag"].string_param == dt
+        values = list(getattr(tensor.contents, field))
+        if dt == "BYTES":
+            assert values == [d.encode() for d in data]
+        elif dt == "FP32":
+            assert values == pytest.approx(data, rel=1e-7)
+        else:
+            assert values == data
+    assert [o.name for o in got.outputs] == ["in_fp32"] and got.outputs[0].parameters["binary_data"].bool_param is False
+    # And back: the same values as JSON, BYTES as strings, parameters kept.
+    answer = response.json()
+    assert answer["id"] == "r-7" and answer["parameters"] == body["parameters"]
+    for out, (dt, shape, data, _) in zip(answer["outputs"], TYPED):
+        assert (out["name"], out["datatype"], out["shape"]) == (f"in_{dt.lower()}", dt, shape)
+        assert out["parameters"] == {"tag": dt}
+        assert out["data"] == (pytest.approx(data, rel=1e-7) if dt == "FP32" else data)
+
+
+def test_fp16_and_bf16_go_raw_with_every_other_input_and_come_back_as_numbers(echo):
+    router, model = echo
+    inputs = [{"name": "half", "datatype": "FP16", "shape": [3], "data": [0.5, -1.5, 65504.0]},
+              {"name": "brain", "datatype": "BF16", "shape": [2], "data": [1.0, -2.0]},
+              {"name": "ints", "datatype": "INT32", "shape": [2], "data": [7, -7]},
+              {"name": "text", "datatype": "BYTES", "shape": [1], "data": ["ok"]}]
+    response = httpx.post(f"http://127.0.0.1:{router.port}/v2/models/dep_echo/infer", json={"inputs": inputs},
+                          timeout=10)
+    assert response.status_code == 200, response.text
+    got = model.seen[-1]
+    assert len(got.raw_input_contents) == 4 and not any(t.HasField("contents") for t in got.inputs)
+    import struct
+
+    assert got.raw_input_contents[0] == struct.pack("<3e", 0.5, -1.5, 65504.0)
+    assert got.raw_input_contents[2] == struct.pack("<2i", 7, -7)
+    assert got.raw_input_contents[3] == struct.pack("<I", 2) + b"ok"  # BYTES raw: length-prefixed
+    assert [(o["datatype"], o["data"]) for o in response.json()["outputs"]] == [
+        ("FP16", [0.5, -1.5, 65504.0]), ("BF16", [1.0, -2.0]), ("INT32", [7, -7]), ("BYTES", ["ok"])]
+
+
 # --- metadata, health -----------------------------------------------------------------------
 
 def test_health_server_and_model_metadata(client):
@@ -393,6 +505,60 @@ def test_a_truncated_chunked_body_is_400(router):
     answer = _raw_http(router.port, request)
     assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
     assert b'"error"' in answer and b"not received whole" in answer
+
+
+def test_a_body_over_the_limit_without_a_length_is_413_on_both_paths(router):
+    """Chunked (no Content-Length: the limit is met while reading) and over HTTP/2, on the
+    translated and the forwarded path alike."""
+    chunk = b" " * 65536
+    chunks = b"".join(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" for _ in range(LIMIT // len(chunk) + 1))
+    for slug in ("dep_grpc", "dep_http"):
+        request = (f"POST /v2/models/{slug}/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   "Transfer-Encoding: chunked\r\n\r\n").encode() + chunks + b"0\r\n\r\n"
+        answer = _raw_http(router.port, request)
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert b'{"error":' in answer and b"limit" in answer
+    for slug in ("dep_grpc", "dep_http"):
+        status, headers, body = _h2_post(router.port, f"/v2/models/{slug}/infer", chunk, LIMIT // len(chunk) + 1)
+        assert status == 413 and headers["content-type"] == "application/json", (status, body[:200])
+        assert "limit" in json.loads(body)["error"]
+
+
+def _h2_post(port: int, path: str, chunk: bytes, count: int) -> tuple[int, dict[str, str], bytes]:
+    """POST `count` DATA frames of `chunk` over HTTP/2 (no content-length), reading the
+    answer as it comes (a client that could not read before it has sent all, like httpx,
+    cannot see an early answer): (status, headers, body)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    status, headers, body, sent = 0, {}, b"", 0
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        conn.initiate_connection()
+        conn.send_headers(1, [(":method", "POST"), (":path", path), (":scheme", "http"), (":authority", "x"),
+                              ("content-type", "application/json")])
+        sock.sendall(conn.data_to_send())
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            while sent < count and conn.local_flow_control_window(1) >= len(chunk) and not status:
+                conn.send_data(1, chunk, end_stream=sent == count - 1)
+                sent += 1
+            sock.sendall(conn.data_to_send())
+            data = sock.recv(65536)
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    headers = dict(event.headers)
+                    status = int(headers[":status"])
+                elif isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, 1)
+                elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)) and status:
+                    return status, headers, body
+            sock.sendall(conn.data_to_send())
+    return status, headers, body
 
 
 def test_a_short_content_length_body_is_400(router):
