@@ -1,17 +1,24 @@
 """`tsplit-router --server native --auth jwt` as the router really starts (dataplane.server's
 start_router with RouterSettings, etcd, the session's dev keys): tokens are checked on gRPC
 and REST alike (SPEC section 5, "Auth"), another org's deployment reads as a missing one, and
-a known token is served from the verifier's cache."""
+a known token is served from the verifier's cache; REST and gRPC shadow traffic read
+together in the deployment's status.""" 
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import grpc
 import httpx
 import pytest
 
+from dataplane.settings import RouterSettings
+from tsplit.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from tsplit.resources import Deployment, dumps
+
+# --server native while the router has other servers (the flag goes once native is the only one).
+NATIVE = {"server": "native"} if "server" in {f.name for f in dataclasses.fields(RouterSettings)} else {}
 
 ROW = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 2], "data": [[0.3, 0.7]]}]}
 
@@ -22,7 +29,7 @@ async def jwt_router(router_factory, backends, etcd, layout, dev_auth):
     await backends.deployment("dep_mine", "mod_a")
     other = Deployment("dep_theirs", "org_2", "mod_a", ())
     await etcd.put(layout.deployment("dep_theirs"), dumps(other.to_json()))
-    return await router_factory(server="native", auth="jwt", jwt_public_key=str(dev_auth.public_path),
+    return await router_factory(**NATIVE, auth="jwt", jwt_public_key=str(dev_auth.public_path),
                                 jwt_issuer=dev_auth.issuer, jwt_audience=dev_auth.audience)
 
 
@@ -84,3 +91,39 @@ async def test_a_known_token_is_served_from_the_cache(jwt_router, client_factory
     assert core.auth_stats() == (1, 1), "ten calls with one token: one signature check"
     await asyncio.gather(*(grpc_outcome(client, dp, "dep_mine", dev_auth.token(sub=f"u{i}")) for i in range(3)))
     assert core.auth_stats() == (4, 4)
+
+
+async def test_rest_and_grpc_shadow_traffic_reach_the_status_together(router_factory, backends, etcd, layout, dp):
+    """A real router (no auth): REST and gRPC calls to a shadow deployment are counted, and
+    their copies mirrored and compared, in the same rows of the deployment's status (what
+    `tsplit get` and GET .../status show), read from the router records in etcd."""
+    from tsplit.router_record import read_records
+    from tsplit.status import summarize_deployment_status
+
+    await backends.demo_model("mod_a", weights=dp.WEIGHTS_A)
+    await backends.demo_model("mod_b", weights=dp.WEIGHTS_B)
+    deployment = await backends.deployment("dep_sh", "mod_a", [("ch_b", "mod_b", 100)], shadow_mode=True)
+    router = await router_factory(**NATIVE)
+    async with httpx.AsyncClient(base_url=f"http://{router.address}", timeout=10) as http:
+        for _ in range(5):
+            answer = await http.post("/v2/models/dep_sh/infer", json=ROW)
+            assert answer.status_code == 200 and answer.headers["tsplit-variant"] == "champion"
+    channel = grpc.aio.insecure_channel(router.address)
+    try:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for _ in range(5):
+            await stub.ModelInfer(dp.infer_request("dep_sh"), timeout=5)
+    finally:
+        await channel.close()
+
+    async def rows() -> dict:
+        status = summarize_deployment_status(deployment, await read_records(etcd, layout))
+        return {row["variant"]: row for row in status["variants"]}
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while (await rows())["ch_b"]["compared"] < 10 and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.1)
+    got = await rows()
+    assert (got["champion"]["requests"], got["champion"]["ok"]) == (10, 10)
+    assert (got["ch_b"]["mirrored"], got["ch_b"]["compared"], got["ch_b"]["mirror_errors"]) == (10, 10, 0)
+    assert got["ch_b"]["label_agreement"] == 0.0 and got["ch_b"]["exact_match_rate"] == 0.0
