@@ -334,9 +334,11 @@ class EchoModel(pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self):
         self.seen: list[pb.ModelInferRequest] = []
+        self.metadata: list[dict[str, str]] = []
 
     def ModelInfer(self, request, context):
         self.seen.append(request)
+        self.metadata.append(dict(context.invocation_metadata()))
         response = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
         for key, value in request.parameters.items():
             response.parameters[key].CopyFrom(value)
@@ -435,6 +437,60 @@ def test_fp16_and_bf16_go_raw_with_every_other_input_and_come_back_as_numbers(ec
     assert got.raw_input_contents[3] == struct.pack("<I", 2) + b"ok"  # BYTES raw: length-prefixed
     assert [(o["datatype"], o["data"]) for o in response.json()["outputs"]] == [
         ("FP16", [0.5, -1.5, 65504.0]), ("BF16", [1.0, -2.0]), ("INT32", [7, -7]), ("BYTES", ["ok"])]
+
+
+CALLER_HEADERS = {"authorization": "Bearer t", "x-tsplit-variant": "champion", "x-tsplit-other": "1",
+                  "x-routing-key": "user-1", "x-request-id": "req-9", "x-user": "ada"}
+
+
+def test_caller_headers_reach_the_backends_without_the_token_or_tsplits_own(echo):
+    """SPEC 5: request metadata goes to the backend except `authorization` and `x-tsplit-*`
+    (and hop-by-hop headers): as gRPC metadata on the translated path, as HTTP headers on
+    the forwarded one (where the routing key, the router's, stays behind too)."""
+    import http.server
+    import threading
+
+    router, model = echo
+    response = httpx.post(f"http://127.0.0.1:{router.port}/v2/models/dep_echo/infer", json=ROW,
+                          headers=CALLER_HEADERS, timeout=10)
+    assert response.status_code == 200, response.text
+    got = model.metadata[-1]
+    assert got["x-request-id"] == "req-9" and got["x-user"] == "ada" and got["x-routing-key"] == "user-1"
+    assert not {"authorization", "x-tsplit-variant", "x-tsplit-other"} & set(got)
+
+    seen: list[dict[str, str]] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            seen.append({k.lower(): v for k, v in self.headers.items()})
+            answer = json.dumps({"model_name": "rec", "outputs": []}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"127.0.0.1:{server.server_address[1]}"
+    forwarding = start_router(table={"revision": 1, "routes": [route(
+        "dep_rec", [variant("champion", "mod_rec", address, "rec", address)], [("champion", 0, 10000)])]})
+    try:
+        response = httpx.post(f"http://127.0.0.1:{forwarding.port}/v2/models/dep_rec/infer", json=ROW,
+                              headers=CALLER_HEADERS, timeout=10)
+        assert response.status_code == 200, response.text
+    finally:
+        forwarding.stop(0.5)
+        server.shutdown()
+    assert seen[-1]["x-request-id"] == "req-9" and seen[-1]["x-user"] == "ada"
+    assert seen[-1]["content-type"] == "application/json"
+    assert not {"authorization", "x-tsplit-variant", "x-tsplit-other", "x-routing-key"} & set(seen[-1])
 
 
 # --- metadata, health -----------------------------------------------------------------------
