@@ -8,7 +8,8 @@ in one run on the same backends:
   REST side, nginx proxy_pass with split_clients to the same REST backends, the native router
   forwarding REST to the models' http_endpoint, and the native router translating REST to
   ModelInfer (models without http_endpoint).
-- Shadow at a fixed rate: the native router with shadow off, on (two 50 ms slower
+- Shadow at a fixed rate: the native router with shadow off, off with h2load loading the slow
+  backends with their share of copies (the floor), on (two 50 ms slower
   challengers), and on beside 8 MiB requests to another deployment on the same router, each
   mirrored to a slow challenger; and the two REST paths at one offered rate (their CPU per request).
 
@@ -36,6 +37,9 @@ REST_NATIVE = "native phase: REST native router split 90/10 (http_endpoint: forw
 REST_TRANSLATED = "native phase: REST native router split 90/10 (no http_endpoint: to ModelInfer)"
 SHADOW_OFF = "native phase: native shadow off @rate"
 SHADOW_ON = "native phase: native shadow on x2 (25%+25%) @rate"
+# Shadow off while h2load sends the slow backends their share of copies straight: what the
+# challengers' own work costs the champion on the shared cores (the floor of the shadow row).
+SHADOW_FLOOR = "native phase: native shadow off, slow backends loaded @rate"
 SHADOW_LARGE = "native phase: native shadow on x2 beside 8 MiB mirrored requests @rate"
 REST_FORWARDED_RATE = "native phase: REST native router forwarded @rate"
 REST_TRANSLATED_RATE = "native phase: REST native router translated to ModelInfer @rate"
@@ -133,7 +137,9 @@ def summarize_shadow(rows: dict[str, dict]) -> dict:
     large_runs = (rows.get(SHADOW_LARGE) or {}).get("runs") or []
     return {
         "p99_ms": {name: m(rows, full, "p99_ms") for name, full in
-                   (("off", SHADOW_OFF), ("on", SHADOW_ON), ("on_beside_large", SHADOW_LARGE))},
+                   (("off", SHADOW_OFF), ("on", SHADOW_ON), ("on_beside_large", SHADOW_LARGE),
+                    ("off_slow_backends_loaded", SHADOW_FLOOR))},
+        "floor_vs_off_p99": ratio(m(rows, SHADOW_FLOOR, "p99_ms"), m(rows, SHADOW_OFF, "p99_ms")),
         "on_vs_off_p99": ratio(m(rows, SHADOW_ON, "p99_ms"), m(rows, SHADOW_OFF, "p99_ms")),
         "on_vs_off_p99_per_round": round_ratios(rows, SHADOW_ON, SHADOW_OFF, "p99_ms"),
         "errors": {name: (rows.get(full) or {}).get("errors") for name, full in
@@ -213,8 +219,10 @@ def shadow_verdicts(shadow: dict) -> list[tuple[str, str, str, bool | None]]:
     p99, errors, large = shadow["p99_ms"], shadow["errors"], shadow["large"]
     q = shadow["on_vs_off_p99"]
     on_errors = (errors["on"] or 0) + (errors["off"] or 0)
+    floor = shadow.get("floor_vs_off_p99")
     out = [("native 4 shadow p99 (two 50 ms slower challengers)",
             f"{_f(p99['on'])} ms vs {_f(p99['off'])} ms off = {_f(q)}x"
+            + (f" (slow backends loaded without mirrors: {floor:.2f}x)" if floor is not None else "")
             + (f", {on_errors} errors" if on_errors else ""), "<= 1.1x shadow off, no errors",
             None if q is None else q <= 1.1 and not on_errors)]
     small = p99["on_beside_large"]
@@ -296,6 +304,7 @@ async def phase(run) -> None:
         slow = (b.slow1, b.slow2)
         rate_rows += [LoadTarget(SHADOW_OFF, native, "dep_solo", (b.champion,), load=rate),
                       LoadTarget(SHADOW_ON, native, "dep_shadow", (b.champion,), slow, load=rate),
+                      LoadTarget(SHADOW_FLOOR, native, "dep_solo", (b.champion,), load=rate, side_backends=slow),
                       LoadTarget(SHADOW_LARGE, native, "dep_shadow", (b.champion,), slow, load=rate,
                                  large_mib=LARGE_MIB, large_rps=LARGE_RPS, large_model="dep_shadow_large"),
                       LoadTarget(REST_FORWARDED_RATE, native, "dep_split", both, load=rest_rate, rest=True),
