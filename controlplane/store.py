@@ -172,6 +172,7 @@ class ControlPlaneStore:
         self.settings = settings
         self.clock = clock
         self._models = ModelsCache(etcd, layout)
+        self._listed: dict[str, tuple[int, Deployment]] = {}  # list_deployments: key -> (mod_revision, parsed)
         self._record_lease = RecordLease(etcd.lease_grant, settings.idempotency_ttl_s)
         self._group = GroupCommit(etcd, layout, settings, clock, self._models, self._read, self._resolve_lost_write,
                                   self._record_lease)
@@ -229,8 +230,20 @@ class ControlPlaneStore:
         return found[0]
 
     async def list_deployments(self, org_id: str) -> list[Deployment]:
-        deployments = (Deployment.from_json(loads(kv.value)) for kv in await self._get_prefix(self.layout.deployments))
-        return [d for d in deployments if d.org_id == org_id]
+        """The org's deployments, read fresh from etcd; a value unchanged since the last
+        list (the same mod_revision) is not parsed again (10,000 deployments: ~0.5 s of
+        parsing per list otherwise)."""
+        parsed: dict[str, tuple[int, Deployment]] = {}
+        out = []
+        for kv in await self._get_prefix(self.layout.deployments):
+            known = self._listed.get(kv.key)
+            deployment = known[1] if known is not None and known[0] == kv.mod_revision else Deployment.from_json(
+                loads(kv.value))
+            parsed[kv.key] = (kv.mod_revision, deployment)
+            if deployment.org_id == org_id:
+                out.append(deployment)
+        self._listed = parsed  # every org's: deleted deployments drop out
+        return out
 
     async def _owns_slug(self, org_id: str, slug: str) -> bool:
         """The deployment, live or deleted, belongs to org_id."""

@@ -77,6 +77,30 @@ async def seed(api: Api, slug="dep_svc") -> list[str]:
     return ids
 
 
+
+async def test_a_list_follows_every_change_and_delete_and_each_org_sees_its_own(controlplane, etcd):
+    """ListDeployments keeps what it parsed and built while a deployment's etcd value is
+    unchanged: a change, a create and a delete must show in the next list all the same."""
+    api, other = Api(controlplane), Api(controlplane, org_id="org_2")
+    champ, chal1, _ = await seed(api)
+    await seed(other, slug="dep_other")
+
+    async def listed(caller: Api) -> dict[str, tuple]:
+        answer = await caller.ListDeployments(pb.ListDeploymentsRequest())
+        return {d.deployment_id: (d.cache_version, [c.model_id for c in d.challengers if c.is_active])
+                for d in answer.deployments}
+
+    assert await listed(api) == await listed(api) == {"dep_svc": (1, [])}
+    assert await listed(other) == {"dep_other": (1, [])}
+    await api.ManageTraffic(pb.ManageTrafficRequest(deployment_id="dep_svc", body=struct(
+        {"action": "add_challenger", "model_id": chal1, "traffic_pct": 10})))
+    await api.CreateDeployment(pb.CreateDeploymentRequest(
+        body=struct({"champion_model_id": champ, "deployment_id": "dep_two"})))
+    assert await listed(api) == {"dep_svc": (2, [chal1]), "dep_two": (1, [])}
+    await api.DeleteDeployment(pb.DeleteDeploymentRequest(deployment_id="dep_svc"))
+    assert await listed(api) == {"dep_two": (1, [])}
+    assert await listed(other) == {"dep_other": (1, [])}
+
 async def test_models_register_get_list(controlplane):
     api = Api(controlplane)
     model = await api.RegisterModel(pb.RegisterModelRequest(
