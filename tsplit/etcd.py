@@ -328,6 +328,10 @@ class Etcd:
             error = _map_error(err)
             self._failed(channel, error)
             raise error from err
+        except asyncio.InvalidStateError as err:  # a write after the stream broke
+            error = EtcdUnavailable("lease keepalive stream ended")
+            self._failed(channel, error)
+            raise error from err
         finally:
             call.cancel()
         if resp is grpc.aio.EOF:
@@ -388,6 +392,10 @@ class Etcd:
                     yield 0, WatchBatch(resp.header.revision, events)
         except grpc.aio.AioRpcError as err:
             error = _map_error(err)
+            self._failed(channel, error)
+            raise error from err
+        except asyncio.InvalidStateError as err:  # a create request written after the stream broke
+            error = EtcdUnavailable("etcd watch stream ended")
             self._failed(channel, error)
             raise error from err
         except EtcdUnavailable as err:  # the stream ended or etcd canceled it (no leader)
