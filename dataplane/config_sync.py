@@ -252,6 +252,13 @@ class ConfigSync:
                 log.log(level, "config watch: %s; keeping the table of revision %d, retrying in %.0f ms",
                         err, self.revision, delay * 1000)
                 await asyncio.sleep(delay)
+            except Exception:  # a bug must not stop the router following etcd: log it, reload
+                self.watch_failures += 1
+                delay = backoff.next()
+                log.exception("config watch failed unexpectedly; keeping the table of revision %d, "
+                              "reloading the snapshot in %.0f ms", self.revision, delay * 1000)
+                need_snapshot = True
+                await asyncio.sleep(delay)
 
     async def _load_snapshot(self) -> None:
         (model_kvs, deployment_kvs), revision = await self._etcd.get_prefixes(

@@ -366,3 +366,25 @@ async def test_history_records_and_router_keys_never_reach_the_watch(etcd, layou
     revision = await put_resource(etcd, layout, deployment("dep_w", 2))
     await tables.wait_for(lambda t: version_of(t, "dep_w") == 2)
     assert sync.revision == revision
+
+
+async def test_an_unexpected_error_reloads_the_snapshot_instead_of_stopping(etcd, layout, sync_factory):
+    await put_resource(etcd, layout, model("mod_champ"))
+    await put_resource(etcd, layout, deployment("dep_a", 1))
+    sync, tables = await sync_factory()
+    await tables.wait_for(lambda t: version_of(t, "dep_a") == 1)
+    apply_batch, calls = sync._apply_batch, []
+
+    def first_batch_fails(batch) -> None:
+        calls.append(batch)
+        if len(calls) == 1:  # stands for a bug anywhere in the watch loop
+            raise RuntimeError("unexpected")
+        apply_batch(batch)
+
+    sync._apply_batch = first_batch_fails
+    await put_resource(etcd, layout, deployment("dep_a", 2))
+    await tables.wait_for(lambda t: version_of(t, "dep_a") == 2)
+    assert sync.watch_failures == 1 and sync.snapshots == 2  # the lost batch came back by the reload
+    await put_resource(etcd, layout, deployment("dep_a", 3))
+    await tables.wait_for(lambda t: version_of(t, "dep_a") == 3)
+    assert len(calls) >= 2
