@@ -23,6 +23,7 @@ from controlplane.settings import ControlPlaneSettings, SettingsError, settings_
 from controlplane.store import ControlPlaneStore
 from tsplit.etcd import Etcd
 from tsplit.layout import Layout
+from tsplit.settings import join_host_port, parse_host_port
 from tsplit.v1 import controlplane_pb2, controlplane_pb2_grpc
 
 log = logging.getLogger("tsplit.controlplane")
@@ -63,7 +64,7 @@ class ControlPlaneServer:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return join_host_port(self.host, self.port)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """NOT_SERVING at once, then in-flight calls get grace_s seconds to finish."""
@@ -91,7 +92,7 @@ async def start_controlplane(settings: ControlPlaneSettings) -> ControlPlaneServ
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
-    host = settings.listen.rpartition(":")[0]
+    host, _ = parse_host_port(settings.listen)
     try:
         port = server.add_insecure_port(settings.listen)
     except RuntimeError as err:
@@ -101,7 +102,7 @@ async def start_controlplane(settings: ControlPlaneSettings) -> ControlPlaneServ
     cp = ControlPlaneServer(server, health_servicer, etcd, host, port, settings.grace_s)
     if settings.guardrails:
         layout = Layout(settings.etcd_prefix)
-        identity = f"controlplane {host}:{port}"
+        identity = f"controlplane {join_host_port(host, port)}"
         cp.election = LeaderElection(etcd, layout.leader("guardrails"), identity, settings.guardrails_lease_ttl_s)
         cp._election_task = asyncio.get_running_loop().create_task(
             _guardrails(cp, etcd, layout, store, identity), name="guardrails")

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 
+from tsplit.settings import parse_host_port
+
 
 class CuttableLink:
     """A loopback TCP relay to one etcd member: cut() drops every connection and refuses new
     ones until restore(), so one router loses etcd while etcd keeps serving the rest."""
 
     def __init__(self, target: str, connect_delay_s: float = 0.0):
-        host, _, port = target.rpartition(":")
+        host, port = parse_host_port(target)
         self.connect_delay_s = connect_delay_s  # each connection waits this long before it is relayed
         self.refused_senders: set[str] = set()
-        self._target = (host, int(port))
+        self._target = (host, port)
         self._open: set[asyncio.StreamWriter] = set()
         self._cut = False
         self._server: asyncio.AbstractServer | None = None
