@@ -617,6 +617,22 @@ def _h2_post(port: int, path: str, chunk: bytes, count: int) -> tuple[int, dict[
     return status, headers, body
 
 
+@pytest.mark.parametrize("request_bytes,status,words", [
+    (b"GARBAGE\r\n\r\n", 400, b"not valid HTTP/1.1"),
+    (b"POST /v2/models/dep_grpc/infer HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400,
+     b"not valid HTTP/1.1"),
+    (b"GET /v2 HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(150)) + b"\r\n", 431,
+     b"headers are over"),
+], ids=["request line", "content-length", "too many headers"])
+def test_http_the_server_cannot_parse_is_answered_with_the_v2_error_object(router, request_bytes, status, words):
+    answer = _raw_http(router.port, request_bytes)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
+    assert b"content-type: application/json" in head and b"connection: close" in head
+    assert set(json.loads(body)) == {"error"} and words in body
+    assert f"content-length: {len(body)}".encode() in head
+
+
 def test_a_short_content_length_body_is_400(router):
     request = (b"POST /v2/models/dep_grpc/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                b"Content-Length: 500\r\n\r\n{\"inputs\": [")

@@ -10,7 +10,8 @@
 //! - `mirror`: shadow copies, bounded in flight, and their pairs scored (`compare`).
 //! - `stats`: the per-variant counters; `health`, `reflection`: the gRPC services.
 //! - `oip`: the v2 messages; `compare`: shadow pairs scored; `json_infer`: v2 REST JSON to
-//!   and from ModelInfer; `auth`: `--auth jwt` token verification; `rest`: the v2 REST API.
+//!   and from ModelInfer; `auth`: `--auth jwt` token verification; `rest`: the v2 REST API;
+//!   `http_errors`: hyper's own HTTP/1.1 refusals as v2 error objects.
 
 pub mod auth;
 pub mod backends;
@@ -19,6 +20,7 @@ pub mod compare;
 pub mod dispatch;
 pub mod grpc;
 pub mod health;
+pub mod http_errors;
 pub mod json_infer;
 pub mod mirror;
 pub mod oip;

@@ -277,7 +277,7 @@ async fn serve_connection(
         let backends = backends.clone();
         async move { Ok::<_, std::convert::Infallible>(crate::dispatch::handle(shared, backends, req).await) }
     });
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    let connection = builder.serve_connection(crate::http_errors::V2Errors::new(TokioIo::new(stream)), service);
     tokio::pin!(connection);
     tokio::select! {
         _ = connection.as_mut() => {}
