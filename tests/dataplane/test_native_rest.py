@@ -301,6 +301,22 @@ def test_rest_and_grpc_shadow_copies_are_counted_together(shadow_router):
     assert after["label_total"] > before["label_total"] and after["label_agree"] == before["label_agree"]
 
 
+@pytest.mark.parametrize("challenger", FORMS)
+def test_a_body_the_router_refuses_has_no_shadow_copy(shadow_router, challenger):
+    """A translated champion's 400 (the JSON is not an inference request) is the router's
+    own refusal: no copy, as for a gRPC request that is not a valid message."""
+    from tsplit.allocation import slot_of
+
+    slug = f"dep_sh_t{challenger[0]}"
+    key = next(f"bad-{i}" for i in range(1000) if 6000 <= slot_of(slug, f"bad-{i}"))
+    before = settled(shadow_router, slug, ("ch_b",))["ch_b"]
+    refused = httpx.post(f"http://127.0.0.1:{shadow_router.port}/v2/models/{slug}/infer", json={"x": 1},
+                         headers={"x-routing-key": key}, timeout=10)
+    assert "inputs" in v2_error(refused, 400)
+    after = settled(shadow_router, slug, ("ch_b",))["ch_b"]
+    assert (after["mirrored"], after["mirror_errors"]) == (before["mirrored"], before["mirror_errors"])
+
+
 @pytest.mark.parametrize("form", FORMS)
 def test_rest_copies_past_the_bound_are_dropped_and_never_delay_the_champion(shadow_router, form):
     """The challenger takes 4 s; the router holds two copies in flight: of six calls at

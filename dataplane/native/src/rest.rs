@@ -564,12 +564,16 @@ async fn infer(shared: &Shared, backends: &Arc<Backends>, route: &Route, req: Re
     let mut bodies = Bodies { json, translated: None };
     let rest_headers = rest_forwardable(&parts.headers);
     let grpc_headers = dispatch::forwardable(&grpc_metadata(&parts.headers));
-    // Shadow mode: the copy starts on its own; the champion's answer never waits for it.
+    // Shadow mode: the copy starts on its own; the champion's answer never waits for it. A
+    // body the router refuses (400: it does not translate) has no copy, as a gRPC request
+    // that is not a valid message has none.
     let champion_translated = choice.variant.http_endpoint.is_empty();
-    let mut shadow = choice
-        .mirror
-        .take()
-        .and_then(|m| start_copy(shared, backends, &m, &mut bodies, &rest_headers, &grpc_headers, champion_translated));
+    let mut shadow = choice.mirror.take().and_then(|m| {
+        if champion_translated && bodies.translated().is_err() {
+            return None;
+        }
+        start_copy(shared, backends, &m, &mut bodies, &rest_headers, &grpc_headers, champion_translated)
+    });
     let mut outcome =
         attempt(shared, backends, &choice.variant, &mut bodies, &rest_headers, &grpc_headers, deadline).await;
     if matches!(outcome, Attempt::Unreachable) && choice.fail_over(route) {
