@@ -143,6 +143,37 @@ def test_http2_clients_get_the_same_answers(router):
             assert {o["name"] for o in response.json()["outputs"]} == {"probabilities", "label"}
 
 
+def test_a_v2_rest_client_library_works_unmodified_through_the_router(router):
+    """open-inference-openapi (the Open Inference Protocol's generated REST client) against
+    the router: health, server and model metadata, readiness, infer on both REST paths, and
+    the router's errors as the library's (with the v2 error object as their body)."""
+    from open_inference.openapi.client import ApiError, BadRequestError, InferenceRequest, OpenInferenceClient
+
+    client = OpenInferenceClient(base_url=f"http://127.0.0.1:{router.port}", timeout=10)
+    client.check_server_liveness()
+    client.check_server_readiness()
+    assert client.read_server_metadata().name == "tsplit-router"
+    request = InferenceRequest.parse_obj({**ROW, "id": "lib-1"})
+    for slug in ("dep_grpc", "dep_http"):
+        client.check_model_readiness(slug)
+        meta = client.read_model_metadata(slug)
+        assert meta.name == slug and meta.inputs[0].name == "input"
+        answer = client.model_infer(slug, request=request)
+        outputs = {o.name: o for o in answer.outputs}
+        assert answer.model_name == "linear-a" and answer.id == "lib-1"
+        assert outputs["label"].datatype == "INT64" and outputs["label"].data.__root__ == [1]  # (as floats)
+    answer = client.model_version_infer("dep_grpc", "7", request=request)  # the caller's version is ignored
+    assert answer.model_name == "linear-a"
+    with pytest.raises(ApiError) as missing:
+        client.model_infer("dep_missing", request=request)
+    assert missing.value.status_code == 404 and "no such deployment" in missing.value.body["error"]
+    bad = InferenceRequest.parse_obj({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3],
+                                                  "data": [1, 2]}]})
+    with pytest.raises(BadRequestError) as refused:
+        client.model_infer("dep_grpc", request=bad)
+    assert "3 values" in refused.value.body["error"]
+
+
 # --- split, sticky, forced, failover, counters ----------------------------------------------
 
 def test_sticky_keys_keep_their_variant_and_both_variants_answer(client):
