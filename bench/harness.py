@@ -652,6 +652,7 @@ async def run(settings: BenchSettings) -> dict:
                                   "rate_load": settings.rate_load.describe(),
                                   "single_load": settings.single_load.describe()},
                      "nginx": {"worker_processes": "2", "upstream_keepalive": 64},
+                     "commit": report.commit(),
                      "work_dir": str(work)}
     log(f"work dir {work}")
     try:

@@ -36,6 +36,17 @@ def _version(cmd: list[str], pattern: str) -> str:
         return "not installed"
 
 
+def commit() -> str:
+    """The checkout's commit (with "+changes" when its tracked files differ from it)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return (head.stdout.strip() or "?") + ("+changes" if dirty.stdout.strip() else "")
+
+
 def versions(etcd_binary: str) -> dict:
     import grpc
     return {
