@@ -20,7 +20,8 @@ from tsplit.etcd import Etcd
 from tsplit.etcd_server import free_port
 from tsplit.inference import grpc_predict_v2_pb2 as pb, grpc_predict_v2_pb2_grpc as pb_grpc
 from tsplit.resources import Challenger, Deployment, Model, dumps
-from tsplit.status import read_router_records, summarize_deployment_status
+from tsplit.router_record import read_records as read_router_records
+from tsplit.status import summarize_deployment_status
 from tsplit.v1 import controlplane_pb2 as cp_pb
 
 TRANSPORTS = ["sync", "aio"]
