@@ -126,8 +126,10 @@ async def test_config_sync_changes_replay_to_the_table(etcd, layout):
         await etcd.txn([], [put_op(layout.deployment("dep_3"), dumps(Deployment("dep_3", "org_1", "mod_b", (), False, 2).to_json())),
                             put_op(layout.deployment("dep_9"), dumps(Deployment("dep_9", "org_1", "mod_a", (), False, 1).to_json()))])
         last = await etcd.delete(layout.model("mod_a"))   # unroutes every deployment whose champion it is
+        # The two prefixes are two watches: the models' batch at `last` may come before the
+        # deployments' earlier ones, so wait for both, not for the revision alone.
         async with asyncio.timeout(5):
-            while sync.revision < last:
+            while sync.revision < last or set(sync.table.routes) != {"dep_3"}:
                 await asyncio.sleep(0.01)
     finally:
         await sync.stop()

@@ -136,6 +136,13 @@ impl Backends {
         made
     }
 
+    /// The endpoints with a pool, sorted.
+    pub fn addresses(&self) -> Vec<Arc<str>> {
+        let mut out: Vec<_> = self.endpoints.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        out.sort();
+        out
+    }
+
     /// Drop the connections of endpoints no route names any more.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
         self.endpoints.lock().unwrap_or_else(|e| e.into_inner()).retain(|a, _| keep(a));

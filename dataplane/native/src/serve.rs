@@ -107,6 +107,8 @@ pub struct Shared {
     grace_ms: AtomicU64,
     /// Health Watch streams wait on this (true: serving).
     pub serving: watch::Sender<bool>,
+    /// Each runtime thread's backend connections (retained to the table's endpoints).
+    pub backends: Vec<Arc<Backends>>,
 }
 
 impl Shared {
@@ -117,6 +119,14 @@ impl Shared {
     pub fn update_serving(&self) {
         let now = self.is_serving();
         self.serving.send_if_modified(|s| std::mem::replace(s, now) != now);
+    }
+
+    /// Drop every thread's connections to endpoints no route of `table` names.
+    pub fn retain_backends(&self, table: &Table) {
+        let used = table.endpoints();
+        for pool in &self.backends {
+            pool.retain(|address| used.contains(address));
+        }
     }
 }
 
@@ -175,6 +185,7 @@ impl Server {
             ),
             None => None,
         };
+        let connections = config.connections_per_backend;
         let shared = Arc::new(Shared {
             verifier,
             reflection: crate::reflection::Reflection::new(&config.reflection),
@@ -185,15 +196,17 @@ impl Server {
             stopping: AtomicBool::new(false),
             grace_ms: AtomicU64::new(10_000),
             serving,
+            backends: (0..threads).map(|_| Arc::new(Backends::new(connections))).collect(),
         });
         let (shutdown, _) = watch::channel(false);
         let mut handles = Vec::with_capacity(threads);
         for (i, std_listener) in listeners.into_iter().enumerate() {
             let shared = shared.clone();
+            let backends = shared.backends[i].clone();
             let stop = shutdown.subscribe();
             let handle = std::thread::Builder::new()
                 .name(format!("tsplit-router-{i}"))
-                .spawn(move || run_thread(std_listener, shared, stop))?;
+                .spawn(move || run_thread(std_listener, shared, backends, stop))?;
             handles.push(handle);
         }
         Ok(Server { shared, port, shutdown, threads: handles })
@@ -219,7 +232,12 @@ impl Drop for Server {
     }
 }
 
-fn run_thread(std_listener: std::net::TcpListener, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+fn run_thread(
+    std_listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    backends: Arc<Backends>,
+    stop: watch::Receiver<bool>,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
@@ -227,10 +245,15 @@ fn run_thread(std_listener: std::net::TcpListener, shared: Arc<Shared>, stop: wa
             return;
         }
     };
-    runtime.block_on(accept_loop(std_listener, shared, stop));
+    runtime.block_on(accept_loop(std_listener, shared, backends, stop));
 }
 
-async fn accept_loop(std_listener: std::net::TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    std_listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    backends: Arc<Backends>,
+    mut stop: watch::Receiver<bool>,
+) {
     let listener = match tokio::net::TcpListener::from_std(std_listener) {
         Ok(l) => l,
         Err(err) => {
@@ -238,7 +261,6 @@ async fn accept_loop(std_listener: std::net::TcpListener, shared: Arc<Shared>, m
             return;
         }
     };
-    let backends = Arc::new(Backends::new(shared.config.connections_per_backend));
     let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {

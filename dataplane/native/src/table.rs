@@ -2,7 +2,7 @@
 //! JSON) and the variant choice by slot (SPEC section 5): one immutable `Table` per change,
 //! swapped in atomically; requests only read it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use blake2::digest::{Update, VariableOutput};
@@ -202,6 +202,11 @@ pub struct Table {
 impl Table {
     pub fn lookup(&self, slug: &str) -> Option<&Arc<Route>> {
         self.routes.get(slug)
+    }
+
+    /// The backend endpoints its routes name.
+    pub fn endpoints(&self) -> HashSet<Arc<str>> {
+        self.routes.values().flat_map(|r| r.variants.iter().map(|v| v.endpoint.clone())).collect()
     }
 
     /// A full snapshot. A route that does not build is left out and reported.
