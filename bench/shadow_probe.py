@@ -2,7 +2,7 @@
 finding where the champion's tail comes from with mirrors on (issue 5, target 2).
 
     flock /tmp/tsplit-bench.lock .venv/bin/python -m bench.shadow_probe --seconds 8 --reps 5 \
-        [--compare-in-process] [--compare-sender-nice N] [--side-load] [--switch-interval S] \
+        [--side-load] [--switch-interval S] \
         [--py-spy OUT --gil] [--router-arg=--flag ...] [--large-mib 8 [--large-rps 4]] [--out result.json]
 
 One etcd, the champion and the two 50 ms slower backends, one router; then `reps` rounds of
@@ -56,35 +56,8 @@ def cpu_seconds(pid: int, own: bool = False) -> float:
     return total
 
 
-# The mirrors as they were before the shadow sender process: grpc.aio calls on the router's
-# own event loop (what the proxyless client still does), for an A/B in one run.
-_IN_PROCESS_MIRRORS = """
-import dataplane.server
-from dataplane.backends import BackendPool
-from dataplane.dispatch import rewrite
-from dataplane.mirror import MirrorDispatcher
-from dataplane.sync_transport import mirrors_on_loop
-
-class InProcessMirrors:
-    def __init__(self, loop, stats, max_inflight, timeout_s):
-        self._pool = BackendPool()
-        self._mirrors = MirrorDispatcher(self._pool.infer, rewrite, stats, max_inflight, timeout_s)
-        self.start = mirrors_on_loop(loop, self._mirrors)
-
-    @property
-    def inflight(self):
-        return self._mirrors.inflight
-
-    async def stop(self, grace_s):
-        await self._mirrors.stop(grace_s)
-        await self._pool.close()
-
-dataplane.server.MirrorProcess = InProcessMirrors
-"""
-
-
-def start_router(work: Path, etcd: str, router_id: str, switch_interval: float | None, extra: list[str],
-                 in_process_mirrors: bool = False, sender_nice: int | None = None) -> tuple[Child, str]:
+def start_router(work: Path, etcd: str, router_id: str, switch_interval: float | None,
+                 extra: list[str]) -> tuple[Child, str]:
     port, metrics = free_port(), free_port()
     # The native router unless --router-arg names another server.
     server = [] if "--server" in extra else list(stack.server_flags("native"))
@@ -98,9 +71,6 @@ def start_router(work: Path, etcd: str, router_id: str, switch_interval: float |
     # Tries on the Python router are set up in a wrapper before it starts: no change to the router.
     code = ("import sys\n"
             + (f"sys.setswitchinterval({switch_interval!r})\n" if switch_interval else "")
-            + (_IN_PROCESS_MIRRORS if in_process_mirrors else "")
-            + (f"import dataplane.shadow_process\ndataplane.shadow_process.SENDER_NICE = {sender_nice!r}\n"
-               if sender_nice is not None else "")
             + f"from dataplane.server import main\nsys.exit(main({args!r}))\n")
     child = Child(f"router {router_id}", [sys.executable, "-c", code], work / f"router-{router_id}.log").start()
     wait_for_listen(child, port, 30)
@@ -183,20 +153,6 @@ async def main_async(args: argparse.Namespace) -> dict:
         off = LoadTarget("off", address, "dep_solo", (backends.champion,), load=rate)
         targets = [(off, router.pid),
                    (LoadTarget("on", address, "dep_shadow", (backends.champion,), slow, load=rate), router.pid)]
-        if args.compare_in_process:
-            old, old_address = start_router(work, member.endpoint, "probe-inproc", args.switch_interval,
-                                            args.router_arg, in_process_mirrors=True)
-            stoppers.append(old)
-            await probe.wait_serving(old_address, 30)
-            targets.append((LoadTarget("on in-process", old_address, "dep_shadow", (backends.champion,), slow,
-                                       load=rate), old.pid))
-        for nice in args.compare_sender_nice:
-            other, other_address = start_router(work, member.endpoint, f"probe-nice{nice}", args.switch_interval,
-                                                args.router_arg, sender_nice=nice)
-            stoppers.append(other)
-            await probe.wait_serving(other_address, 30)
-            targets.append((LoadTarget(f"on nice {nice}", other_address, "dep_shadow", (backends.champion,), slow,
-                                       load=rate), other.pid))
         large_row = f"on + {args.large_mib:g} MiB requests"
         if args.large_mib:
             large_body = work / "body-large.bin"
@@ -244,7 +200,7 @@ async def main_async(args: argparse.Namespace) -> dict:
                                 p99_ratio_per_round=[round(x, 2) for x in ratios],
                                 median_round_ratio=median(ratios))
         return {"settings": {"seconds": args.seconds, "reps": args.reps, "switch_interval": args.switch_interval,
-                             "router_args": args.router_arg, "compare_in_process": args.compare_in_process}, "summary": summary, "runs": runs}
+                             "router_args": args.router_arg}, "summary": summary, "runs": runs}
     finally:
         for s in reversed(stoppers):
             s.stop()
@@ -260,15 +216,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--py-spy", type=Path, default=None, help="record the router in round 1 (raw stacks)")
     parser.add_argument("--gil", action="store_true", help="py-spy: only the thread holding the GIL")
-    parser.add_argument("--compare-sender-nice", type=int, action="append", default=[],
-                        help="also a router whose shadow sender runs at this nice level")
     parser.add_argument("--side-load", action="store_true",
                         help="also shadow off with h2load sending the slow backends their share of copies")
     parser.add_argument("--large-mib", type=float, default=0.0,
                         help="also the shadow row beside requests of this many MiB (mirrored too)")
     parser.add_argument("--large-rps", type=int, default=4, help="large requests a second (--large-mib)")
-    parser.add_argument("--compare-in-process", action="store_true",
-                        help="also a router with the mirrors on its own event loop (the design before)")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
     print(json.dumps(result["summary"], indent=1))

@@ -1,4 +1,4 @@
-"""The Python side of the native router (`--server native`): what crosses into
+"""The Python side of the router (dataplane.server) around its native core: what crosses into
 dataplane._native and back.
 
 Into the core: the start config, one immutable routing snapshot per change (the full

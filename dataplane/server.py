@@ -1,51 +1,43 @@
 """`tsplit-router`: the data-plane router process (SPEC section 5, issue 3).
 
-One router = one gRPC server with the v2 inference service, gRPC health and reflection
-(--server aio, the default: a grpc.aio server on uvloop; --server sync: a sync grpc server
-with a thread pool, see dataplane.sync_transport); a ConfigSync that follows
-etcd; a Registration that keeps its lease-bound record; and, with --metrics-listen, a
-Prometheus endpoint, all on one event loop. start_router() runs one in the current event
-loop (tests); main() is the console script. With --workers N (or auto: one per CPU),
-main() supervises N worker processes that share the listen port (SO_REUSEPORT) and each
-register as their own router (router id `<id>-<i>`, metrics port + i). Why these
-defaults: BENCHMARKS.md, "Tries".
+One router = the native core (dataplane/native, `dataplane._native`: the gRPC and REST
+server, backend connections, routing, mirrors and counters, on one tokio runtime per
+thread, --threads, one per CPU by default); this process's event loop runs what is not on
+the request path: a ConfigSync that follows etcd and hands the core each new table
+(dataplane.native_router), a Registration that keeps its lease-bound record, and with
+--metrics-listen a Prometheus endpoint over the core's counters. start_router() runs one
+in the current event loop (tests); main() is the console script. With --workers N,
+main() supervises N router processes that share the listen port (SO_REUSEPORT) and each
+register as their own router (router id `<id>-<i>`, metrics port + i).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import functools
 import logging
-import os
 import signal
 import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health
 from grpc_reflection.v1alpha import reflection
 
-from dataplane.backends import SyncBackendPool
+from dataplane import native_router
+from dataplane.backends import SERVICE
 from dataplane.config_sync import ConfigSync
-from dataplane.dispatch import Dispatcher, apply_deferred
-from dataplane.endpoint_refs import EndpointRefs
-from dataplane.shadow_process import MirrorProcess
 from dataplane.registration import Registration
-from dataplane.router import NOT_READY_MESSAGE, SERVER_NAME, SERVICE, BackendPool, InferenceRouter
-from tsplit import package_version
-from dataplane.stats import MetricsServer, RouterStats, StatsCollector, settle_on_loop
 from dataplane.settings import RouterSettings, available_cpus, join_host_port, parse_settings, split_host_port
-from tsplit.settings import to_argv
+from dataplane.stats import MetricsServer, StatsCollector
 from dataplane.supervision import RestartBackoff, spawn_child
-from dataplane.sync_transport import SyncInferenceRouter, SyncServer
+from tsplit import package_version
 from tsplit.etcd import Etcd
 from tsplit.etcd_server import free_port
 from tsplit.layout import Layout
+from tsplit.settings import to_argv
 from tsplit.status import LATENCY_BUCKETS_MS
 
 log = logging.getLogger("tsplit.router")
@@ -59,9 +51,9 @@ class RunningRouter:
     port: int
     metrics_url: str
     settings: RouterSettings
-    stats: RouterStats
+    stats: native_router.NativeStats
     sync: ConfigSync
-    mirrors: MirrorProcess
+    mirrors: "NativeMirrors"
     registration: Registration
     _stop: Callable[[float | None], "asyncio.Future"] = field(repr=False)
 
@@ -69,46 +61,7 @@ class RunningRouter:
         await self._stop(self.settings.shutdown_grace_s if grace_s is None else grace_s)
 
 
-def _server_options(settings: RouterSettings) -> list[tuple[str, object]]:
-    max_bytes = settings.max_message_mb * 1024 * 1024
-    return [
-        ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
-        ("grpc.max_receive_message_length", max_bytes),
-        ("grpc.max_send_message_length", max_bytes),
-        # Clients behind NATs and load balancers keep idle connections alive with pings.
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-    ]
-
-
-class AioServer:
-    """The grpc.aio server (`--server aio`), with the interface of SyncServer."""
-
-    def __init__(self, options: list[tuple[str, object]]) -> None:
-        self.grpc = grpc.aio.server(options=options)
-        self.health = health.aio.HealthServicer()
-
-    def add_insecure_port(self, address: str) -> int:
-        return self.grpc.add_insecure_port(address)
-
-    async def start(self) -> None:
-        await self.grpc.start()
-
-    async def set_health(self, name: str, status) -> None:
-        await self.health.set(name, status)
-
-    async def enter_graceful_shutdown(self) -> None:
-        await self.health.enter_graceful_shutdown()
-
-    async def stop(self, grace_s: float) -> None:
-        await self.grpc.stop(grace_s)
-
-
-async def _apply_counts_regularly(stats: RouterStats, interval_s: float = 0.05) -> None:
-    """The sync server's serving threads defer their counts; apply them on the loop."""
-    while True:
-        await asyncio.sleep(interval_s)
-        stats.settle()
+SERVER_NAME = "tsplit-router"
 
 
 def _addresses(settings: RouterSettings, host: str, port: int) -> tuple[str, str]:
@@ -118,8 +71,7 @@ def _addresses(settings: RouterSettings, host: str, port: int) -> tuple[str, str
         join_host_port(socket.gethostname(), port) if host in ("0.0.0.0", "::") else address)
 
 
-def _metrics_server(settings: RouterSettings, stats, mirrors, sync: ConfigSync,
-                    settle: Callable[[], object]) -> MetricsServer | None:
+def _metrics_server(settings: RouterSettings, stats, mirrors, sync: ConfigSync) -> MetricsServer | None:
     """The Prometheus endpoint of --metrics-listen (None when off)."""
     if not settings.metrics_listen:
         return None
@@ -128,121 +80,8 @@ def _metrics_server(settings: RouterSettings, stats, mirrors, sync: ConfigSync,
         stats,
         gauges=lambda: {"mirrors_inflight": mirrors.inflight, "config_ready": float(sync.table is not None),
                         "config_revision": sync.revision},
-        applied=sync.applied_versions,   # a copy: the collector runs on its own thread
-        settle=settle)
+        applied=sync.applied_versions)   # a copy: the collector runs on its own thread
     return MetricsServer(collector, m_host, m_port)
-
-
-async def start_router(settings: RouterSettings) -> RunningRouter:
-    """Start a router in the running event loop; it serves at once and reports
-    NOT_SERVING (health) until the first etcd snapshot is applied."""
-    if settings.server == "native":
-        return await start_native_router(settings)
-    router_id = settings.router_id_or_new()
-    layout = Layout(settings.etcd_prefix)
-    etcd = Etcd(settings.etcd)
-    stats = RouterStats()
-    backends = BackendPool()
-    # Shadow copies are sent and compared by a separate, lower-priority process: in this
-    # one they took GIL time and a core from the champion's answers (BENCHMARKS.md, "Tries").
-    mirrors = MirrorProcess(asyncio.get_running_loop(), stats, settings.max_inflight_mirrors,
-                            settings.mirror_timeout_s)
-    registration: Registration | None = None
-    endpoints = EndpointRefs()
-
-    def on_changes(table, changes) -> None:
-        """O(changed): with 10,000 deployments a change must not walk every route."""
-        unused = False
-        for change in changes:
-            unused |= bool(endpoints.replace(change.old, change.new))
-            if change.new is None:
-                stats.forget(change.slug)
-        if unused:
-            backends.retain(endpoints)
-            if sync_backends is not None:
-                sync_backends.retain(endpoints)
-        if changes and registration is not None:
-            registration.notify_applied()
-
-    sync = ConfigSync(etcd, layout, on_changes=on_changes)
-
-    sync_backends: SyncBackendPool | None = None
-    count_applier: asyncio.Task | None = None
-    if settings.server == "sync":
-        pending: collections.deque = collections.deque()
-        dispatcher = Dispatcher(lambda: sync.table, stats, server_name=SERVER_NAME, server_version=package_version(),
-                                not_ready_message=NOT_READY_MESSAGE, deferred=pending)
-        stats.settle = functools.partial(apply_deferred, pending)
-        sync_backends = SyncBackendPool()
-        server = SyncServer(settings.threads, _server_options(settings))
-        handler = SyncInferenceRouter(dispatcher, sync_backends, mirrors.start,
-                                      settings.request_timeout_s).handler()
-        count_applier = asyncio.create_task(_apply_counts_regularly(stats), name="router-counts")
-    else:
-        server = AioServer(_server_options(settings))
-        handler = None
-        server.grpc.add_registered_method_handlers(SERVICE, InferenceRouter(
-            lambda: sync.table, backends, stats, mirrors,
-            default_timeout_s=settings.request_timeout_s).method_handlers())
-    if handler is not None:
-        server.grpc.add_generic_rpc_handlers((handler,))
-    health_pb2_grpc.add_HealthServicer_to_server(server.health, server.grpc)
-    reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server.grpc)
-    for name in ("", SERVICE):
-        await server.set_health(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    host, port = split_host_port(settings.listen, "listen")
-    try:
-        bound = server.add_insecure_port(join_host_port(host, port))
-    except RuntimeError:
-        bound = 0
-    if not bound:
-        if count_applier is not None:
-            count_applier.cancel()
-        await etcd.close()
-        raise OSError(f"cannot listen on {settings.listen} (address in use?)")
-    address, advertise = _addresses(settings, host, bound)
-    metrics = _metrics_server(settings, stats, mirrors, sync, settle_on_loop(asyncio.get_running_loop(), stats)
-                              if settings.server == "sync" else lambda: None)
-    metrics_url = metrics.url if metrics else ""
-
-    registration = Registration(etcd, layout, router_id, "router", advertise, metrics_url,
-                                applied=lambda: sync.applied, stats=stats.snapshot)
-    await server.start()
-    await sync.start()
-    await registration.start()
-
-    async def serve_when_ready() -> None:
-        await sync.ready.wait()
-        for name in ("", SERVICE):
-            await server.set_health(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("router %s serving on %s (config revision %d, %d deployments)",
-                 router_id, address, sync.revision, len(sync.applied))
-
-    readiness = asyncio.create_task(serve_when_ready(), name="router-readiness")
-    log.info("router %s listening on %s, etcd %s prefix %s, metrics %s; waiting for the first snapshot",
-             router_id, address, settings.etcd, settings.etcd_prefix, metrics_url or "off")
-
-    async def stop(grace_s: float) -> None:
-        log.info("router %s stopping (grace %.1f s)", router_id, grace_s)
-        readiness.cancel()
-        await server.enter_graceful_shutdown()
-        await server.stop(grace_s)
-        if count_applier is not None:
-            count_applier.cancel()
-            stats.settle()
-        await mirrors.stop(min(grace_s, 1.0))
-        await registration.stop()
-        await sync.stop()
-        await backends.close()
-        if sync_backends is not None:
-            sync_backends.close()
-        if metrics is not None:
-            await metrics.stop()
-        await etcd.close()
-        log.info("router %s stopped", router_id)
-
-    return RunningRouter(router_id, address, bound, metrics_url, settings, stats, sync, mirrors, registration,
-                         stop)
 
 
 class NativeMirrors:
@@ -258,20 +97,16 @@ class NativeMirrors:
         except RuntimeError:  # stopped
             return 0
 
-    async def stop(self, grace_s: float) -> None:
-        """The core ends its mirrors when it stops."""
 
-
-async def start_native_router(settings: RouterSettings) -> RunningRouter:
-    """The router on the native core (dataplane/native): the core serves gRPC on every
-    thread it starts; this loop follows etcd, hands it each new table, registers the
-    router and serves Prometheus from the core's counters."""
-    from dataplane import native_router
-
+async def start_router(settings: RouterSettings) -> RunningRouter:
+    """Start a router in the running event loop: the core serves at once (health
+    NOT_SERVING until the first etcd snapshot is applied) on every thread it starts; this
+    loop follows etcd, hands it each new table, registers the router and serves
+    Prometheus from the core's counters."""
     router_id = settings.router_id_or_new()
     layout = Layout(settings.etcd_prefix)
     host, port = split_host_port(settings.listen, "listen")
-    threads = settings.workers if settings.workers > 1 else available_cpus()
+    threads = settings.threads or max(1, available_cpus() // settings.workers)
     config = {
         "host": host, "port": port, "threads": threads, "reuse_port": settings.reuse_port, "server_name": SERVER_NAME,
         "server_version": package_version(), "request_timeout_s": settings.request_timeout_s,
@@ -309,7 +144,7 @@ async def start_native_router(settings: RouterSettings) -> RunningRouter:
     sync = ConfigSync(etcd, layout, on_changes=on_changes)
     address, advertise = _addresses(settings, host, core.port)
     mirrors = NativeMirrors(core)
-    metrics = _metrics_server(settings, stats, mirrors, sync, lambda: None)
+    metrics = _metrics_server(settings, stats, mirrors, sync)
     metrics_url = metrics.url if metrics else ""
     registration = Registration(etcd, layout, router_id, "router", advertise, metrics_url,
                                 applied=lambda: sync.applied, stats=stats.snapshot)
@@ -347,6 +182,7 @@ async def serve(settings: RouterSettings) -> None:
 def _worker_argv(settings: RouterSettings, index: int, port: int) -> list[str]:
     host, _ = split_host_port(settings.listen, "listen")
     worker = replace(settings, listen=join_host_port(host, port), workers=1, reuse_port=True,
+                     threads=settings.threads or max(1, available_cpus() // settings.workers),
                      router_id=f"{settings.router_id_or_new()}-{index}")
     if settings.metrics_listen:
         m_host, m_port = split_host_port(settings.metrics_listen, "metrics-listen")
@@ -418,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_settings(argv)
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.workers > 1 and settings.server != "native":  # the native core uses every core itself
+    if settings.workers > 1:
         return supervise_workers(settings)
     try:
         run_event_loop(serve(settings), settings.event_loop)

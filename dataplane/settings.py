@@ -17,11 +17,10 @@ from tsplit.settings import (
     parse_host_port_list, parse_int,
 )
 
-SERVER_KINDS = ("aio", "sync", "native")
 EVENT_LOOPS = ("uvloop", "asyncio")
 AUTH_KINDS = ("none", "jwt")
 
-__all__ = ["EVENT_LOOPS", "SERVER_KINDS", "RouterSettings", "available_cpus", "join_host_port", "parse_settings",
+__all__ = ["EVENT_LOOPS", "RouterSettings", "available_cpus", "join_host_port", "parse_settings",
            "split_host_port"]
 
 
@@ -34,7 +33,7 @@ def split_host_port(text: str, what: str) -> tuple[str, int]:
 
 
 def available_cpus() -> int:
-    """The CPUs this process may run on (--workers auto)."""
+    """The CPUs this process may run on (--workers auto, --threads auto)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
@@ -43,6 +42,10 @@ def available_cpus() -> int:
 
 def _workers(text: str) -> int:
     return available_cpus() if text.strip().lower() == "auto" else parse_int(text)
+
+
+def _threads(text: str) -> int:
+    return 0 if text.strip().lower() == "auto" else parse_int(text)
 
 
 @dataclass(frozen=True)
@@ -54,18 +57,14 @@ class RouterSettings:
     metrics_listen: str = option("", "Prometheus metrics host:port (empty: off)", parse=check_optional_host_port)
     router_id: str = option("", "this router's id in etcd (default r-<random>)")
     advertise: str = option("", "address other processes reach this router at (default: the bound address)")
-    # Processes of main(), each its own router ('auto': one per CPU). One by default: a
-    # worker per CPU served 1.2-1.35x the requests but doubled memory and cold start with
-    # 10,000 deployments and slowed propagation (BENCHMARKS.md, "Tries").
-    workers: int = option(1, "worker processes sharing the listen port, each its own router; 'auto': one per CPU",
+    # Processes of main(), each its own router ('auto': one per CPU). One by default: the
+    # native core uses every CPU itself (--threads), in one router record and one table.
+    workers: int = option(1, "router processes sharing the listen port, each its own router; 'auto': one per CPU",
                           parse=_workers)
-    # grpc.aio with uvloop and direct Cython backend calls: the least CPU per request of the
-    # tries (the sync server spent 20-30 % more); BENCHMARKS.md, "Tries".
-    server: str = option("aio", "gRPC server: 'aio' (grpc.aio, one event loop), 'sync' (thread pool, sync "
-                                "channels) or 'native' (the Rust core, dataplane/native: one runtime per core)")
-    event_loop: str = option("uvloop", "the process's event loop: 'uvloop' (falls back to asyncio's when not "
-                             "installed) or 'asyncio'")
-    threads: int = option(16, "serving threads of --server sync")
+    threads: int = option(0, "the native core's serving threads, one runtime and listener each; 0 or 'auto': "
+                          "one per CPU (divided among --workers)", parse=_threads)
+    event_loop: str = option("uvloop", "the event loop of the process's Python side (etcd, registration, "
+                             "metrics): 'uvloop' (falls back to asyncio's when not installed) or 'asyncio'")
     reuse_port: bool = option(False, "share the listen port with other processes (SO_REUSEPORT)")
     max_inflight_mirrors: int = option(256, "shadow copies in flight per router; past it copies are dropped and counted")
     mirror_timeout_s: float = option(10.0, "deadline of a shadow copy, seconds", name="mirror_timeout")
@@ -75,9 +74,8 @@ class RouterSettings:
     shutdown_grace_s: float = option(10.0, "seconds in-flight requests get to finish on SIGTERM",
                                      name="shutdown_grace")
     log_level: str = option("INFO", "DEBUG, INFO, WARNING or ERROR", shared=True)
-    # --auth jwt (SPEC section 5, "Auth"; the native router): the control plane's JWT flags.
-    auth: str = option("none", "'none', or 'jwt': inference calls need a bearer token of the deployment's org "
-                       "(native router)")
+    # --auth jwt (SPEC section 5, "Auth"): the control plane's JWT flags.
+    auth: str = option("none", "'none', or 'jwt': inference calls need a bearer token of the deployment's org")
     jwt_public_key: str = option("", "PEM file of the public key that verifies tokens (with --auth jwt)", shared=True)
     jwks: str = option("", "JWKS file of the keys that verify tokens (with --auth jwt, instead of --jwt-public-key)",
                        shared=True)
@@ -95,13 +93,13 @@ class RouterSettings:
         Layout(self.etcd_prefix)
         if self.router_id and ("/" in self.router_id or not self.router_id.isprintable()):
             raise ValueError(f"--router-id {self.router_id!r} must be printable and without '/'")
-        if self.server not in SERVER_KINDS:
-            raise ValueError(f"--server must be one of {', '.join(SERVER_KINDS)}, not {self.server!r}")
         if self.event_loop not in EVENT_LOOPS:
             raise ValueError(f"--event-loop must be one of {', '.join(EVENT_LOOPS)}, not {self.event_loop!r}")
-        for name in ("workers", "threads", "max_inflight_mirrors", "max_message_mb"):
+        for name in ("workers", "max_inflight_mirrors", "max_message_mb"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.threads < 0:
+            raise ValueError("--threads must be a count of threads, or 0 or 'auto' (one per CPU)")
         for name in ("mirror_timeout_s", "request_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.removesuffix('_s').replace('_', '-')} must be positive (seconds)")
@@ -112,8 +110,6 @@ class RouterSettings:
         if self.auth not in AUTH_KINDS:
             raise ValueError(f"--auth must be one of {', '.join(AUTH_KINDS)}, not {self.auth!r}")
         if self.auth == "jwt":
-            if self.server != "native":
-                raise ValueError("--auth jwt is served by the native router: give --server native too")
             if bool(self.jwt_public_key) == bool(self.jwks):
                 raise ValueError("--auth jwt needs exactly one of --jwt-public-key (PEM file) or --jwks (JWKS file)")
             path = self.jwt_public_key or self.jwks

@@ -92,7 +92,7 @@ class RouterStats:
 
     def __init__(self) -> None:
         self._deployments: dict[str, dict[str, VariantStats]] = {}
-        # Applies counts deferred by serving threads (the sync server); snapshot() calls it.
+        # Applies counts deferred by callers on other threads (the proxyless client); snapshot() calls it.
         # Call it only on the thread that owns the counters (the router's event loop).
         self.settle: Callable[[], object] = lambda: None
 
@@ -142,26 +142,6 @@ class RouterStats:
 _MS = 1000.0
 _BUCKET_BOUNDS_S = tuple(str(bound / _MS) for bound in LATENCY_BUCKETS_MS) + ("+Inf",)
 _LABELS = ["deployment", "variant", "model_id"]
-
-
-def settle_on_loop(loop: asyncio.AbstractEventLoop, stats: RouterStats,
-                   timeout_s: float = 1.0) -> Callable[[], None]:
-    """A settle for another thread: stats.settle() run on the loop that owns the counters,
-    waited for up to timeout_s (past it the reader sees counts a moment old)."""
-    def settle() -> None:
-        done = threading.Event()
-
-        def run() -> None:
-            try:
-                stats.settle()
-            finally:
-                done.set()
-        try:
-            loop.call_soon_threadsafe(run)
-        except RuntimeError:  # the loop is closed: nothing left to apply
-            return
-        done.wait(timeout_s)
-    return settle
 
 
 class StatsCollector:

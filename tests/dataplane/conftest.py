@@ -4,7 +4,6 @@ routers started in-process against the session etcd under the test's own prefix.
 from __future__ import annotations
 
 import asyncio
-import os
 import math
 import struct
 from dataclasses import dataclass
@@ -90,12 +89,6 @@ async def backends(etcd, layout):
     await made.close()
 
 
-def server_override() -> dict[str, str]:
-    """TSPLIT_TEST_ROUTER_SERVER=native runs the router tests against the native core."""
-    server = os.environ.get("TSPLIT_TEST_ROUTER_SERVER")
-    return {"server": server} if server else {}
-
-
 @pytest.fixture
 async def router_factory(etcd_endpoint, layout):
     """start(**settings) -> RunningRouter on 127.0.0.1:0 over the session etcd and the
@@ -105,7 +98,7 @@ async def router_factory(etcd_endpoint, layout):
     async def start(wait_ready: bool = True, **overrides) -> RunningRouter:
         settings = RouterSettings(**{
             "listen": "127.0.0.1:0", "etcd": etcd_endpoint, "etcd_prefix": layout.prefix,
-            "shutdown_grace_s": 0.5, **server_override(), **overrides})
+            "shutdown_grace_s": 0.5, **overrides})
         router = await start_router(settings)
         started.append(router)
         if wait_ready:
@@ -252,7 +245,6 @@ class Helpers:
     wait_until = staticmethod(wait_until)
     wait_for_version = staticmethod(wait_for_version)
     mirrors_settled = staticmethod(mirrors_settled)
-    server_override = staticmethod(server_override)
     WEIGHTS_A, WEIGHTS_B = WEIGHTS_A, WEIGHTS_B
 
 

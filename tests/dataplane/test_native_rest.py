@@ -778,39 +778,28 @@ def test_health_and_server_metadata_need_no_token_but_models_do(jwt_router):
 
 # --- tsplit-router's auth flags ----------------------------------------------------------------
 
-@pytest.fixture
-def native_kind(monkeypatch):
-    """--server native is the native router's own flag (dataplane/server.py starts it); the
-    auth flags are checked here whether or not this tree lists it yet."""
-    import dataplane.settings
-
-    if "native" not in dataplane.settings.SERVER_KINDS:
-        monkeypatch.setattr(dataplane.settings, "SERVER_KINDS", (*dataplane.settings.SERVER_KINDS, "native"))
-
-
-def test_router_auth_flags_build_the_cores_auth_config(tmp_path, native_kind):
+def test_router_auth_flags_build_the_cores_auth_config(tmp_path):
     from dataplane.settings import parse_settings
 
     key = tmp_path / "public.pem"
     key.write_text(VECTORS["verifiers"]["rsa_pem"]["public_key_pem"])
-    settings = parse_settings(["--server", "native", "--auth", "jwt", "--jwt-public-key", str(key),
+    settings = parse_settings(["--auth", "jwt", "--jwt-public-key", str(key),
                                "--jwt-issuer", "iss", "--jwt-audience", "aud"], env={})
     assert settings.auth_config() == {"public_key_path": str(key), "jwks_path": None, "issuer": "iss",
                                       "audience": "aud"}
     # The shared variables of the control plane's flags work here too.
-    from_env = parse_settings(["--server", "native", "--auth", "jwt"], env={"TSPLIT_JWT_PUBLIC_KEY": str(key)})
+    from_env = parse_settings(["--auth", "jwt"], env={"TSPLIT_JWT_PUBLIC_KEY": str(key)})
     assert from_env.auth_config()["public_key_path"] == str(key)
     assert parse_settings([], env={}).auth_config() is None
 
 
 @pytest.mark.parametrize("argv,words", [
-    (["--server", "native", "--auth", "jwt"], "exactly one"),
-    (["--server", "native", "--auth", "jwt", "--jwt-public-key", "/nonexistent.pem"], "no such file"),
-    (["--server", "native", "--auth", "basic"], "--auth must be one of"),
-    (["--auth", "jwt", "--jwt-public-key", __file__], "--server native"),
+    (["--auth", "jwt"], "exactly one"),
+    (["--auth", "jwt", "--jwt-public-key", "/nonexistent.pem"], "no such file"),
+    (["--auth", "basic"], "--auth must be one of"),
     (["--jwt-public-key", __file__], "--auth jwt"),
 ])
-def test_bad_router_auth_flags_are_refused(argv, words, capsys, native_kind):
+def test_bad_router_auth_flags_are_refused(argv, words, capsys):
     from dataplane.settings import parse_settings
 
     with pytest.raises(SystemExit):

@@ -166,9 +166,11 @@ async def test_the_clients_deadline_reaches_the_backend(backends, router, client
     await backends.demo_model("mod_slow", latency_ms=2000)
     await backends.deployment("dep_slow", "mod_slow")
     await dp.wait_for_version(router, "dep_slow", 1)
+    client = client_factory(router.address)
+    await asyncio.wait_for(client.channel.channel_ready(), 10)   # the call, not the connection, runs out of time
     started = time.perf_counter()
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await client_factory(router.address).infer(dp.infer_request("dep_slow"), timeout=0.3)
+        await client.infer(dp.infer_request("dep_slow"), timeout=0.3)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert time.perf_counter() - started < 1.5
     await dp.wait_until(lambda: router.stats.snapshot()["dep_slow"]["champion"]["errors"] == 1)
@@ -197,8 +199,7 @@ async def test_a_dead_challenger_fails_over_to_the_champion(backends, router, cl
 async def test_health_and_readiness_follow_the_first_snapshot(tmp_path, client_factory, dp):
     member = EtcdMember(data_dir=tmp_path / "etcd")  # not started yet: no snapshot possible
     router = await start_router(RouterSettings(listen="127.0.0.1:0", etcd=member.endpoint,
-                                               etcd_prefix="/t-health", shutdown_grace_s=0.2,
-                                               **dp.server_override()))
+                                               etcd_prefix="/t-health", shutdown_grace_s=0.2))
     try:
         client = client_factory(router.address)
         health = health_pb2_grpc.HealthStub(client.channel)
@@ -313,12 +314,51 @@ def test_settings_come_from_flags_then_environment_then_defaults():
     (["--etcd", ""], "etcd"),
     (["--mirror-timeout", "-1"], "--mirror-timeout"),
     (["--router-id", "a/b"], "--router-id"),
+    (["--threads", "-1"], "--threads"),
+    (["--server", "aio"], "--server"),   # one router now: the flag that chose a grpcio server is gone
 ])
 def test_bad_settings_exit_with_a_message_naming_the_flag(capsys, argv, says):
     with pytest.raises(SystemExit) as exit_:
         parse_settings(argv, {})
     assert exit_.value.code == 2
     assert says in capsys.readouterr().err
+
+
+def test_workers_and_threads_auto_are_one_per_usable_cpu():
+    cpus = len(os.sched_getaffinity(0))
+    assert parse_settings(["--workers", "auto"]).workers == cpus
+    assert parse_settings([], {"TSPLIT_ROUTER_WORKERS": "AUTO"}).workers == cpus
+    assert parse_settings(["--workers", "3"]).workers == 3 and parse_settings([]).workers == 1
+    # --threads 0 / auto: the core starts one runtime per CPU (divided among the workers).
+    assert parse_settings(["--threads", "auto"]).threads == 0 == parse_settings([]).threads
+    assert parse_settings(["--threads", "3"]).threads == 3
+
+
+async def test_a_call_without_a_deadline_gets_the_default_one(backends, router_factory, dp):
+    await backends.demo_model("mod_a")
+    await backends.deployment("dep_nodl", "mod_a")
+    router = await router_factory(request_timeout_s=5.0)
+    await dp.wait_for_version(router, "dep_nodl", 1)
+    async with grpc.aio.insecure_channel(router.address) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(
+            dp.infer_request("dep_nodl").SerializeToString())   # no timeout: no grpc-timeout header
+        answer = await asyncio.wait_for(call, 10)
+        metadata = dict(await call.initial_metadata())
+    assert answer and metadata["tsplit-variant"] == "champion"
+
+
+async def test_concurrent_calls_on_every_thread_are_each_counted_once(backends, router_factory, client_factory, dp):
+    await backends.demo_model("mod_a")
+    await backends.demo_model("mod_b")
+    await backends.deployment("dep_many", "mod_a", [("ch_b", "mod_b", 50)])
+    router = await router_factory(threads=4)
+    await dp.wait_for_version(router, "dep_many", 1)
+    clients = [client_factory(router.address) for _ in range(4)]   # connections spread over the threads
+    answers = await asyncio.gather(*(c.variants(dp.infer_request("dep_many"), 300, concurrency=25) for c in clients))
+    counts = collections.Counter(name for names in answers for name in names)
+    stats = router.stats.snapshot()["dep_many"]
+    assert {name: row["requests"] for name, row in stats.items()} == dict(counts)
+    assert sum(sum(row["latency_buckets"]) for row in stats.values()) == 1200
 
 
 async def test_workers_share_a_port_and_each_registers(backends, etcd, etcd_endpoint, layout, client_factory, dp):

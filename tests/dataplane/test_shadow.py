@@ -176,22 +176,42 @@ async def test_each_challenger_is_mirrored_its_share_and_split_mode_mirrors_noth
     assert router.stats.snapshot()["dep_share"]["ch_b"]["mirrored"] == before
 
 
-async def test_large_answers_are_compared_off_the_event_loop(backends, router, client_factory, dp):
+async def test_a_large_mirrored_request_never_delays_the_champion(backends, router_factory, client_factory, dp):
+    """A 1.2 MB request mirrored to a twin that answers 5 s later than the champion: the
+    champion's answer comes while its copy is still out (it waits neither for the copy nor
+    for the comparison of the two large answers), and the pair is then scored whole."""
     await backends.demo_model("mod_a", weights=dp.WEIGHTS_A)
-    await backends.demo_model("mod_twin", weights=dp.WEIGHTS_A)
-    await backends.deployment("dep_large", "mod_a", [("ch_twin", "mod_twin", 100)], shadow_mode=True)
-    await dp.wait_for_version(router, "dep_large", 1)
+    await backends.demo_model("mod_twin", weights=dp.WEIGHTS_A, latency_ms=5000)
+    await backends.deployment("dep_big", "mod_a", [("ch_twin", "mod_twin", 100)], shadow_mode=True)
+    router = await router_factory(mirror_timeout_s=60.0)
+    await dp.wait_for_version(router, "dep_big", 1)
     client = client_factory(router.address)
-    n, batch = 3, 3000  # answers of about 36 KB: past the inline limit (4 KiB)
-    rows = [(i / batch, 1 - i / batch) for i in range(batch)]
-    for _ in range(n):
-        response, _ = await client.infer(dp.infer_request("dep_large", rows=rows))
-        assert len(response.SerializeToString()) > 4 * 1024
-    await dp.wait_until(dp.mirrors_settled(router, "dep_large", "ch_twin"), timeout=30)
-    row = router.stats.snapshot()["dep_large"]["ch_twin"]
-    assert (row["compared"], row["exact_matches"]) == (n, n)
-    assert row["label_agree"] == row["label_total"] == n * batch * 2  # "probabilities" and "label" rows
-    assert router.mirrors.compared_in_process == n
+    await client.infer(dp.infer_request("dep_big"))   # connections up, and one small pair
+    await dp.wait_until(dp.mirrors_settled(router, "dep_big", "ch_twin"), timeout=30)
+    rows = [(i / 150_000, 0.5) for i in range(150_000)]
+    request = dp.infer_request("dep_big", rows=rows)
+    assert request.ByteSize() > 1 << 20
+    response, metadata = await client.infer(request, timeout=60)
+    assert metadata["tsplit-variant"] == "champion" and len(response.SerializeToString()) > 1 << 20
+    assert router.mirrors.inflight == 1, "the champion's answer waited for its mirrored copy"
+    await dp.wait_until(dp.mirrors_settled(router, "dep_big", "ch_twin"), timeout=60)
+    row = router.stats.snapshot()["dep_big"]["ch_twin"]
+    assert (row["mirrored"], row["compared"], row["exact_matches"], row["mirror_dropped"]) == (2, 2, 2, 0)
+    # Every row of both outputs ("probabilities" and "label") of both pairs, all agreeing.
+    assert row["label_agree"] == row["label_total"] == 2 * (150_000 + 1)
+
+
+async def test_copies_of_a_deleted_deployment_do_not_bring_its_counters_back(backends, router, client_factory, dp):
+    await backends.demo_model("mod_a")
+    await backends.demo_model("mod_slow", latency_ms=300)
+    await backends.deployment("dep_gone", "mod_a", [("ch_slow", "mod_slow", 100)], shadow_mode=True)
+    await dp.wait_for_version(router, "dep_gone", 1)
+    await client_factory(router.address).variants(dp.infer_request("dep_gone"), 5)
+    assert router.mirrors.inflight == 5
+    await backends.etcd.delete(backends.layout.deployment("dep_gone"))
+    await dp.wait_until(lambda: "dep_gone" not in router.sync.applied)
+    await dp.wait_until(lambda: router.mirrors.inflight == 0, timeout=10)   # the copies came back
+    assert "dep_gone" not in router.stats.snapshot()
 
 
 def test_the_comparison_process_answers_each_pair_and_survives_garbage():

@@ -154,8 +154,6 @@ class System:
 
     async def router(self, listen: str = "127.0.0.1:0", etcd: str | None = None, wait_ready: bool = True,
                      **overrides) -> RunningRouter:
-        if os.environ.get("TSPLIT_TEST_ROUTER_SERVER"):  # e.g. native: the suite against the native core
-            overrides.setdefault("server", os.environ["TSPLIT_TEST_ROUTER_SERVER"])
         settings = RouterSettings(listen=listen, etcd=etcd or ",".join(self.etcd_endpoints),
                                   etcd_prefix=self.layout.prefix, shutdown_grace_s=0.5, **overrides)
         router = await start_router(settings)

@@ -334,7 +334,7 @@ def up(options: UpOptions, log: Callable[[str], None]) -> tuple[dict[str, Any], 
                 address = f"127.0.0.1:{_same_or_free_port(old.get('address'))}"
                 metrics = f"127.0.0.1:{_same_or_free_port(old.get('metrics_url', '').removesuffix('/metrics'))}"
                 router_id = f"r-{i + 1}"
-                auth_flags = ["--server", "native", "--auth", "jwt", *jwt_flags] if options.auth == "jwt" else []
+                auth_flags = ["--auth", "jwt", *jwt_flags] if options.auth == "jwt" else []
                 launch(Child(
                     f"router-{i + 1}", [_bin("tsplit-router"), "--listen", address, "--metrics-listen", metrics,
                                         "--router-id", router_id, "--workers", "1", *prefix_flags, *auth_flags],
