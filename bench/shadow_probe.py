@@ -63,7 +63,7 @@ def start_router(work: Path, etcd: str, router_id: str, switch_interval: float |
     server = [] if "--server" in extra else list(stack.server_flags("native"))
     args = ["--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{metrics}", "--etcd", etcd,
             "--etcd-prefix", PREFIX, "--router-id", router_id, *server, *extra]
-    if not (switch_interval or in_process_mirrors or sender_nice is not None):
+    if not switch_interval:
         child = Child(f"router {router_id}", [stack.script("tsplit-router"), *args],
                       work / f"router-{router_id}.log").start()
         wait_for_listen(child, port, 30)

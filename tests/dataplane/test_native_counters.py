@@ -5,12 +5,10 @@ for a core started without them)."""
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import time
 from pathlib import Path
 
-from dataplane.settings import RouterSettings
 from tsplit.router_record import N_BUCKETS, VARIANT_FIELDS
 from tsplit.status import LATENCY_BUCKETS_MS, latency_bucket
 
@@ -30,9 +28,7 @@ async def test_the_running_core_buckets_answers_on_tsplit_statuss_edges(backends
     unless the machine added 80 ms), in a row of N_BUCKETS counts with the record's fields."""
     await backends.demo_model("mod_slow", latency_ms=120.0)
     await backends.deployment("dep_edges", "mod_slow")
-    # --server native while the grpcio servers remain beside it; the only router afterwards.
-    native = {"server": "native"} if "server" in {f.name for f in dataclasses.fields(RouterSettings)} else {}
-    router = await router_factory(**native)
+    router = await router_factory()
     await dp.wait_for_version(router, "dep_edges", 1)
     client = client_factory(router.address)
     slowest_ms = 0.0

@@ -1,4 +1,4 @@
-"""`tsplit-router --server native --auth jwt` as the router really starts (dataplane.server's
+"""`tsplit-router --auth jwt` as the router really starts (dataplane.server's
 start_router with RouterSettings, etcd, the session's dev keys): tokens are checked on gRPC
 and REST alike (SPEC section 5, "Auth"), another org's deployment reads as a missing one, and
 a known token is served from the verifier's cache; REST and gRPC shadow traffic read
@@ -7,18 +7,13 @@ together in the deployment's status."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import grpc
 import httpx
 import pytest
 
-from dataplane.settings import RouterSettings
 from tsplit.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from tsplit.resources import Deployment, dumps
-
-# --server native while the router has other servers (the flag goes once native is the only one).
-NATIVE = {"server": "native"} if "server" in {f.name for f in dataclasses.fields(RouterSettings)} else {}
 
 ROW = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 2], "data": [[0.3, 0.7]]}]}
 
@@ -29,7 +24,7 @@ async def jwt_router(router_factory, backends, etcd, layout, dev_auth):
     await backends.deployment("dep_mine", "mod_a")
     other = Deployment("dep_theirs", "org_2", "mod_a", ())
     await etcd.put(layout.deployment("dep_theirs"), dumps(other.to_json()))
-    return await router_factory(**NATIVE, auth="jwt", jwt_public_key=str(dev_auth.public_path),
+    return await router_factory(auth="jwt", jwt_public_key=str(dev_auth.public_path),
                                 jwt_issuer=dev_auth.issuer, jwt_audience=dev_auth.audience)
 
 
@@ -103,7 +98,7 @@ async def test_rest_and_grpc_shadow_traffic_reach_the_status_together(router_fac
     await backends.demo_model("mod_a", weights=dp.WEIGHTS_A)
     await backends.demo_model("mod_b", weights=dp.WEIGHTS_B)
     deployment = await backends.deployment("dep_sh", "mod_a", [("ch_b", "mod_b", 100)], shadow_mode=True)
-    router = await router_factory(**NATIVE)
+    router = await router_factory()
     async with httpx.AsyncClient(base_url=f"http://{router.address}", timeout=10) as http:
         for _ in range(5):
             answer = await http.post("/v2/models/dep_sh/infer", json=ROW)
