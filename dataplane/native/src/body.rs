@@ -109,6 +109,10 @@ impl Body for Parts {
     }
 }
 
+/// How much earlier than this router's deadline a caller may give up and still count as
+/// DEADLINE_EXCEEDED (a loaded machine takes tens of ms from the caller's write to here).
+pub const DEADLINE_SLACK: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// How an answer is counted once its status is known.
 pub struct Tally {
     pub counters: Arc<Counters>,
@@ -119,9 +123,12 @@ pub struct Tally {
 
 impl Tally {
     /// The code of an answer the caller did not wait for: DEADLINE_EXCEEDED when its
-    /// deadline had (all but) passed, else CANCELLED.
+    /// deadline had (all but) passed, else CANCELLED. The caller's clock started before
+    /// this router's (its grpc-timeout was written before the request travelled), so a
+    /// caller that gives up at its deadline does so up to a transit time earlier here:
+    /// `DEADLINE_SLACK`.
     pub fn abandoned(self, deadline: tokio::time::Instant) {
-        let passed = tokio::time::Instant::now() + std::time::Duration::from_millis(5) >= deadline;
+        let passed = tokio::time::Instant::now() + DEADLINE_SLACK >= deadline;
         self.finish(if passed { Code::DEADLINE_EXCEEDED } else { Code::CANCELLED });
     }
 
@@ -226,5 +233,29 @@ impl Drop for Relay {
         if let Some(t) = self.tally.take() {
             t.abandoned(self.deadline.deadline());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::CountersRegistry;
+    use std::time::Duration;
+
+    fn abandon(registry: &CountersRegistry, variant: &str, left: Duration) {
+        let tally = Tally { counters: registry.get("dep_a", variant, "mod_1"), started: Instant::now(), forced: false };
+        tally.abandoned(tokio::time::Instant::now() + left);
+    }
+
+    #[test]
+    fn a_caller_that_gives_up_at_its_deadline_counts_as_deadline_exceeded() {
+        let registry = CountersRegistry::default();
+        // Within a transit time of this router's deadline: the caller's own deadline passed.
+        abandon(&registry, "champion", DEADLINE_SLACK / 2);
+        // Well before it: the caller cancelled.
+        abandon(&registry, "ch_1", Duration::from_secs(5));
+        let v = registry.to_json();
+        assert_eq!(v["dep_a"]["champion"]["errors_by_code"]["DEADLINE_EXCEEDED"], 1);
+        assert_eq!(v["dep_a"]["ch_1"]["errors_by_code"]["CANCELLED"], 1);
     }
 }
