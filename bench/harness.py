@@ -160,12 +160,6 @@ class Run:
                                           (b.champion, b.challenger), load=sat))
             else:
                 targets.append({"name": "router split 90/10 --workers 2", "status": "n/a (no --workers)"})
-            if stack.router_supports("--server"):
-                # The router's other server, for the tries: grpc's sync thread-pool server
-                # against the grpc.aio default.
-                r3 = await self.router("bench-sync", extra=("--server", "sync"))
-                targets.append(LoadTarget("router split 90/10 --server sync", r3.address, "dep_split",
-                                          (b.champion, b.challenger), load=sat))
             if pinning.available():
                 # The same backends, nginx and router again, each proxy alone on one CPU and its
                 # load and backends on the others (see bench/pinning.py).
@@ -326,7 +320,7 @@ class Run:
             self._shadow_target("2 shadow p99, router on its own core", own_off, own_on)
 
     async def phase_native(self) -> None:
-        """The native router beside nginx, the Python router and a direct call (bench/native_rows.py)."""
+        """The native router beside nginx and a direct call, over gRPC and REST (bench/native_rows.py)."""
         await native_rows.phase(self)
 
     async def phase_client(self) -> None:

@@ -2,8 +2,8 @@
 in one run on the same backends:
 
 - gRPC, saturating and at one stream: direct, nginx (split_clients + grpc_pass,
-  worker_processes auto), the Python router while `--server aio` still exists, the native
-  router, and the native router with `--auth jwt` (one token reused; saturating only).
+  worker_processes auto), the native router, and the native router with `--auth jwt` (one
+  token reused; saturating only).
 - REST (h2load --h1, 64 connections, one request each in flight): direct to the backends'
   REST side, nginx proxy_pass with split_clients to the same REST backends, the native router
   forwarding REST to the models' http_endpoint, and the native router translating REST to
@@ -27,7 +27,6 @@ from bench.stats import median_or_none, ratio
 
 DIRECT = "native phase: direct"
 NGINX = "native phase: nginx split 90/10, worker_processes auto"
-PYTHON = "native phase: python router split 90/10 (--server aio)"
 NATIVE = "native phase: native router split 90/10"
 AUTH = "native phase: native router split 90/10, --auth jwt (one token)"
 ONE = " @1 stream"
@@ -93,13 +92,12 @@ def summarize(saturating: dict[str, dict], one_stream: dict[str, dict]) -> dict:
         "native_vs_nginx_req": ratio(m(saturating, NATIVE, "req_per_s"), m(saturating, NGINX, "req_per_s")),
         "native_vs_nginx_req_per_round": round_ratios(saturating, NATIVE, NGINX),
         "native_vs_direct_req": ratio(m(saturating, NATIVE, "req_per_s"), m(saturating, DIRECT, "req_per_s")),
-        "python_vs_nginx_req": ratio(m(saturating, PYTHON, "req_per_s"), m(saturating, NGINX, "req_per_s")),
         "auth_vs_native_req": ratio(m(saturating, AUTH, "req_per_s"), m(saturating, NATIVE, "req_per_s")),
         "auth_vs_native_req_per_round": round_ratios(saturating, AUTH, NATIVE),
         "cpu_us_per_req": {name: m(saturating, full, "cpu_us_per_req")
-                           for name, full in (("nginx", NGINX), ("python", PYTHON), ("native", NATIVE),
+                           for name, full in (("nginx", NGINX), ("native", NATIVE),
                                               ("native_auth", AUTH))},
-        "added_ms_one_stream": {"nginx": added(NGINX), "python": added(PYTHON), "native": added(NATIVE)},
+        "added_ms_one_stream": {"nginx": added(NGINX), "native": added(NATIVE)},
         "saturation_ms": {name: {"p50": m(saturating, full, "p50_ms"), "p99": m(saturating, full, "p99_ms")}
                           for name, full in (("nginx", NGINX), ("native", NATIVE))},
     }
@@ -292,11 +290,8 @@ async def phase(run) -> None:
     rest_rows: list = [LoadTarget(REST_DIRECT, b.champion_http, "linear-a", (b.champion,), load=rest_load, rest=True),
                        LoadTarget(REST_NGINX, nginx_rest, "dep_split", both, load=rest_load, rest=True)]
     rate_rows: list = []
-    if stack.has_server("aio"):  # the Python router, while it exists
-        address = (await run.router("bench-native-py", extra=stack.server_flags("aio"))).address
-        grpc_rows.append(LoadTarget(PYTHON, address, "dep_split", both, load=sat))
     guard = "n/a (not built)"
-    if stack.built(stack.ROUTER_MODULE) and build["built"] and (stack.has_server("native") or not stack.has_server("aio")):
+    if stack.built(stack.ROUTER_MODULE) and build["built"]:
         native = (await run.router("bench-native")).address
         grpc_rows.append(LoadTarget(NATIVE, native, "dep_split", both, load=sat))
         rest_rows += [LoadTarget(REST_NATIVE, native, "dep_split", both, load=rest_load, rest=True),

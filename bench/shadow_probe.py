@@ -59,16 +59,14 @@ def cpu_seconds(pid: int, own: bool = False) -> float:
 def start_router(work: Path, etcd: str, router_id: str, switch_interval: float | None,
                  extra: list[str]) -> tuple[Child, str]:
     port, metrics = free_port(), free_port()
-    # The native router unless --router-arg names another server.
-    server = [] if "--server" in extra else list(stack.server_flags("native"))
     args = ["--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{metrics}", "--etcd", etcd,
-            "--etcd-prefix", PREFIX, "--router-id", router_id, *server, *extra]
+            "--etcd-prefix", PREFIX, "--router-id", router_id, *extra]
     if not switch_interval:
         child = Child(f"router {router_id}", [stack.script("tsplit-router"), *args],
                       work / f"router-{router_id}.log").start()
         wait_for_listen(child, port, 30)
         return child, f"127.0.0.1:{port}"
-    # Tries on the Python router are set up in a wrapper before it starts: no change to the router.
+    # A switch interval is set in a wrapper before the router (its Python side) starts: no change to it.
     code = ("import sys\n"
             + (f"sys.setswitchinterval({switch_interval!r})\n" if switch_interval else "")
             + f"from dataplane.server import main\nsys.exit(main({args!r}))\n")

@@ -48,18 +48,6 @@ def router_supports(flag: str) -> bool:
     return flag in router_help()
 
 
-def server_flags(server: str = "native") -> tuple[str, ...]:
-    """("--server", server) while the router still has a --server flag that lists it; ()
-    once it has none (the native core is then the one server) or does not list it."""
-    text = router_help()
-    return ("--server", server) if "--server" in text and f"'{server}'" in text else ()
-
-
-def has_server(server: str) -> bool:
-    """Whether `tsplit-router --server <server>` exists (the Python servers go away)."""
-    return bool(server_flags(server))
-
-
 def router_supports_workers() -> bool:
     return router_supports("--workers")
 
@@ -79,8 +67,7 @@ def start_router(work_dir: Path, etcd: str, prefix: str, router_id: str, workers
            "--etcd", etcd, "--etcd-prefix", prefix, "--router-id", router_id]
     if workers:
         cmd += ["--workers", str(workers)]
-    # Every bench router is the native one unless a row names another server.
-    cmd += list(extra) if "--server" in extra else [*server_flags("native"), *extra]
+    cmd += list(extra)
     child = Child(f"router {router_id}", cmd, work_dir / f"router-{router_id}.log").start()
     if wait_listen:
         wait_for_listen(child, port, timeout)
