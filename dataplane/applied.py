@@ -11,14 +11,15 @@ thread (a dict copy is atomic under the GIL).
 
 from __future__ import annotations
 
-import json
 from typing import Iterator, Mapping
+
+import orjson
 
 _BUCKETS = 64
 
 
 def _entry(slug: str, version: int) -> str:
-    return f"{json.dumps(slug, ensure_ascii=False)}:{int(version)}"
+    return f"{orjson.dumps(slug).decode()}:{int(version)}"
 
 
 class AppliedVersions(Mapping[str, int]):

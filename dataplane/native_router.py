@@ -14,6 +14,7 @@ import base64
 import json
 from typing import Any, Iterable, Mapping
 
+import orjson
 from google.protobuf import descriptor_pb2, descriptor_pool
 
 from dataplane import _native
@@ -23,25 +24,28 @@ from dataplane.stats import VariantStats
 
 
 def allocation_of(route: DeploymentRoute) -> list[dict[str, Any]]:
-    """The route's slot ranges (DeploymentRoute.allocation, over its routed variants)."""
-    return [{"variant": r.variant, "start": r.start, "end": r.end} for r in route.allocation]
+    """The route's slot ranges (DeploymentRoute.allocation, over its routed variants), read
+    from its slot triples directly (no SlotRange per range: 10,000 routes at a cold start)."""
+    variants = route.variants
+    return [{"variant": variants[i].name, "start": start, "end": end} for start, end, i in route.slots]
 
 
-def route_spec(route: DeploymentRoute, org_of: Mapping[str, str] | None = None) -> dict[str, Any]:
+def route_spec(route: DeploymentRoute) -> dict[str, Any]:
     return {
         "slug": route.slug,
         "cache_version": route.cache_version,
         "shadow_mode": route.shadow_mode,
-        "org_id": getattr(route, "org_id", "") or (org_of or {}).get(route.slug, ""),
+        "org_id": route.org_id,
         "variants": [{"name": v.name, "model_id": v.model_id, "endpoint": v.endpoint, "model_name": v.model_name,
-                      "model_version": v.model_version, "http_endpoint": getattr(v, "http_endpoint", "") or ""}
+                      "model_version": v.model_version, "http_endpoint": v.http_endpoint}
                      for v in route.variants],
         "allocation": allocation_of(route),
     }
 
 
 def snapshot_json(table: RoutingTable) -> str:
-    return json.dumps({"revision": table.revision, "routes": [route_spec(r) for r in table.routes.values()]})
+    """The full table for the core (orjson: the json module took ~1 s of a 10,000-route cold start)."""
+    return orjson.dumps({"revision": table.revision, "routes": [route_spec(r) for r in table.routes.values()]}).decode()
 
 
 def changes_json(table: RoutingTable, changes: Iterable[RouteChange]) -> str:
@@ -51,7 +55,7 @@ def changes_json(table: RoutingTable, changes: Iterable[RouteChange]) -> str:
             remove.append(change.slug)
         else:
             upsert.append(route_spec(change.new))
-    return json.dumps({"revision": table.revision, "upsert": upsert, "remove": remove})
+    return orjson.dumps({"revision": table.revision, "upsert": upsert, "remove": remove}).decode()
 
 
 _REFLECTED_MODULES = (

@@ -3,13 +3,13 @@
 //! calls; the serving threads never take the GIL.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
-use crate::serve::{Config, Server};
+use crate::serve::{Config, Server, Shared};
 
 /// A running native router.
 #[pyclass(frozen, module = "dataplane._native")]
@@ -19,10 +19,14 @@ struct Router {
 }
 
 impl Router {
-    fn with_server<T>(&self, f: impl FnOnce(&Server) -> PyResult<T>) -> PyResult<T> {
+    /// The running server's shared state. The lock is held only to clone the Arc, never
+    /// while the GIL is released or waited for: a thread that locked it and then detached
+    /// would wait for the GIL while holding it, and another thread holding the GIL and
+    /// waiting for the lock (counters from the metrics thread, stop) would never get it.
+    fn shared(&self) -> PyResult<Arc<Shared>> {
         let guard = self.server.lock().map_err(|_| PyRuntimeError::new_err("router state poisoned"))?;
         match guard.as_ref() {
-            Some(server) => f(server),
+            Some(server) => Ok(server.shared.clone()),
             None => Err(PyRuntimeError::new_err("the router is stopped")),
         }
     }
@@ -39,49 +43,41 @@ impl Router {
     /// Replace the routing table with a full snapshot (JSON); returns the problems found
     /// (routes left out). The first one makes the router ready.
     fn swap_table(&self, py: Python<'_>, snapshot: &str) -> PyResult<Vec<String>> {
-        self.with_server(|s| {
-            let shared = s.shared.clone();
-            py.detach(|| crate::swap_table(&shared, snapshot)).map_err(PyValueError::new_err)
-        })
+        let shared = self.shared()?;
+        py.detach(|| crate::swap_table(&shared, snapshot)).map_err(PyValueError::new_err)
     }
 
     /// Apply changed and removed routes (JSON) to the current table.
     fn apply_changes(&self, py: Python<'_>, changes: &str) -> PyResult<Vec<String>> {
-        self.with_server(|s| {
-            let shared = s.shared.clone();
-            py.detach(|| crate::apply_changes(&shared, changes)).map_err(PyValueError::new_err)
-        })
+        let shared = self.shared()?;
+        py.detach(|| crate::apply_changes(&shared, changes)).map_err(PyValueError::new_err)
     }
 
     /// Every variant's counters as JSON: {slug: {variant: {...}}}.
     fn counters(&self, py: Python<'_>) -> PyResult<String> {
-        self.with_server(|s| {
-            let shared = s.shared.clone();
-            Ok(py.detach(|| shared.registry.to_json().to_string()))
-        })
+        let shared = self.shared()?;
+        Ok(py.detach(|| shared.registry.to_json().to_string()))
     }
 
     /// Shadow copies in flight (sent, their pairs not scored yet), in the whole router.
     fn mirrors_inflight(&self) -> PyResult<usize> {
-        self.with_server(|s| Ok(s.shared.mirrors.inflight()))
+        Ok(self.shared()?.mirrors.inflight())
     }
 
     /// Shadow pairs compared: (on a runtime thread, on the comparison threads).
     fn mirrors_compared(&self) -> PyResult<(u64, u64)> {
-        self.with_server(|s| {
-            let m = &s.shared.mirrors;
-            Ok((m.compared_inline.load(Relaxed), m.compared_off_runtime.load(Relaxed)))
-        })
+        let shared = self.shared()?;
+        Ok((shared.mirrors.compared_inline.load(Relaxed), shared.mirrors.compared_off_runtime.load(Relaxed)))
     }
 
     /// `--auth jwt`: (tokens cached, tokens verified by signature); None without auth.
     fn auth_stats(&self) -> PyResult<Option<(usize, u64)>> {
-        self.with_server(|s| Ok(s.shared.verifier.as_ref().map(|v| (v.cached(), v.signature_checks()))))
+        Ok(self.shared()?.verifier.as_ref().map(|v| (v.cached(), v.signature_checks())))
     }
 
     /// Whether the health service says SERVING.
     fn serving(&self) -> PyResult<bool> {
-        self.with_server(|s| Ok(s.shared.is_serving()))
+        Ok(self.shared()?.is_serving())
     }
 
     /// Stop accepting, give calls in flight up to grace_s seconds, then end. Idempotent.
