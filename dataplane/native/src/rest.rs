@@ -243,7 +243,7 @@ async fn send_rest(
     method: Method,
     action: &str,
     body: Bytes,
-    headers: &HeaderMap,
+    headers: HeaderMap,
     deadline: Instant,
 ) -> Result<Response<Incoming>, CallError> {
     let uri = format!("http://{}{}", variant.http_endpoint, backend_path(variant, action));
@@ -252,7 +252,7 @@ async fn send_rest(
         .uri(uri)
         .body(Full::new(body))
         .map_err(|e| CallError::Unavailable(format!("bad request: {e}")))?;
-    *request.headers_mut() = headers.clone();
+    *request.headers_mut() = headers;
     match timeout_at(deadline, rest_client().request(request)).await {
         Err(_) => Err(CallError::DeadlineExceeded),
         Ok(Err(err)) => Err(CallError::Unavailable(format!("{err}"))),
@@ -392,6 +392,24 @@ fn is_json(headers: &HeaderMap) -> bool {
     }
 }
 
+/// The caller's headers as each kind of backend gets them: filtered for a REST backend at
+/// each send (straight into its request), made once for gRPC backends when one is asked
+/// (a call forwarded to http_endpoints never builds them).
+struct Forwarded<'a> {
+    caller: &'a HeaderMap,
+    grpc: std::sync::OnceLock<HeaderMap>,
+}
+
+impl Forwarded<'_> {
+    fn rest(&self) -> HeaderMap {
+        rest_forwardable(self.caller)
+    }
+
+    fn grpc(&self) -> &HeaderMap {
+        self.grpc.get_or_init(|| dispatch::forwardable(&grpc_metadata(self.caller)))
+    }
+}
+
 /// What one attempt on a variant gave.
 enum Attempt {
     /// An answer, and its status; `message` is the ModelInferResponse a translated call's
@@ -434,12 +452,11 @@ async fn attempt(
     backends: &Backends,
     variant: &Variant,
     bodies: &mut Bodies,
-    rest_headers: &HeaderMap,
-    grpc_headers: &HeaderMap,
+    headers: &Forwarded<'_>,
     deadline: Instant,
 ) -> Attempt {
     if !variant.http_endpoint.is_empty() {
-        return match send_rest(variant, Method::POST, "infer", bodies.json.clone(), rest_headers, deadline).await {
+        return match send_rest(variant, Method::POST, "infer", bodies.json.clone(), headers.rest(), deadline).await {
             Ok(response) => {
                 let status = response.status();
                 Attempt::Answer { response: pass_through(response, &HeaderMap::new()), status, message: None }
@@ -452,7 +469,7 @@ async fn attempt(
         Ok(m) => m.clone(),
         Err(err) => return router_answer(StatusCode::BAD_REQUEST, err),
     };
-    match grpc_call(shared, backends, variant, dispatch::INFER, &message, grpc_headers, deadline).await {
+    match grpc_call(shared, backends, variant, dispatch::INFER, &message, headers.grpc(), deadline).await {
         Err(CallError::Unavailable(_)) => Attempt::Unreachable,
         Err(CallError::DeadlineExceeded) => Attempt::Deadline,
         Ok(a) if a.code == Code::UNAVAILABLE => Attempt::Unreachable,
@@ -487,20 +504,19 @@ fn start_copy(
     backends: &Arc<Backends>,
     variant: &Arc<Variant>,
     bodies: &mut Bodies,
-    rest_headers: &HeaderMap,
-    grpc_headers: &HeaderMap,
+    headers: &Forwarded<'_>,
     champion_translated: bool,
 ) -> Option<crate::mirror::ChampionAnswer> {
     let (backends, variant) = (backends.clone(), variant.clone());
     if !variant.http_endpoint.is_empty() {
-        let (body, mut headers) = (bodies.json.clone(), rest_headers.clone());
+        let (body, mut headers) = (bodies.json.clone(), headers.rest());
         headers.remove(header::ACCEPT_ENCODING); // the copy's answer is read as it is
         return shared
             .mirrors
             .start(&variant.counters.clone(), move |deadline| send_rest_copy(variant, body, headers, deadline));
     }
     let ready = if champion_translated { Some(bodies.translated().clone()) } else { None };
-    let (json, headers) = (bodies.json.clone(), grpc_headers.clone());
+    let (json, headers) = (bodies.json.clone(), headers.grpc().clone());
     shared.mirrors.start(&variant.counters.clone(), move |deadline| async move {
         let message = match ready {
             Some(translated) => translated,
@@ -522,7 +538,7 @@ async fn send_rest_copy(
     headers: HeaderMap,
     deadline: Instant,
 ) -> Result<crate::mirror::Answer, CopyFailed> {
-    let response = send_rest(&variant, Method::POST, "infer", body, &headers, deadline)
+    let response = send_rest(&variant, Method::POST, "infer", body, headers, deadline)
         .await
         .map_err(|e| CopyFailed(format!("{e:?}")))?;
     if !response.status().is_success() {
@@ -562,8 +578,7 @@ async fn infer(shared: &Shared, backends: &Arc<Backends>, route: &Route, req: Re
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
     let mut bodies = Bodies { json, translated: None };
-    let rest_headers = rest_forwardable(&parts.headers);
-    let grpc_headers = dispatch::forwardable(&grpc_metadata(&parts.headers));
+    let headers = Forwarded { caller: &parts.headers, grpc: std::sync::OnceLock::new() };
     // Shadow mode: the copy starts on its own; the champion's answer never waits for it. A
     // body the router refuses (400: it does not translate) has no copy, as a gRPC request
     // that is not a valid message has none.
@@ -572,12 +587,11 @@ async fn infer(shared: &Shared, backends: &Arc<Backends>, route: &Route, req: Re
         if champion_translated && bodies.translated().is_err() {
             return None;
         }
-        start_copy(shared, backends, &m, &mut bodies, &rest_headers, &grpc_headers, champion_translated)
+        start_copy(shared, backends, &m, &mut bodies, &headers, champion_translated)
     });
-    let mut outcome =
-        attempt(shared, backends, &choice.variant, &mut bodies, &rest_headers, &grpc_headers, deadline).await;
+    let mut outcome = attempt(shared, backends, &choice.variant, &mut bodies, &headers, deadline).await;
     if matches!(outcome, Attempt::Unreachable) && choice.fail_over(route) {
-        outcome = attempt(shared, backends, &choice.variant, &mut bodies, &rest_headers, &grpc_headers, deadline).await;
+        outcome = attempt(shared, backends, &choice.variant, &mut bodies, &headers, deadline).await;
     }
     let variant = choice.variant;
     let tally = Tally { counters: variant.counters.clone(), started, forced: choice.forced };
@@ -651,7 +665,7 @@ async fn model_call(
     };
     if !champion.http_endpoint.is_empty() {
         let headers = rest_forwardable(req.headers());
-        let response = match send_rest(&champion, Method::GET, action, Bytes::new(), &headers, deadline).await {
+        let response = match send_rest(&champion, Method::GET, action, Bytes::new(), headers, deadline).await {
             Ok(r) => r,
             Err(CallError::DeadlineExceeded) => return error(StatusCode::GATEWAY_TIMEOUT, "Deadline Exceeded"),
             Err(CallError::Unavailable(_)) => return with_headers(unreachable(), &extra),
