@@ -441,6 +441,23 @@ def test_an_interrupted_up_stops_everything_it_started(tmp_path):
     assert not (tmp_path / "stack.json").exists()
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()
     assert not leftovers, leftovers
+    assert not _processes_with_files_under(tmp_path)  # routers' command lines do not name the folder; their logs do
+
+
+def _processes_with_files_under(folder) -> list[int]:
+    """Pids of live processes holding a file under folder open (each child's log is there)."""
+    import os
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{entry}/fd")
+            if any(os.readlink(f"/proc/{entry}/fd/{fd}").startswith(str(folder)) for fd in fds):
+                found.append(int(entry))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
 
 
 def test_down_says_which_parts_were_not_running(tmp_path):

@@ -172,23 +172,44 @@ class Interrupted(KeyboardInterrupt):
     """A signal (SIGTERM, SIGHUP) arrived while `up` was starting the stack."""
 
 
-@contextlib.contextmanager
-def _signals_interrupt():
+class _SignalsInterrupt:
     """While starting, SIGTERM and SIGHUP raise Interrupted so that what was started is
-    stopped (Python's default for SIGTERM would exit without cleaning up)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    stopped (Python's default for SIGTERM would exit without cleaning up). Inside
+    `shielded()` (a child spawned but not yet recorded) the signal waits until the block
+    ends, so no child is ever started without being on the list of what to stop."""
 
-    def interrupt(signum, frame):
-        raise Interrupted(signal.Signals(signum).name)
+    def __init__(self) -> None:
+        self._shielded = False
+        self._pending: str | None = None
 
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    def _interrupt(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self._shielded:
+            self._pending = name
+            return
+        raise Interrupted(name)
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {sig: signal.signal(sig, self._interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    @contextlib.contextmanager
+    def shielded(self):
+        self._shielded = True
+        try:
+            yield
+        finally:
+            self._shielded = False
+        if self._pending is not None:
+            raise Interrupted(self._pending)
 
 
 def write_stack(directory: Path, stack: dict[str, Any]) -> None:
@@ -255,10 +276,13 @@ def up(options: UpOptions, log: Callable[[str], None]) -> tuple[dict[str, Any], 
                                                                    if k not in ("dir", "logs")}}
     kept: list[str] = []
 
+    signals = _SignalsInterrupt()
+
     def launch(child: Child, key: str, index: int | None = None) -> None:
-        if child.process is None:
-            child.start(logs)
-        started.append(child)
+        with signals.shielded():
+            if child.process is None:
+                child.start(logs)
+            started.append(child)
         if index is None:
             stack[key] = child.info
         else:
@@ -269,7 +293,7 @@ def up(options: UpOptions, log: Callable[[str], None]) -> tuple[dict[str, Any], 
         log(f"{child.name:<11} {where} (pid {child.info['pid']})")
 
     try:
-        with _signals_interrupt():
+        with signals.installed():
             # etcd
             old_etcd = previous.get("etcd") or {}
             if options.etcd:
