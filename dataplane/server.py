@@ -108,7 +108,8 @@ async def start_router(settings: RouterSettings) -> RunningRouter:
     host, port = split_host_port(settings.listen, "listen")
     threads = settings.threads or max(1, available_cpus() // settings.workers)
     config = {
-        "host": host, "port": port, "threads": threads, "reuse_port": settings.reuse_port, "server_name": SERVER_NAME,
+        "host": host, "port": port, "threads": threads,
+        "connections_per_backend": settings.backend_connections, "reuse_port": settings.reuse_port, "server_name": SERVER_NAME,
         "server_version": package_version(), "request_timeout_s": settings.request_timeout_s,
         "max_message_bytes": settings.max_message_mb * 1024 * 1024,
         "max_inflight_mirrors": settings.max_inflight_mirrors, "mirror_timeout_s": settings.mirror_timeout_s,

@@ -63,6 +63,8 @@ class RouterSettings:
                           parse=_workers)
     threads: int = option(0, "the native core's serving threads, one runtime and listener each; 0 or 'auto': "
                           "one per CPU (divided among --workers)", parse=_threads)
+    backend_connections: int = option(1, "HTTP/2 connections each serving thread keeps to each model server; one "
+                                      "multiplexes every call, so the server reads and answers them in batches")
     event_loop: str = option("uvloop", "the event loop of the process's Python side (etcd, registration, "
                              "metrics): 'uvloop' (falls back to asyncio's when not installed) or 'asyncio'")
     reuse_port: bool = option(False, "share the listen port with other processes (SO_REUSEPORT)")
@@ -95,7 +97,7 @@ class RouterSettings:
             raise ValueError(f"--router-id {self.router_id!r} must be printable and without '/'")
         if self.event_loop not in EVENT_LOOPS:
             raise ValueError(f"--event-loop must be one of {', '.join(EVENT_LOOPS)}, not {self.event_loop!r}")
-        for name in ("workers", "max_inflight_mirrors", "max_message_mb"):
+        for name in ("workers", "backend_connections", "max_inflight_mirrors", "max_message_mb"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
         if self.threads < 0:

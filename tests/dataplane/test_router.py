@@ -316,6 +316,7 @@ def test_settings_come_from_flags_then_environment_then_defaults():
     (["--mirror-timeout", "-1"], "--mirror-timeout"),
     (["--router-id", "a/b"], "--router-id"),
     (["--threads", "-1"], "--threads"),
+    (["--backend-connections", "0"], "--backend-connections"),
     (["--server", "aio"], "--server"),   # one router now: the flag that chose a grpcio server is gone
 ])
 def test_bad_settings_exit_with_a_message_naming_the_flag(capsys, argv, says):
@@ -333,6 +334,45 @@ def test_workers_and_threads_auto_are_one_per_usable_cpu():
     # --threads 0 / auto: the core starts one runtime per CPU (divided among the workers).
     assert parse_settings(["--threads", "auto"]).threads == 0 == parse_settings([]).threads
     assert parse_settings(["--threads", "3"]).threads == 3
+
+
+async def _peer_recording_backend() -> tuple[grpc.aio.Server, str, list[str]]:
+    """A v2 backend that answers every ModelInfer and records the caller's peer (its TCP
+    connection's address and port)."""
+    peers: list[str] = []
+
+    async def infer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        peers.append(context.peer())
+        return pb.ModelInferResponse(model_name="peers").SerializeToString()
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "inference.GRPCInferenceService", {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, f"127.0.0.1:{port}", peers
+
+
+@pytest.mark.parametrize("connections", [1, 3])
+async def test_a_serving_thread_sends_to_a_backend_on_backend_connections_connections(
+        backends, router_factory, dp, connections):
+    server, address, peers = await _peer_recording_backend()
+    try:
+        await backends.model("mod_peers", address, "peers")
+        await backends.deployment("dep_peers", "mod_peers")
+        router = await router_factory(threads=1, backend_connections=connections)
+        await dp.wait_for_version(router, "dep_peers", 1)
+        async with grpc.aio.insecure_channel(router.address) as channel:
+            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            request = dp.infer_request("dep_peers").SerializeToString()
+            for _ in range(3):   # calls in turn, then many at once: every connection is up by the last round
+                for _ in range(2 * connections):
+                    await call(request, timeout=10)
+                peers.clear()
+                await asyncio.gather(*(call(request, timeout=10) for _ in range(8 * connections)))
+        assert len(set(peers)) == connections, peers
+    finally:
+        await server.stop(0)
 
 
 async def test_a_call_without_a_deadline_gets_the_default_one(backends, router_factory, dp):

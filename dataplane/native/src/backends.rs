@@ -1,8 +1,8 @@
 //! Pooled HTTP/2 connections to the model servers, one pool per runtime thread.
 //!
-//! h2 puts each connection behind one lock, so each endpoint gets several connections per
-//! thread (`connections_per_backend`), used in turn. A connection is made when first
-//! needed and again after it closes. A server that is slow to come up (TCP accepted, its
+//! Each endpoint gets `connections_per_backend` connections per thread (one by default:
+//! h2's per-connection lock is never contended within a thread's runtime), used in turn.
+//! A connection is made when first needed and again after it closes. A server that is slow to come up (TCP accepted, its
 //! HTTP/2 handshake slow) is waited for within the request's deadline; a refused
 //! connection fails at once (UNAVAILABLE), so a dead challenger fails over quickly.
 

@@ -23,7 +23,7 @@ fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 fn default_connections() -> usize {
-    4
+    1
 }
 fn default_timeout_s() -> f64 {
     300.0
@@ -68,7 +68,9 @@ pub struct Config {
     pub request_timeout_s: f64,
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
-    /// HTTP/2 connections per backend per thread (h2 serializes each connection).
+    /// HTTP/2 connections per backend per thread. One by default: a thread's runtime never
+    /// contends for its own connections' locks, and calls multiplexed on one connection reach
+    /// the backend in batches (fewer reads and writes on both sides: BENCHMARKS.md).
     #[serde(default = "default_connections")]
     pub connections_per_backend: usize,
     #[serde(default = "default_streams")]
