@@ -24,6 +24,7 @@ pub mod body;
 pub mod compare;
 pub mod dispatch;
 pub mod grpc;
+pub mod h1;
 pub mod health;
 pub mod http_errors;
 pub mod json_infer;

@@ -11,7 +11,7 @@
 //!   (split by slot, `x-routing-key`, `x-tsplit-variant`), then
 //!   - a model with an `http_endpoint` gets the body untouched (never parsed) at
 //!     `/v2/models/{model_name}[/versions/{model_version}]/infer` over pooled HTTP/1.1
-//!     keep-alive connections, and its answer (any status) passes through;
+//!     keep-alive connections (h1.rs), and its answer (any status) passes through;
 //!   - a model without one gets the JSON translated to ModelInfer on its gRPC endpoint
 //!     (json_infer.rs), and the answer translated back (a gRPC error becomes its HTTP
 //!     status with the v2 error object).
@@ -27,7 +27,6 @@
 //! content-type that is not JSON), 503 (no routing configuration yet, the champion
 //! unreachable), 504 (the deadline, `request_timeout_s`, passed).
 
-use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,16 +34,13 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use prost::Message;
 use serde_json::{json, Value};
 use tokio::time::{timeout_at, Instant};
 
 use crate::auth::{bearer_token, AuthError, Principal};
 use crate::backends::{Backends, CallError};
-use crate::body::{BoxError, RespBody, Tally};
+use crate::body::{RespBody, Tally};
 use crate::dispatch::{self, NOT_READY_MESSAGE, ROUTING_KEY_HEADER};
 use crate::grpc::{self, Code};
 use crate::json_infer::{error_body, request_from_json, response_to_json};
@@ -185,31 +181,7 @@ pub async fn handle(shared: Arc<Shared>, backends: Arc<Backends>, req: Request<I
     }
 }
 
-// --- the backends' REST side: pooled HTTP/1.1 ------------------------------------------
-
-type RestClient = Client<HttpConnector, Full<Bytes>>;
-
-thread_local! {
-    /// One pool per runtime thread (each runtime is current-thread: its connections stay
-    /// on it).
-    static REST_CLIENT: RefCell<Option<RestClient>> = const { RefCell::new(None) };
-}
-
-fn rest_client() -> RestClient {
-    REST_CLIENT.with(|c| {
-        c.borrow_mut()
-            .get_or_insert_with(|| {
-                let mut connector = HttpConnector::new();
-                connector.set_nodelay(true);
-                connector.set_connect_timeout(Some(Duration::from_secs(10)));
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(90))
-                    .pool_max_idle_per_host(256)
-                    .build(connector)
-            })
-            .clone()
-    })
-}
+// --- the backends' REST side: pooled HTTP/1.1 (h1.rs) ------------------------------
 
 /// Request headers passed to a REST backend: not what `dispatch::stays_here`, nor
 /// `expect` or the routing key.
@@ -238,38 +210,26 @@ fn backend_path(variant: &Variant, action: &str) -> String {
     path
 }
 
+/// Ask a variant's REST side; its whole answer (at most `max_body` bytes of body).
 async fn send_rest(
     variant: &Variant,
     method: Method,
     action: &str,
     body: Bytes,
-    headers: HeaderMap,
+    headers: &HeaderMap,
+    max_body: usize,
     deadline: Instant,
-) -> Result<Response<Incoming>, CallError> {
-    let uri = format!("http://{}{}", variant.http_endpoint, backend_path(variant, action));
-    let mut request = Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(Full::new(body))
-        .map_err(|e| CallError::Unavailable(format!("bad request: {e}")))?;
-    *request.headers_mut() = headers;
-    match timeout_at(deadline, rest_client().request(request)).await {
-        Err(_) => Err(CallError::DeadlineExceeded),
-        Ok(Err(err)) => Err(CallError::Unavailable(format!("{err}"))),
-        Ok(Ok(response)) => Ok(response),
-    }
+) -> Result<crate::h1::Answer, CallError> {
+    let path = backend_path(variant, action);
+    crate::h1::exchange(&variant.http_endpoint, &method, &path, headers, body, max_body, deadline).await
 }
 
-/// A backend's REST answer passed on as it is (hop-by-hop headers dropped).
-fn pass_through(response: Response<Incoming>, extra: &HeaderMap) -> Response<RespBody> {
-    let (mut parts, body) = response.into_parts();
-    for name in ["connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"] {
-        parts.headers.remove(name);
-    }
-    for (k, v) in extra {
-        parts.headers.insert(k, v.clone());
-    }
-    Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed_unsync())
+/// A backend's REST answer passed on as it is (h1.rs dropped its hop-by-hop headers).
+fn pass_through(answer: crate::h1::Answer, extra: &HeaderMap) -> Response<RespBody> {
+    let mut response = Response::new(Full::new(answer.body).map_err(|never| match never {}).boxed_unsync());
+    *response.status_mut() = answer.status;
+    *response.headers_mut() = answer.headers;
+    with_headers(response, extra)
 }
 
 // --- the backends' gRPC side ----------------------------------------------------------
@@ -456,10 +416,12 @@ async fn attempt(
     deadline: Instant,
 ) -> Attempt {
     if !variant.http_endpoint.is_empty() {
-        return match send_rest(variant, Method::POST, "infer", bodies.json.clone(), headers.rest(), deadline).await {
-            Ok(response) => {
-                let status = response.status();
-                Attempt::Answer { response: pass_through(response, &HeaderMap::new()), status, message: None }
+        let max = shared.config.max_message_bytes;
+        return match send_rest(variant, Method::POST, "infer", bodies.json.clone(), &headers.rest(), max, deadline).await
+        {
+            Ok(answer) => {
+                let status = answer.status;
+                Attempt::Answer { response: pass_through(answer, &HeaderMap::new()), status, message: None }
             }
             Err(CallError::Unavailable(_)) => Attempt::Unreachable,
             Err(CallError::DeadlineExceeded) => Attempt::Deadline,
@@ -509,11 +471,11 @@ fn start_copy(
 ) -> Option<crate::mirror::ChampionAnswer> {
     let (backends, variant) = (backends.clone(), variant.clone());
     if !variant.http_endpoint.is_empty() {
-        let (body, mut headers) = (bodies.json.clone(), headers.rest());
+        let (body, mut headers, max) = (bodies.json.clone(), headers.rest(), shared.config.max_message_bytes);
         headers.remove(header::ACCEPT_ENCODING); // the copy's answer is read as it is
         return shared
             .mirrors
-            .start(&variant.counters.clone(), move |deadline| send_rest_copy(variant, body, headers, deadline));
+            .start(&variant.counters.clone(), move |deadline| send_rest_copy(variant, body, headers, max, deadline));
     }
     let ready = if champion_translated { Some(bodies.translated().clone()) } else { None };
     let (json, headers) = (bodies.json.clone(), headers.grpc().clone());
@@ -536,27 +498,20 @@ async fn send_rest_copy(
     variant: Arc<Variant>,
     body: Bytes,
     headers: HeaderMap,
+    max_body: usize,
     deadline: Instant,
 ) -> Result<crate::mirror::Answer, CopyFailed> {
-    let response = send_rest(&variant, Method::POST, "infer", body, headers, deadline)
+    let answer = send_rest(&variant, Method::POST, "infer", body, &headers, max_body, deadline)
         .await
         .map_err(|e| CopyFailed(format!("{e:?}")))?;
-    if !response.status().is_success() {
-        return Err(CopyFailed(format!("HTTP status {}", response.status())));
+    if !answer.status.is_success() {
+        return Err(CopyFailed(format!("HTTP status {}", answer.status)));
     }
-    let (parts, mut body) = response.into_parts();
-    let mut answer = crate::mirror::Answer {
-        chunks: Vec::new(),
-        encoding: parts.headers.get(header::CONTENT_ENCODING).cloned(),
+    Ok(crate::mirror::Answer {
+        chunks: vec![answer.body],
+        encoding: answer.headers.get(header::CONTENT_ENCODING).cloned(),
         form: crate::mirror::Form::Json,
-    };
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| CopyFailed(format!("the answer broke off: {e}")))?;
-        if let Ok(data) = frame.into_data() {
-            answer.chunks.push(data);
-        }
-    }
-    Ok(answer)
+    })
 }
 
 async fn infer(shared: &Shared, backends: &Arc<Backends>, route: &Route, req: Request<Incoming>) -> Response<RespBody> {
@@ -665,27 +620,23 @@ async fn model_call(
     };
     if !champion.http_endpoint.is_empty() {
         let headers = rest_forwardable(req.headers());
-        let response = match send_rest(&champion, Method::GET, action, Bytes::new(), headers, deadline).await {
-            Ok(r) => r,
+        let got = send_rest(&champion, Method::GET, action, Bytes::new(), &headers, 16 << 20, deadline).await;
+        let got = match got {
+            Ok(a) => a,
             Err(CallError::DeadlineExceeded) => return error(StatusCode::GATEWAY_TIMEOUT, "Deadline Exceeded"),
             Err(CallError::Unavailable(_)) => return with_headers(unreachable(), &extra),
         };
-        if action == "ready" || !response.status().is_success() {
-            return pass_through(response, &extra);
+        if action == "ready" || !got.status.is_success() {
+            return pass_through(got, &extra);
         }
         // Metadata names the deployment, as over gRPC.
-        let (parts, body) = response.into_parts();
-        let Ok(Ok(collected)) = timeout_at(deadline, Limited::new(body, 16 << 20).collect()).await else {
-            return with_headers(unreachable(), &extra);
-        };
-        let mut value: Value = match serde_json::from_slice(&collected.to_bytes()) {
+        let mut value: Value = match serde_json::from_slice(&got.body) {
             Ok(v) => v,
             Err(_) => return with_headers(error(StatusCode::BAD_GATEWAY, "the model's metadata is not JSON"), &extra),
         };
         if let Some(o) = value.as_object_mut() {
             o.insert("name".into(), Value::from(route.slug.as_str()));
         }
-        let _ = parts;
         return with_headers(answer(StatusCode::OK, Bytes::from(value.to_string())), &extra);
     }
     let headers = dispatch::forwardable(&grpc_metadata(req.headers()));
