@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::time::{timeout_at, Instant};
@@ -30,10 +30,6 @@ const MODEL_METADATA: &str = "/inference.GRPCInferenceService/ModelMetadata";
 pub const ROUTING_KEY_HEADER: &str = "x-routing-key";
 pub const FORCED_VARIANT_HEADER: &str = "x-tsplit-variant";
 pub const NOT_READY_MESSAGE: &str = "the router has not loaded its routing configuration yet; retry shortly";
-
-static MODEL_ID: HeaderName = HeaderName::from_static("tsplit-model-id");
-static VARIANT: HeaderName = HeaderName::from_static("tsplit-variant");
-static CACHE_VERSION: HeaderName = HeaderName::from_static("tsplit-cache-version");
 
 /// Every request the server takes.
 pub async fn handle(shared: Arc<Shared>, backends: Arc<Backends>, req: Request<Incoming>) -> Response<RespBody> {
@@ -247,24 +243,6 @@ pub(crate) fn forwardable(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
-pub(crate) fn variant_headers(route: &Route, variant: &Variant) -> HeaderMap {
-    let mut h = HeaderMap::with_capacity(3);
-    if let Ok(v) = HeaderValue::from_str(&variant.model_id) {
-        h.insert(MODEL_ID.clone(), v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&variant.name) {
-        h.insert(VARIANT.clone(), v);
-    }
-    h.insert(CACHE_VERSION.clone(), route.cache_version_header.clone());
-    h
-}
-
-/// "variant ch_x (model mod_y) of deployment dep_z": how the router's errors name a
-/// backend (never by its address).
-pub(crate) fn describe(route: &Route, variant: &Variant) -> String {
-    format!("variant {} (model {}) of deployment {}", variant.name, variant.model_id, route.slug)
-}
-
 /// Send one unary call to a variant's backend: the answer's head, or why there is none.
 pub(crate) async fn send(
     backends: &Backends,
@@ -276,7 +254,12 @@ pub(crate) async fn send(
 ) -> Result<Response<Incoming>, CallError> {
     let endpoint = backends.endpoint(&variant.endpoint);
     let mut sender = endpoint.sender(deadline).await?;
-    let mut request = Request::post(format!("http://{}{}", variant.endpoint, path))
+    let uri = match &variant.infer_uri {
+        Some(uri) if path == INFER => Some(uri.clone()),
+        _ => crate::table::grpc_uri(&variant.endpoint, path).ok(),
+    };
+    let uri = uri.ok_or_else(|| CallError::Unavailable("the endpoint is not host:port".into()))?;
+    let mut request = Request::post(uri)
         .version(http::Version::HTTP_2)
         .body(Parts::framed(message.clone(), &variant.suffix))
         .map_err(|e| CallError::Unavailable(format!("bad request: {e}")))?;
@@ -299,11 +282,11 @@ fn head_status(response: &Response<Incoming>) -> Option<Code> {
 }
 
 /// The error a failed send becomes for the caller, naming the variant.
-fn send_failure(err: CallError, route: &Route, variant: &Variant) -> Status {
+fn send_failure(err: CallError, variant: &Variant) -> Status {
     match err {
         CallError::DeadlineExceeded => Status::new(Code::DEADLINE_EXCEEDED, "Deadline Exceeded"),
         CallError::Unavailable(_) => {
-            Status::new(Code::UNAVAILABLE, format!("the backend of {} is unreachable", describe(route, variant)))
+            Status::new(Code::UNAVAILABLE, format!("the backend of {} is unreachable", variant.description))
         }
     }
 }
@@ -343,14 +326,14 @@ async fn infer(
     }
     let variant = choice.variant;
     let tally = pending.tally.take().expect("the tally is taken only here");
-    let extra = variant_headers(&route, &variant);
+    let extra = &variant.answer_headers;
     match sent {
         Err(err) => {
-            let status = send_failure(err, &route, &variant);
+            let status = send_failure(err, &variant);
             tally.finish(status.code);
-            Ok(error_answer(&status, Some(&extra)))
+            Ok(error_answer(&status, Some(extra)))
         }
-        Ok(response) => Ok(relay(response, tally, extra, call.deadline, describe(&route, &variant), shadow)),
+        Ok(response) => Ok(relay(response, tally, extra, call.deadline, variant.description.clone(), shadow)),
     }
 }
 
@@ -358,9 +341,9 @@ async fn infer(
 fn relay(
     response: Response<Incoming>,
     tally: Tally,
-    extra: HeaderMap,
+    extra: &HeaderMap,
     deadline: Instant,
-    what: String,
+    what: Arc<str>,
     shadow: Option<crate::mirror::ChampionAnswer>,
 ) -> Response<RespBody> {
     let (mut parts, body) = response.into_parts();
@@ -372,10 +355,10 @@ fn relay(
         }
         None => (Some(tally), shadow),
     };
-    for (k, v) in &extra {
+    for (k, v) in extra {
         parts.headers.insert(k, v.clone());
     }
-    let mut body = Relay::boxed(body, deadline, tally, Arc::from(what));
+    let mut body = Relay::boxed(body, deadline, tally, what);
     if let Some(shadow) = shadow {
         body = crate::mirror::Tee::boxed(body, shadow, parts.headers.get("grpc-encoding"));
     }
@@ -401,20 +384,17 @@ async fn to_champion(
     let route = route_of(shared, found.name, "name", &principal)?;
     let champion = route.champion().clone();
     let headers = forwardable(&call.headers);
-    let extra = variant_headers(&route, &champion);
+    let extra = &champion.answer_headers;
     let response = match send(backends, &champion, &path, &call.message, &headers, call.deadline).await {
-        Err(err) => return Ok(error_answer(&send_failure(err, &route, &champion), Some(&extra))),
+        Err(err) => return Ok(error_answer(&send_failure(err, &champion), Some(extra))),
         Ok(r) => r,
     };
     if path != MODEL_METADATA || head_status(&response).is_some() {
         let (mut parts, body) = response.into_parts();
-        for (k, v) in &extra {
+        for (k, v) in extra {
             parts.headers.insert(k, v.clone());
         }
-        return Ok(Response::from_parts(
-            parts,
-            Relay::boxed(body, call.deadline, None, Arc::from(describe(&route, &champion))),
-        ));
+        return Ok(Response::from_parts(parts, Relay::boxed(body, call.deadline, None, champion.description.clone())));
     }
     // ModelMetadata: read the whole answer, append the deployment's name, send it on.
     let (mut parts, body) = response.into_parts();
@@ -423,7 +403,7 @@ async fn to_champion(
         Ok(Err(_)) => {
             return Err(Status::new(
                 Code::UNAVAILABLE,
-                format!("the backend of {} broke off its answer", describe(&route, &champion)),
+                format!("the backend of {} broke off its answer", champion.description),
             ))
         }
         Ok(Ok(c)) => c,
@@ -440,7 +420,7 @@ async fn to_champion(
             }
             _ => (!data.is_empty()).then_some(data),
         };
-    for (k, v) in &extra {
+    for (k, v) in extra {
         parts.headers.insert(k, v.clone());
     }
     Ok(Response::from_parts(parts, Unary::with_trailers(data, trailers)))

@@ -427,8 +427,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", HeaderValue::from_static("application/json"));
         let deadline = Instant::now() + Duration::from_secs(5);
-        exchange(address, &Method::POST, "/v2/models/m/infer", &headers, Bytes::from_static(body), max, deadline)
-            .await
+        exchange(address, &Method::POST, "/v2/models/m/infer", &headers, Bytes::from_static(body), max, deadline).await
     }
 
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
@@ -460,7 +459,8 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn informational_answers_are_skipped_and_errors_pass_as_they_are() {
-        let answer: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 422 Unprocessable Entity\r\ncontent-length: 2\r\n\r\nno";
+        let answer: &[u8] =
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 422 Unprocessable Entity\r\ncontent-length: 2\r\n\r\nno";
         let (address, _) = server(vec![answer], None).await;
         let got = post(&address, b"{}", 1 << 20).await.unwrap();
         assert_eq!(got.status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -511,8 +511,8 @@ mod tests {
         let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = silent.local_addr().unwrap().to_string();
         let deadline = Instant::now() + Duration::from_millis(100);
-        let got = exchange(&address, &Method::GET, "/v2/models/m", &HeaderMap::new(), Bytes::new(), 1 << 20, deadline)
-            .await;
+        let got =
+            exchange(&address, &Method::GET, "/v2/models/m", &HeaderMap::new(), Bytes::new(), 1 << 20, deadline).await;
         assert!(matches!(got, Err(CallError::DeadlineExceeded)));
         drop(silent);
     }
@@ -521,7 +521,8 @@ mod tests {
     fn the_request_head_names_the_host_and_the_length_and_keeps_the_headers() {
         let mut headers = HeaderMap::new();
         headers.insert("x-request-id", HeaderValue::from_static("r1"));
-        let head = request_head("127.0.0.1:9", &Method::POST, "/v2/models/m/infer", &headers, &Bytes::from_static(b"{}"));
+        let head =
+            request_head("127.0.0.1:9", &Method::POST, "/v2/models/m/infer", &headers, &Bytes::from_static(b"{}"));
         assert_eq!(
             String::from_utf8(head).unwrap(),
             "POST /v2/models/m/infer HTTP/1.1\r\nhost: 127.0.0.1:9\r\ncontent-length: 2\r\nx-request-id: r1\r\n\r\n"

@@ -196,20 +196,6 @@ fn rest_forwardable(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// The model's REST path for `action` ("" metadata, "ready", "infer").
-fn backend_path(variant: &Variant, action: &str) -> String {
-    let mut path = format!("/v2/models/{}", variant.model_name);
-    if !variant.model_version.is_empty() {
-        path.push_str("/versions/");
-        path.push_str(&variant.model_version);
-    }
-    if !action.is_empty() {
-        path.push('/');
-        path.push_str(action);
-    }
-    path
-}
-
 /// Ask a variant's REST side; its whole answer (at most `max_body` bytes of body).
 async fn send_rest(
     variant: &Variant,
@@ -220,7 +206,10 @@ async fn send_rest(
     max_body: usize,
     deadline: Instant,
 ) -> Result<crate::h1::Answer, CallError> {
-    let path = backend_path(variant, action);
+    let path = match action {
+        "infer" => std::borrow::Cow::Borrowed(variant.rest_infer_path.as_str()),
+        _ => std::borrow::Cow::Owned(crate::table::rest_path(&variant.model_name, &variant.model_version, action)),
+    };
     crate::h1::exchange(&variant.http_endpoint, &method, &path, headers, body, max_body, deadline).await
 }
 
@@ -417,7 +406,8 @@ async fn attempt(
 ) -> Attempt {
     if !variant.http_endpoint.is_empty() {
         let max = shared.config.max_message_bytes;
-        return match send_rest(variant, Method::POST, "infer", bodies.json.clone(), &headers.rest(), max, deadline).await
+        return match send_rest(variant, Method::POST, "infer", bodies.json.clone(), &headers.rest(), max, deadline)
+            .await
         {
             Ok(answer) => {
                 let status = answer.status;
@@ -550,7 +540,7 @@ async fn infer(shared: &Shared, backends: &Arc<Backends>, route: &Route, req: Re
     }
     let variant = choice.variant;
     let tally = Tally { counters: variant.counters.clone(), started, forced: choice.forced };
-    let extra = dispatch::variant_headers(route, &variant);
+    let extra = &variant.answer_headers;
     let (response, status) = match outcome {
         Attempt::Answer { response, status, message } => {
             // The pair is scored only when the champion answered 2xx (else the shadow is
@@ -571,16 +561,13 @@ async fn infer(shared: &Shared, backends: &Arc<Backends>, route: &Route, req: Re
             (response, status)
         }
         Attempt::Unreachable => (
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("the backend of {} is unreachable", dispatch::describe(route, &variant)),
-            ),
+            error(StatusCode::SERVICE_UNAVAILABLE, &format!("the backend of {} is unreachable", variant.description)),
             StatusCode::SERVICE_UNAVAILABLE,
         ),
         Attempt::Deadline => (error(StatusCode::GATEWAY_TIMEOUT, "Deadline Exceeded"), StatusCode::GATEWAY_TIMEOUT),
     };
     tally.finish(grpc_code(status));
-    with_headers(response, &extra)
+    with_headers(response, extra)
 }
 
 /// The caller's headers as gRPC metadata for a translated call: only custom ones (the
@@ -611,33 +598,29 @@ async fn model_call(
 ) -> Response<RespBody> {
     let deadline = Instant::now() + Duration::from_secs_f64(shared.config.request_timeout_s.min(30.0));
     let champion = route.champion().clone();
-    let extra = dispatch::variant_headers(route, &champion);
-    let unreachable = || {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!("the backend of {} is unreachable", dispatch::describe(route, &champion)),
-        )
-    };
+    let extra = &champion.answer_headers;
+    let unreachable =
+        || error(StatusCode::SERVICE_UNAVAILABLE, &format!("the backend of {} is unreachable", champion.description));
     if !champion.http_endpoint.is_empty() {
         let headers = rest_forwardable(req.headers());
         let got = send_rest(&champion, Method::GET, action, Bytes::new(), &headers, 16 << 20, deadline).await;
         let got = match got {
             Ok(a) => a,
             Err(CallError::DeadlineExceeded) => return error(StatusCode::GATEWAY_TIMEOUT, "Deadline Exceeded"),
-            Err(CallError::Unavailable(_)) => return with_headers(unreachable(), &extra),
+            Err(CallError::Unavailable(_)) => return with_headers(unreachable(), extra),
         };
         if action == "ready" || !got.status.is_success() {
-            return pass_through(got, &extra);
+            return pass_through(got, extra);
         }
         // Metadata names the deployment, as over gRPC.
         let mut value: Value = match serde_json::from_slice(&got.body) {
             Ok(v) => v,
-            Err(_) => return with_headers(error(StatusCode::BAD_GATEWAY, "the model's metadata is not JSON"), &extra),
+            Err(_) => return with_headers(error(StatusCode::BAD_GATEWAY, "the model's metadata is not JSON"), extra),
         };
         if let Some(o) = value.as_object_mut() {
             o.insert("name".into(), Value::from(route.slug.as_str()));
         }
-        return with_headers(answer(StatusCode::OK, Bytes::from(value.to_string())), &extra);
+        return with_headers(answer(StatusCode::OK, Bytes::from(value.to_string())), extra);
     }
     let headers = dispatch::forwardable(&grpc_metadata(req.headers()));
     let path = if action == "ready" { MODEL_READY_PATH } else { MODEL_METADATA_PATH };
@@ -645,17 +628,17 @@ async fn model_call(
     let reply = match grpc_call(shared, backends, &champion, path, &Bytes::new(), &headers, deadline).await {
         Ok(r) => r,
         Err(CallError::DeadlineExceeded) => return error(StatusCode::GATEWAY_TIMEOUT, "Deadline Exceeded"),
-        Err(CallError::Unavailable(_)) => return with_headers(unreachable(), &extra),
+        Err(CallError::Unavailable(_)) => return with_headers(unreachable(), extra),
     };
     if reply.code != Code::OK {
-        return with_headers(error(http_status(reply.code), &reply.message), &extra);
+        return with_headers(error(http_status(reply.code), &reply.message), extra);
     }
     let body = if action == "ready" {
         let ready = oip::ModelReadyResponse::decode(reply.data).map(|r| r.ready).unwrap_or(false);
         let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
         return with_headers(
             answer(status, Bytes::from(json!({"name": route.slug, "ready": ready}).to_string())),
-            &extra,
+            extra,
         );
     } else {
         match oip::ModelMetadataResponse::decode(reply.data) {
@@ -667,11 +650,11 @@ async fn model_call(
                        "inputs": tensors(&m.inputs), "outputs": tensors(&m.outputs)})
             }
             Err(_) => {
-                return with_headers(error(StatusCode::BAD_GATEWAY, "the model's metadata does not decode"), &extra)
+                return with_headers(error(StatusCode::BAD_GATEWAY, "the model's metadata does not decode"), extra)
             }
         }
     };
-    with_headers(answer(StatusCode::OK, Bytes::from(body.to_string())), &extra)
+    with_headers(answer(StatusCode::OK, Bytes::from(body.to_string())), extra)
 }
 
 #[cfg(test)]

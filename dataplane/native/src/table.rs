@@ -85,6 +85,52 @@ pub struct Variant {
     /// The bytes appended to a request for this variant's backend (wire::model_ref_suffix).
     pub suffix: Vec<u8>,
     pub counters: Arc<Counters>,
+    /// What every answer it gives carries: tsplit-model-id, tsplit-variant and the
+    /// deployment's tsplit-cache-version (SPEC section 5), made once per table.
+    pub answer_headers: http::HeaderMap,
+    /// "variant ch_x (model mod_y) of deployment dep_z": how the router's errors name its
+    /// backend (never by its address).
+    pub description: Arc<str>,
+    /// Its REST infer path, `/v2/models/{model_name}[/versions/{model_version}]/infer`.
+    pub rest_infer_path: String,
+    /// The URI of a ModelInfer call to its gRPC endpoint (None: the endpoint is not a
+    /// host:port, and every call to it fails as unreachable).
+    pub infer_uri: Option<http::Uri>,
+}
+
+static MODEL_ID: http::HeaderName = http::HeaderName::from_static("tsplit-model-id");
+static VARIANT: http::HeaderName = http::HeaderName::from_static("tsplit-variant");
+static CACHE_VERSION: http::HeaderName = http::HeaderName::from_static("tsplit-cache-version");
+
+/// The model's REST path for `action` ("" metadata, "ready", "infer").
+pub fn rest_path(model_name: &str, model_version: &str, action: &str) -> String {
+    let mut path = format!("/v2/models/{model_name}");
+    if !model_version.is_empty() {
+        path.push_str("/versions/");
+        path.push_str(model_version);
+    }
+    if !action.is_empty() {
+        path.push('/');
+        path.push_str(action);
+    }
+    path
+}
+
+/// The URI of gRPC method `path` at `endpoint` (host:port).
+pub fn grpc_uri(endpoint: &str, path: &str) -> Result<http::Uri, http::uri::InvalidUri> {
+    format!("http://{endpoint}{path}").parse()
+}
+
+fn answer_headers(spec: &VariantSpec, cache_version: u64) -> http::HeaderMap {
+    let mut h = http::HeaderMap::with_capacity(3);
+    if let Ok(v) = http::HeaderValue::from_str(&spec.model_id) {
+        h.insert(MODEL_ID.clone(), v);
+    }
+    if let Ok(v) = http::HeaderValue::from_str(&spec.name) {
+        h.insert(VARIANT.clone(), v);
+    }
+    h.insert(CACHE_VERSION.clone(), http::HeaderValue::from(cache_version));
+    h
 }
 
 impl Variant {
@@ -96,7 +142,6 @@ impl Variant {
 pub struct Route {
     pub slug: String,
     pub cache_version: u64,
-    pub cache_version_header: http::HeaderValue,
     pub shadow_mode: bool,
     pub org_id: String,
     /// variants[0] is the champion.
@@ -151,6 +196,10 @@ impl Route {
             .into_iter()
             .map(|v| {
                 Arc::new(Variant {
+                    answer_headers: answer_headers(&v, spec.cache_version),
+                    description: Arc::from(format!("variant {} (model {}) of deployment {slug}", v.name, v.model_id)),
+                    rest_infer_path: rest_path(&v.model_name, &v.model_version, "infer"),
+                    infer_uri: grpc_uri(&v.endpoint, crate::dispatch::INFER).ok(),
                     suffix: crate::wire::model_ref_suffix(&v.model_name, &v.model_version),
                     counters: registry.get(&slug, &v.name, &v.model_id),
                     endpoint: Arc::from(v.endpoint.as_str()),
@@ -181,7 +230,6 @@ impl Route {
             return Err(format!("deployment {slug}: allocation ranges must cover 0..{SLOTS} exactly once"));
         }
         Ok(Route {
-            cache_version_header: http::HeaderValue::from(spec.cache_version),
             cache_version: spec.cache_version,
             shadow_mode: spec.shadow_mode,
             org_id: spec.org_id,
