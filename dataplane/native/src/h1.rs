@@ -56,12 +56,13 @@ enum Failure {
     Broken(String),
 }
 
-/// Send one request to `endpoint` (host:port) and read its whole answer.
+/// Send one request to `endpoint` (host:port), with the headers of `headers.0` that
+/// `headers.1` passes (the caller leaves out hop-by-hop ones), and read its whole answer.
 pub async fn exchange(
     endpoint: &str,
     method: &Method,
     path: &str,
-    headers: &HeaderMap,
+    headers: (&HeaderMap, fn(&str) -> bool),
     body: Bytes,
     max_body: usize,
     deadline: Instant,
@@ -143,9 +144,14 @@ fn keep(endpoint: &str, mut conn: Conn) {
     });
 }
 
-/// The request line and headers: `headers` as given (the caller leaves out hop-by-hop
-/// ones), the host, and the body's length.
-fn request_head(endpoint: &str, method: &Method, path: &str, headers: &HeaderMap, body: &Bytes) -> Vec<u8> {
+/// The request line and headers: the host, the body's length, and the passed headers.
+fn request_head(
+    endpoint: &str,
+    method: &Method,
+    path: &str,
+    (headers, passed): (&HeaderMap, fn(&str) -> bool),
+    body: &Bytes,
+) -> Vec<u8> {
     let mut head = Vec::with_capacity(128 + headers.len() * 32);
     head.extend_from_slice(method.as_str().as_bytes());
     head.push(b' ');
@@ -157,7 +163,7 @@ fn request_head(endpoint: &str, method: &Method, path: &str, headers: &HeaderMap
         head.extend_from_slice(body.len().to_string().as_bytes());
     }
     head.extend_from_slice(b"\r\n");
-    for (name, value) in headers {
+    for (name, value) in headers.iter().filter(|(name, _)| passed(name.as_str())) {
         head.extend_from_slice(name.as_str().as_bytes());
         head.extend_from_slice(b": ");
         head.extend_from_slice(value.as_bytes());
@@ -270,7 +276,8 @@ impl Conn {
                 self.buf.advance(consumed);
                 continue;
             }
-            let mut headers = HeaderMap::with_capacity(response.headers.len());
+            // Room for the tsplit-* headers the router adds to every answer.
+            let mut headers = HeaderMap::with_capacity(response.headers.len() + 3);
             let (mut length, mut chunked, mut close, mut keep) = (None, false, false, false);
             for h in response.headers.iter() {
                 let name = HeaderName::from_bytes(h.name.as_bytes())
@@ -427,7 +434,8 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", HeaderValue::from_static("application/json"));
         let deadline = Instant::now() + Duration::from_secs(5);
-        exchange(address, &Method::POST, "/v2/models/m/infer", &headers, Bytes::from_static(body), max, deadline).await
+        let all = (&headers, (|_| true) as fn(&str) -> bool);
+        exchange(address, &Method::POST, "/v2/models/m/infer", all, Bytes::from_static(body), max, deadline).await
     }
 
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
@@ -511,23 +519,32 @@ mod tests {
         let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = silent.local_addr().unwrap().to_string();
         let deadline = Instant::now() + Duration::from_millis(100);
-        let got =
-            exchange(&address, &Method::GET, "/v2/models/m", &HeaderMap::new(), Bytes::new(), 1 << 20, deadline).await;
+        let got = exchange(
+            &address,
+            &Method::GET,
+            "/v2/models/m",
+            (&HeaderMap::new(), |_| true),
+            Bytes::new(),
+            1 << 20,
+            deadline,
+        )
+        .await;
         assert!(matches!(got, Err(CallError::DeadlineExceeded)));
         drop(silent);
     }
 
     #[test]
-    fn the_request_head_names_the_host_and_the_length_and_keeps_the_headers() {
+    fn the_request_head_names_the_host_and_the_length_and_the_passed_headers() {
         let mut headers = HeaderMap::new();
         headers.insert("x-request-id", HeaderValue::from_static("r1"));
-        let head =
-            request_head("127.0.0.1:9", &Method::POST, "/v2/models/m/infer", &headers, &Bytes::from_static(b"{}"));
+        headers.insert("x-dropped", HeaderValue::from_static("no"));
+        let passed = (&headers, (|name: &str| name != "x-dropped") as fn(&str) -> bool);
+        let head = request_head("127.0.0.1:9", &Method::POST, "/v2/models/m/infer", passed, &Bytes::from_static(b"{}"));
         assert_eq!(
             String::from_utf8(head).unwrap(),
             "POST /v2/models/m/infer HTTP/1.1\r\nhost: 127.0.0.1:9\r\ncontent-length: 2\r\nx-request-id: r1\r\n\r\n"
         );
-        let get = request_head("h:1", &Method::GET, "/v2/models/m", &HeaderMap::new(), &Bytes::new());
+        let get = request_head("h:1", &Method::GET, "/v2/models/m", (&HeaderMap::new(), |_| true), &Bytes::new());
         assert_eq!(String::from_utf8(get).unwrap(), "GET /v2/models/m HTTP/1.1\r\nhost: h:1\r\n\r\n");
     }
 }

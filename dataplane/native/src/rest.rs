@@ -183,26 +183,25 @@ pub async fn handle(shared: Arc<Shared>, backends: Arc<Backends>, req: Request<I
 
 // --- the backends' REST side: pooled HTTP/1.1 (h1.rs) ------------------------------
 
-/// Request headers passed to a REST backend: not what `dispatch::stays_here`, nor
-/// `expect` or the routing key.
-fn rest_forwardable(headers: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(headers.len());
-    for (k, v) in headers {
-        let name = k.as_str();
-        if !dispatch::stays_here(name) && name != "expect" && name != ROUTING_KEY_HEADER {
-            out.append(k.clone(), v.clone());
-        }
-    }
-    out
+/// Whether a caller's request header is passed to a REST backend: not what
+/// `dispatch::stays_here`, nor `expect` or the routing key.
+fn rest_forwarded(name: &str) -> bool {
+    !dispatch::stays_here(name) && name != "expect" && name != ROUTING_KEY_HEADER
 }
 
-/// Ask a variant's REST side; its whole answer (at most `max_body` bytes of body).
+/// The same for a shadow copy, whose answer is read as it is (not compressed).
+fn rest_copy_forwarded(name: &str) -> bool {
+    rest_forwarded(name) && name != "accept-encoding"
+}
+
+/// Ask a variant's REST side, with the headers of `headers.0` that `headers.1` passes; its
+/// whole answer (at most `max_body` bytes of body).
 async fn send_rest(
     variant: &Variant,
     method: Method,
     action: &str,
     body: Bytes,
-    headers: &HeaderMap,
+    headers: (&HeaderMap, fn(&str) -> bool),
     max_body: usize,
     deadline: Instant,
 ) -> Result<crate::h1::Answer, CallError> {
@@ -341,19 +340,15 @@ fn is_json(headers: &HeaderMap) -> bool {
     }
 }
 
-/// The caller's headers as each kind of backend gets them: filtered for a REST backend at
-/// each send (straight into its request), made once for gRPC backends when one is asked
-/// (a call forwarded to http_endpoints never builds them).
+/// The caller's headers as each kind of backend gets them: filtered for a REST backend as
+/// its request is written (`rest_forwarded`), made once for gRPC backends when one is
+/// asked (a call forwarded to http_endpoints never builds them).
 struct Forwarded<'a> {
     caller: &'a HeaderMap,
     grpc: std::sync::OnceLock<HeaderMap>,
 }
 
 impl Forwarded<'_> {
-    fn rest(&self) -> HeaderMap {
-        rest_forwardable(self.caller)
-    }
-
     fn grpc(&self) -> &HeaderMap {
         self.grpc.get_or_init(|| dispatch::forwardable(&grpc_metadata(self.caller)))
     }
@@ -406,8 +401,16 @@ async fn attempt(
 ) -> Attempt {
     if !variant.http_endpoint.is_empty() {
         let max = shared.config.max_message_bytes;
-        return match send_rest(variant, Method::POST, "infer", bodies.json.clone(), &headers.rest(), max, deadline)
-            .await
+        return match send_rest(
+            variant,
+            Method::POST,
+            "infer",
+            bodies.json.clone(),
+            (headers.caller, rest_forwarded),
+            max,
+            deadline,
+        )
+        .await
         {
             Ok(answer) => {
                 let status = answer.status;
@@ -461,8 +464,7 @@ fn start_copy(
 ) -> Option<crate::mirror::ChampionAnswer> {
     let (backends, variant) = (backends.clone(), variant.clone());
     if !variant.http_endpoint.is_empty() {
-        let (body, mut headers, max) = (bodies.json.clone(), headers.rest(), shared.config.max_message_bytes);
-        headers.remove(header::ACCEPT_ENCODING); // the copy's answer is read as it is
+        let (body, headers, max) = (bodies.json.clone(), headers.caller.clone(), shared.config.max_message_bytes);
         return shared
             .mirrors
             .start(&variant.counters.clone(), move |deadline| send_rest_copy(variant, body, headers, max, deadline));
@@ -491,7 +493,7 @@ async fn send_rest_copy(
     max_body: usize,
     deadline: Instant,
 ) -> Result<crate::mirror::Answer, CopyFailed> {
-    let answer = send_rest(&variant, Method::POST, "infer", body, &headers, max_body, deadline)
+    let answer = send_rest(&variant, Method::POST, "infer", body, (&headers, rest_copy_forwarded), max_body, deadline)
         .await
         .map_err(|e| CopyFailed(format!("{e:?}")))?;
     if !answer.status.is_success() {
@@ -602,8 +604,8 @@ async fn model_call(
     let unreachable =
         || error(StatusCode::SERVICE_UNAVAILABLE, &format!("the backend of {} is unreachable", champion.description));
     if !champion.http_endpoint.is_empty() {
-        let headers = rest_forwardable(req.headers());
-        let got = send_rest(&champion, Method::GET, action, Bytes::new(), &headers, 16 << 20, deadline).await;
+        let headers = (req.headers(), rest_forwarded as fn(&str) -> bool);
+        let got = send_rest(&champion, Method::GET, action, Bytes::new(), headers, 16 << 20, deadline).await;
         let got = match got {
             Ok(a) => a,
             Err(CallError::DeadlineExceeded) => return error(StatusCode::GATEWAY_TIMEOUT, "Deadline Exceeded"),
