@@ -211,10 +211,10 @@ impl Conn {
         no_body: bool,
         max_body: usize,
     ) -> Result<(Answer, Option<Conn>), Failure> {
-        let mut out = Buf::chain(head, body.clone());
-        if self.stream.write_all_buf(&mut out).await.is_err() {
-            return Err(Failure::Closed);
-        }
+        // A server may answer before it has read the whole request (a 413) and close: the
+        // write then fails, and its answer is still read. A failed write with nothing to
+        // read is a closed connection.
+        let written = self.stream.write_all_buf(&mut Buf::chain(head, body.clone())).await.is_ok();
         let (status, headers, framing, keep_alive) = loop {
             if !self.buf.is_empty() {
                 if let Some(parsed) = self.parse_head(no_body)? {
@@ -253,7 +253,7 @@ impl Conn {
                 (self.buf.split().freeze(), false)
             }
         };
-        let reusable = (whole && keep_alive && self.buf.is_empty()).then_some(self);
+        let reusable = (written && whole && keep_alive && self.buf.is_empty()).then_some(self);
         Ok((Answer { status, headers, body }, reusable))
     }
 
@@ -473,6 +473,30 @@ mod tests {
         let got = post(&address, b"{}", 1 << 20).await.unwrap();
         assert_eq!(got.status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(&got.body[..], b"no");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_answer_given_before_the_request_was_read_whole_is_passed_on() {
+        // The server reads the head only, refuses the body and closes with most of it unread.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut chunk = [0u8; 1024];
+                let n = stream.read(&mut chunk).await.unwrap();
+                head.extend_from_slice(&chunk[..n]);
+            }
+            let refusal = b"HTTP/1.1 413 Payload Too Large\r\nconnection: close\r\ncontent-length: 8\r\n\r\ntoo big!";
+            stream.write_all(refusal).await.unwrap();
+        });
+        let large = Bytes::from(vec![b'x'; 32 << 20]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let all = (&HeaderMap::new(), (|_| true) as fn(&str) -> bool);
+        let got = exchange(&address, &Method::POST, "/v2/models/m/infer", all, large, 1 << 20, deadline).await.unwrap();
+        assert_eq!(got.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(&got.body[..], b"too big!");
     }
 
     #[tokio::test(flavor = "current_thread")]
