@@ -320,8 +320,11 @@ async def phase(run) -> None:
     shadow = await run._run_interleaved(rate_rows, "fixed rate") if rate_rows else []
     for row in saturating + single + rest + shadow:
         cpu = (row.get("median") or {}).get("cpu_us_per_req")
-        if cpu is not None:
-            row["note"] = f"proxy CPU {cpu:.0f} us/req"
+        served = (row.get("median") or {}).get("backend_cpu_us_per_req")
+        notes = ([f"proxy CPU {cpu:.0f} us/req"] if cpu is not None else []) + (
+            [f"backends {served:.0f} us/req"] if served is not None else [])
+        if notes:
+            row["note"] = ", ".join(notes)
     run.rows.extend(saturating + single + rest + shadow)
     by_name = lambda rows: {r["name"]: r for r in rows}  # noqa: E731
     summary = summarize(by_name(saturating), by_name(single))
