@@ -2,9 +2,10 @@
 //!
 //! Each endpoint gets `connections_per_backend` connections per thread (one by default:
 //! h2's per-connection lock is never contended within a thread's runtime), used in turn.
-//! A connection is made when first needed and again after it closes. A server that is slow to come up (TCP accepted, its
-//! HTTP/2 handshake slow) is waited for within the request's deadline; a refused
-//! connection fails at once (UNAVAILABLE), so a dead challenger fails over quickly.
+//! A connection is made when first needed and again after it closes. A server that is
+//! slow to come up (TCP accepted, its HTTP/2 handshake slow) is waited for within the
+//! request's deadline; a refused connection fails at once (UNAVAILABLE), so a dead
+//! challenger fails over quickly.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};

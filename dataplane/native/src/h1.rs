@@ -71,19 +71,20 @@ pub async fn exchange(
     let no_body = *method == Method::HEAD;
     if let Some(conn) = take_idle(endpoint) {
         match timeout_at(deadline, conn.exchange(&head, &body, no_body, max_body)).await {
-            Err(_) => return Err(CallError::DeadlineExceeded),
-            Ok(Ok((answer, reusable))) => {
-                if let Some(c) = reusable {
-                    keep(endpoint, c);
-                }
-                return Ok(answer);
-            }
             Ok(Err(Failure::Closed)) => {} // closed while idle: once more, on a new connection
-            Ok(Err(Failure::Broken(why))) => return Err(CallError::Unavailable(why)),
+            done => return settle(endpoint, done),
         }
     }
     let conn = connect(endpoint, deadline).await?;
-    match timeout_at(deadline, conn.exchange(&head, &body, no_body, max_body)).await {
+    settle(endpoint, timeout_at(deadline, conn.exchange(&head, &body, no_body, max_body)).await)
+}
+
+/// An exchange's outcome for the caller; a connection still good goes back to the pool.
+fn settle(
+    endpoint: &str,
+    done: Result<Result<(Answer, Option<Conn>), Failure>, tokio::time::error::Elapsed>,
+) -> Result<Answer, CallError> {
+    match done {
         Err(_) => Err(CallError::DeadlineExceeded),
         Ok(Ok((answer, reusable))) => {
             if let Some(c) = reusable {
@@ -373,6 +374,8 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
@@ -426,9 +429,6 @@ mod tests {
         });
         (address, accepted)
     }
-
-    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-    use std::sync::Arc;
 
     async fn post(address: &str, body: &'static [u8], max: usize) -> Result<Answer, CallError> {
         let mut headers = HeaderMap::new();
