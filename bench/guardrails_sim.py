@@ -305,6 +305,7 @@ def run(settings: SimSettings) -> dict:
         ("x1.2 (+20 % at every quantile)", LatencyModel(20.0, 0.5), 1.2, None),
         ("x1.2, p99 just above the 50 ms edge", LatencyModel(16.0, 0.5), 1.2, None),
         ("x1.2, p99 just below the 100 ms edge", LatencyModel(30.0, 0.5), 1.2, None),
+        ("x1.2, a tight champion, every answer in (2, 5] ms", LatencyModel(3.5, 0.1), 1.2, None),
         (f"+20 % p99 with the same median (sigma 0.5 -> {widened:.3f})", LatencyModel(20.0, 0.5), 1.0, widened),
     ]
     for label, model, scale, sigma in latency_cases:

@@ -332,9 +332,13 @@ def replay(intervals: Iterable[Interval | Sequence[int]], alpha: float) -> Error
 def snapped_latency_threshold(champion_counts: Sequence[int], quantile: float) -> int:
     """Index k of the bucket edge tau = edges[k] that the champion's q-quantile snaps to.
 
-    tau is the largest edge with at most a fraction q of the champion's answers at or below
-    it, i.e. the lower edge of the bucket holding the quantile (the first edge when the
-    quantile falls in the first bucket, the last when it falls in the overflow).
+    The quantile falls in one bucket; tau is one of its two edges (the first edge when it
+    falls in the first bucket, the last when in the overflow). Of the two, tau is the edge
+    at which a challenger one bucket slower than the champion would differ most from it:
+    the larger Kullback-Leibler divergence per answer between the two chances of an answer
+    slower than the edge. The lower edge usually wins (a lognormal champion's tail beyond
+    it is a few times 1 - q); the upper one when nearly all the champion's answers share
+    the quantile's bucket, where beyond the lower edge both variants would be ~100 % slow.
     """
     counts = np.asarray(champion_counts, dtype=float)
     if counts.ndim != 1 or len(counts) < 2:
@@ -342,9 +346,21 @@ def snapped_latency_threshold(champion_counts: Sequence[int], quantile: float) -
     total = counts.sum()
     if total <= 0:
         raise ValueError("the champion's histogram is empty")
-    cumulative = np.cumsum(counts[:-1]) / total  # fraction at or below each edge
-    below = np.flatnonzero(cumulative <= quantile + 1e-12)
-    return int(below[-1]) if len(below) else 0
+    cumulative = np.cumsum(counts[:-1])  # answers at or below each edge
+    below = np.flatnonzero(cumulative <= (quantile + 1e-12) * total)
+    if not len(below):
+        return 0
+    lower = int(below[-1])
+    if lower + 1 == len(cumulative):
+        return lower
+    # Chance of an answer beyond each edge, with half an answer either side so none is 0 or 1.
+    beyond = (np.concatenate([[total], total - cumulative]) + 0.5) / (total + 1.0)
+
+    def divergence(k: int) -> float:  # edge k: the champion beyond it vs one bucket slower
+        p, b = beyond[k], beyond[k + 1]
+        return p * math.log(p / b) + (1 - p) * math.log((1 - p) / (1 - b))
+
+    return lower if divergence(lower) >= divergence(lower + 1) else lower + 1
 
 
 class LatencyTest:

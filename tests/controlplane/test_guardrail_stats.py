@@ -131,16 +131,30 @@ def test_replay_of_the_stored_series_reproduces_the_decision():
     assert stats.replay(evidence["series"], evidence["alpha"]).to_json()["statistic"] == evidence["statistic"]
 
 
-def test_latency_threshold_snaps_to_the_lower_edge_of_the_quantiles_bucket():
-    counts = [0] * 13
-    counts[5] = 960  # (20, 50] ms
-    counts[6] = 38   # (50, 100] ms: the 0.99 quantile falls here
-    counts[7] = 2
+def test_latency_threshold_snaps_to_the_lower_edge_of_the_quantiles_bucket_under_a_spread_champion():
+    # Lognormal, median 20 ms, sigma 0.5: the 0.99 quantile (64 ms) is in (50, 100] ms, with
+    # 3.4 % of the answers beyond 50 ms and 0.1 % beyond 100 ms.
+    counts = [0, 0, 3, 80, 417, 467, 33, 1, 0, 0, 0, 0, 0]
     assert stats.snapped_latency_threshold(counts, 0.99) == 5  # tau = 50 ms
     assert stats.snapped_latency_threshold([1000] + [0] * 12, 0.99) == 0  # first bucket: the first edge
     assert stats.snapped_latency_threshold([0] * 12 + [5], 0.5) == 11  # overflow: the last edge
     with pytest.raises(ValueError):
         stats.snapped_latency_threshold([0] * 13, 0.99)
+
+
+def test_latency_threshold_snaps_to_the_upper_edge_when_the_champions_answers_share_the_quantiles_bucket():
+    # 97 % of the answers in (2, 5] ms: beyond 2 ms a challenger however slow could not look
+    # slower than the champion (97 % against 100 %); beyond 5 ms it is 1 % against 100 %.
+    counts = [2, 14, 1308, 15, 0, 0, 1, 0, 0, 0, 0, 0, 0]
+    assert stats.snapped_latency_threshold(counts, 0.9) == 2  # tau = 5 ms
+    test = LatencyTest(0.01, 0.9, champion_counts=counts)
+    slow = [0] * 9 + [10] + [0] * 3  # ten answers at (500, 1000] ms a second
+    champion = [0, 1, 85, 1] + [0] * 9
+    for second in range(1, 30):
+        test.update(slow, champion)
+        if test.rejected:
+            break
+    assert test.rejected and second <= 5, second
 
 
 def _histograms(rng, n, median, sigma):
@@ -176,7 +190,7 @@ def test_latency_test_with_the_champion_histogram_given_is_ready_at_once():
     with pytest.raises(ValueError):
         test.update([1] * 12, [1] * 13)
     other = LatencyTest(0.01, 0.5, champion_counts=[0, 60, 40, 0], bucket_edges_ms=(5, 10, 20))
-    assert other.latency_threshold_ms == 5.0
+    assert other.latency_threshold_ms == 10.0  # beyond 5 ms is every answer: no room to be slower
 
 
 def test_srm_factor_matches_hand_computed_dirichlet_value():

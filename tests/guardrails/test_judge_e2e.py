@@ -3,7 +3,7 @@ models with --error-rate and --latency-ms behind them, driven by real inference 
 
 One run, four deployments side by side (under ~60 s on a loaded machine):
 - dep_bad: a challenger with 5x the champion's error rate is rolled back, evidence in history;
-- dep_slow: a challenger 150 ms slower than the champion is rolled back by the latency test;
+- dep_slow: a challenger 500 ms slower than the champion is rolled back by the latency test;
 - dep_step: an equal challenger steps 10 -> 20 after step_after_requests;
 - dep_aa: an A/A challenger (same error rate, same latency) stays: no decision.
 
