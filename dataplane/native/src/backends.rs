@@ -1,4 +1,7 @@
-//! Pooled HTTP/2 connections to the model servers, one pool per runtime thread.
+//! Pooled HTTP/2 connections to the model servers, one pool per runtime thread, on h2
+//! itself (not hyper's client): a request's head and body are queued in the caller's task
+//! and leave in one write, where hyper's client wrote the HEADERS frame before its body
+//! task had the stream's send capacity (two writes, two reads on the model server).
 //!
 //! Each endpoint gets `connections_per_backend` connections per thread (one by default:
 //! h2's per-connection lock is never contended within a thread's runtime), used in turn.
@@ -8,16 +11,83 @@
 //! challenger fails over quickly.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body::{Body, Frame};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
-pub type Sender = SendRequest<crate::body::Parts>;
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One connection's handle (cheap to clone) and whether the connection has ended.
+#[derive(Clone)]
+pub struct Sender {
+    h2: h2::client::SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Relaxed)
+    }
+
+    /// Send a request with its body (the parts in order, empty ones skipped) and wait for
+    /// the answer's head.
+    pub async fn send(self, head: Request<()>, body: &[Bytes]) -> Result<Response<BackendBody>, h2::Error> {
+        let mut h2 = self.h2.ready().await?;
+        let last = body.iter().rposition(|part| !part.is_empty());
+        let (answer, mut stream) = h2.send_request(head, last.is_none())?;
+        for (i, part) in body.iter().enumerate().filter(|(_, part)| !part.is_empty()) {
+            // Past the stream's window h2 holds the rest and sends it as the window opens.
+            stream.send_data(part.clone(), Some(i) == last)?;
+        }
+        let (parts, recv) = answer.await?.into_parts();
+        Ok(Response::from_parts(parts, BackendBody { recv, ended: false }))
+    }
+}
+
+/// A backend's answer body: its DATA frames (their flow-control window released as they
+/// are read), then its trailers.
+pub struct BackendBody {
+    recv: h2::RecvStream,
+    ended: bool,
+}
+
+impl Body for BackendBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match ready!(self.recv.poll_data(cx)) {
+            Some(Ok(data)) => {
+                let _ = self.recv.flow_control().release_capacity(data.len());
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            Some(Err(err)) => return Poll::Ready(Some(Err(err))),
+            None => {}
+        }
+        let trailers: Option<HeaderMap> = match ready!(self.recv.poll_trailers(cx)) {
+            Err(err) => return Poll::Ready(Some(Err(err))),
+            Ok(trailers) => trailers,
+        };
+        self.ended = true;
+        Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.recv.is_end_stream()
+    }
+}
 
 /// Why a backend could not be asked: no answer of any kind came from it.
 #[derive(Debug)]
@@ -84,35 +154,51 @@ impl Endpoint {
             Ok(Ok(stream)) => stream,
         };
         let _ = stream.set_nodelay(true);
-        let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        let mut builder = h2::client::Builder::new();
         builder
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(1 << 20)
+            .initial_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
             .max_frame_size(1 << 16)
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10));
-        let (sender, connection) = match timeout_at(deadline, builder.handshake(TokioIo::new(stream))).await {
+            .enable_push(false);
+        let (h2, mut connection) = match timeout_at(deadline, builder.handshake(stream)).await {
             Err(_) => return Err(CallError::DeadlineExceeded),
             Ok(Err(err)) => return Err(CallError::Unavailable(format!("HTTP/2 handshake failed: {err}"))),
             Ok(Ok(pair)) => pair,
         };
+        let sender = Sender { h2, closed: Arc::new(AtomicBool::new(false)) };
+        let closed = sender.closed.clone();
+        let ping = connection.ping_pong();
         tokio::spawn(async move {
-            let _ = connection.await;
+            tokio::select! {
+                _ = &mut connection => {}
+                _ = keepalive(ping) => {} // no pong in time: the connection is dropped
+            }
+            closed.store(true, Relaxed);
         });
         *slot.sender.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
         Ok(sender)
     }
 
-    /// Forget a connection that failed a request (the next use makes a new one).
-    pub fn discard(&self, failed: &Sender) {
+    /// Forget the connections that have ended (the next use makes a new one).
+    pub fn discard_closed(&self) {
         for slot in &self.slots {
             let mut guard = slot.sender.lock().unwrap_or_else(|e| e.into_inner());
-            if guard.as_ref().is_some_and(|s| s.is_closed()) {
+            if guard.as_ref().is_some_and(Sender::is_closed) {
                 *guard = None;
             }
         }
-        let _ = failed;
+    }
+}
+
+/// Returns when a ping goes unanswered for KEEPALIVE_TIMEOUT (one every KEEPALIVE_INTERVAL).
+async fn keepalive(ping: Option<h2::PingPong>) {
+    let Some(mut ping) = ping else { return std::future::pending().await };
+    loop {
+        tokio::time::sleep(KEEPALIVE_INTERVAL).await;
+        match tokio::time::timeout(KEEPALIVE_TIMEOUT, ping.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
     }
 }
 

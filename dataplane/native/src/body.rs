@@ -12,9 +12,9 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::time::Sleep;
 
+use crate::backends::BackendBody;
 use crate::grpc::{put_status, Code, Status};
 use crate::stats::Counters;
 
@@ -67,46 +67,13 @@ impl Body for Unary {
     }
 }
 
-/// A request body sent as the parts it is made of (the 5-byte frame prefix, the client's
+/// A request's body as the parts it is made of (the 5-byte frame prefix, the client's
 /// message as received, the model_name/model_version suffix): no part is copied, so a
 /// large request and its shadow copy share one buffer.
-pub struct Parts {
-    parts: [Bytes; 3],
-    next: usize,
-}
-
-impl Parts {
-    /// One gRPC message made of `message` then `suffix`.
-    pub fn framed(message: Bytes, suffix: &[u8]) -> Parts {
-        let mut prefix = [0u8; 5];
-        prefix[1..].copy_from_slice(&((message.len() + suffix.len()) as u32).to_be_bytes());
-        Parts { parts: [Bytes::copy_from_slice(&prefix), message, Bytes::copy_from_slice(suffix)], next: 0 }
-    }
-}
-
-impl Body for Parts {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        while self.next < self.parts.len() {
-            let i = self.next;
-            self.next += 1;
-            let part = std::mem::take(&mut self.parts[i]);
-            if !part.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(part))));
-            }
-        }
-        Poll::Ready(None)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.parts[self.next.min(self.parts.len())..].iter().all(Bytes::is_empty)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.parts[self.next.min(self.parts.len())..].iter().map(|p| p.len() as u64).sum())
-    }
+pub fn request_parts(message: Bytes, suffix: &[u8]) -> [Bytes; 3] {
+    let mut prefix = [0u8; 5];
+    prefix[1..].copy_from_slice(&((message.len() + suffix.len()) as u32).to_be_bytes());
+    [Bytes::copy_from_slice(&prefix), message, Bytes::copy_from_slice(suffix)]
 }
 
 /// How much earlier than this router's deadline a caller may give up and still count as
@@ -157,7 +124,7 @@ impl Drop for Pending {
 
 /// A backend's answer on its way to the caller.
 pub struct Relay {
-    inner: Incoming,
+    inner: BackendBody,
     deadline: Pin<Box<Sleep>>,
     tally: Option<Tally>,
     /// Names the variant in an error the router makes up mid-answer (never an address).
@@ -167,7 +134,7 @@ pub struct Relay {
 
 impl Relay {
     /// `tally` is None when the status was already counted (a Trailers-Only answer).
-    pub fn boxed(inner: Incoming, deadline: tokio::time::Instant, tally: Option<Tally>, what: Arc<str>) -> RespBody {
+    pub fn boxed(inner: BackendBody, deadline: tokio::time::Instant, tally: Option<Tally>, what: Arc<str>) -> RespBody {
         Relay { inner, deadline: Box::pin(tokio::time::sleep_until(deadline)), tally, what, done: false }.boxed_unsync()
     }
 

@@ -12,8 +12,8 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::time::{timeout_at, Instant};
 
-use crate::backends::{Backends, CallError};
-use crate::body::{empty, Parts, Pending, Relay, RespBody, Tally, Unary};
+use crate::backends::{BackendBody, Backends, CallError};
+use crate::body::{empty, request_parts, Pending, Relay, RespBody, Tally, Unary};
 use crate::grpc::{self, answer_headers, put_status, Code, Status};
 use crate::serve::Shared;
 use crate::table::{Route, Variant};
@@ -251,9 +251,9 @@ pub(crate) async fn send(
     message: &Bytes,
     headers: &HeaderMap,
     deadline: Instant,
-) -> Result<Response<Incoming>, CallError> {
+) -> Result<Response<BackendBody>, CallError> {
     let endpoint = backends.endpoint(&variant.endpoint);
-    let mut sender = endpoint.sender(deadline).await?;
+    let sender = endpoint.sender(deadline).await?;
     let uri = match &variant.infer_uri {
         Some(uri) if path == INFER => Some(uri.clone()),
         _ => crate::table::grpc_uri(&variant.endpoint, path).ok(),
@@ -261,15 +261,16 @@ pub(crate) async fn send(
     let uri = uri.ok_or_else(|| CallError::Unavailable("the endpoint is not host:port".into()))?;
     let mut request = Request::post(uri)
         .version(http::Version::HTTP_2)
-        .body(Parts::framed(message.clone(), &variant.suffix))
+        .body(())
         .map_err(|e| CallError::Unavailable(format!("bad request: {e}")))?;
     *request.headers_mut() = headers.clone();
     let left = deadline.saturating_duration_since(Instant::now());
     request.headers_mut().insert("grpc-timeout", grpc::format_timeout(left));
-    match timeout_at(deadline, sender.send_request(request)).await {
+    let body = request_parts(message.clone(), &variant.suffix);
+    match timeout_at(deadline, sender.send(request, &body)).await {
         Err(_) => Err(CallError::DeadlineExceeded),
         Ok(Err(err)) => {
-            endpoint.discard(&sender);
+            endpoint.discard_closed();
             Err(CallError::Unavailable(format!("{err}")))
         }
         Ok(Ok(response)) => Ok(response),
@@ -277,7 +278,7 @@ pub(crate) async fn send(
 }
 
 /// The grpc-status in an answer's headers: set only in a Trailers-Only answer.
-fn head_status(response: &Response<Incoming>) -> Option<Code> {
+fn head_status(response: &Response<BackendBody>) -> Option<Code> {
     response.headers().get("grpc-status").map(|v| Code::parse(v.as_bytes()))
 }
 
@@ -339,7 +340,7 @@ async fn infer(
 
 /// A backend's answer passed on, with the tsplit-* headers added and the status counted.
 fn relay(
-    response: Response<Incoming>,
+    response: Response<BackendBody>,
     tally: Tally,
     extra: &HeaderMap,
     deadline: Instant,
