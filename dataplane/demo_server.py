@@ -27,7 +27,7 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -220,11 +220,12 @@ class RunningDemoServer:
         await self.server.stop(grace)
 
 
-async def start_demo_server(models: Sequence[DemoModel] = (DEFAULT_MODEL,),
-                            listen: str = "127.0.0.1:0") -> RunningDemoServer:
-    """Serve `models` on the running event loop; `listen` ":0" picks a free port."""
+async def start_demo_server(models: Sequence[DemoModel] = (DEFAULT_MODEL,), listen: str = "127.0.0.1:0",
+                            options: Sequence[tuple[str, Any]] = ()) -> RunningDemoServer:
+    """Serve `models` on the running event loop; `listen` ":0" picks a free port; `options`
+    are grpc server options (e.g. grpc.max_connection_age_ms)."""
     host, port = parse_host_port(listen)
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=list(options))
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(DemoInferenceService(models), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -51,10 +51,10 @@ class DemoBackends:
         self._servers = []
 
     async def start(self, name: str, weights=WEIGHTS_A, latency_ms: float = 0.0, error_rate: float = 0.0,
-                    error_code: grpc.StatusCode = grpc.StatusCode.INTERNAL) -> str:
+                    error_code: grpc.StatusCode = grpc.StatusCode.INTERNAL, options=()) -> str:
         model = DemoModel(name, weights=weights, bias=(0.0,) * len(weights[0]), latency_ms=latency_ms,
                           error_rate=error_rate, error_code=error_code)
-        server = await start_demo_server([model])
+        server = await start_demo_server([model], options=options)
         self._servers.append(server)
         return server.address
 

@@ -197,6 +197,28 @@ async def test_a_dead_challenger_fails_over_to_the_champion(backends, router, cl
     assert abs(failovers - n / 2) <= dp.binomial_bound(n, 0.5)
 
 
+async def test_calls_go_on_while_a_model_server_rotates_its_connections(backends, router, client_factory, dp):
+    # A server with a maximum connection age sends GOAWAY every 200 ms while calls are in
+    # flight on the connection: a new call then finds it closing before anything is sent.
+    rotating = (("grpc.max_connection_age_ms", 200), ("grpc.max_connection_age_grace_ms", 10_000))
+    await backends.model("mod_rot", await backends.start("lin-rot", latency_ms=20, options=rotating), "lin-rot")
+    await backends.deployment("dep_rot", "mod_rot")
+    await dp.wait_for_version(router, "dep_rot", 1)
+    client = client_factory(router.address)
+    request, codes = dp.infer_request("dep_rot"), []
+
+    async def caller() -> None:  # calls back to back: some always in flight
+        for _ in range(40):  # ~1 s at 20 ms a call: 5 rotations
+            try:
+                await client.infer(request)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.aio.AioRpcError as err:
+                codes.append(err.code())
+
+    await asyncio.gather(*(caller() for _ in range(8)))
+    assert codes.count(grpc.StatusCode.OK) == 320, collections.Counter(codes)
+
+
 async def test_health_and_readiness_follow_the_first_snapshot(tmp_path, client_factory, dp):
     member = EtcdMember(data_dir=tmp_path / "etcd")  # not started yet: no snapshot possible
     router = await start_router(RouterSettings(listen="127.0.0.1:0", etcd=member.endpoint,
