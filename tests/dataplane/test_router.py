@@ -199,7 +199,7 @@ async def test_a_dead_challenger_fails_over_to_the_champion(backends, router, cl
 
 async def test_calls_go_on_while_a_model_server_rotates_its_connections(backends, router, client_factory, dp):
     # A server with a maximum connection age sends GOAWAY every 200 ms while calls are in
-    # flight on the connection: a new call then finds it closing before anything is sent.
+    # flight on the connection: those finish on it, new ones must go to a new connection.
     rotating = (("grpc.max_connection_age_ms", 200), ("grpc.max_connection_age_grace_ms", 10_000))
     await backends.model("mod_rot", await backends.start("lin-rot", latency_ms=20, options=rotating), "lin-rot")
     await backends.deployment("dep_rot", "mod_rot")
