@@ -1,10 +1,11 @@
-//! Pooled HTTP/2 connections to the model servers, one pool per runtime thread, on h2
+//! Pooled HTTP/2 connections to the model servers, one pool per runtime worker, on h2
 //! itself (not hyper's client): a request's head and body are queued in the caller's task
 //! and leave in one write, where hyper's client wrote the HEADERS frame before its body
 //! task had the stream's send capacity (two writes, two reads on the model server).
 //!
-//! Each endpoint gets `connections_per_backend` connections per thread (one by default:
-//! h2's per-connection lock is never contended within a thread's runtime), used in turn.
+//! Each endpoint gets `connections_per_backend` connections per worker (one by default: a
+//! call uses the pool of the worker it starts on, so h2's per-connection lock is contended
+//! only by a call that work stealing moved), used in turn.
 //! A connection is made when first needed and again after it closes. A server that is
 //! slow to come up (TCP accepted, its HTTP/2 handshake slow) is waited for within the
 //! request's deadline; a refused connection fails at once (UNAVAILABLE), so a dead
@@ -39,8 +40,17 @@ impl Sender {
     }
 
     /// Send a request with its body (the parts in order, empty ones skipped) and wait for
-    /// the answer's head.
+    /// the answer's head. A connection the server is closing (GOAWAY) is marked closed.
     pub async fn send(self, head: Request<()>, body: &[Bytes]) -> Result<Response<BackendBody>, h2::Error> {
+        let closed = self.closed.clone();
+        let sent = self.send_on(head, body).await;
+        if sent.as_ref().is_err_and(|err| err.is_go_away()) {
+            closed.store(true, Relaxed);
+        }
+        sent
+    }
+
+    async fn send_on(self, head: Request<()>, body: &[Bytes]) -> Result<Response<BackendBody>, h2::Error> {
         let mut h2 = self.h2.ready().await?;
         let last = body.iter().rposition(|part| !part.is_empty());
         let (answer, mut stream) = h2.send_request(head, last.is_none())?;
@@ -51,6 +61,14 @@ impl Sender {
         let (parts, recv) = answer.await?.into_parts();
         Ok(Response::from_parts(parts, BackendBody { recv, ended: false }))
     }
+}
+
+/// Whether the server never saw the call, so it can be sent again on another connection:
+/// refused (REFUSED_STREAM), or past the last stream a closing server (GOAWAY) processes,
+/// or sent after its GOAWAY arrived. A server that rotates its connections
+/// (`max_connection_age`) does this to calls in flight as a matter of course.
+pub fn never_processed(err: &h2::Error) -> bool {
+    err.is_remote() && (err.is_go_away() || err.reason() == Some(h2::Reason::REFUSED_STREAM))
 }
 
 /// A backend's answer body: its DATA frames (their flow-control window released as they
@@ -202,7 +220,7 @@ async fn keepalive(ping: Option<h2::PingPong>) {
     }
 }
 
-/// One runtime thread's connections, by endpoint.
+/// One runtime worker's connections, by endpoint.
 pub struct Backends {
     endpoints: Mutex<HashMap<Arc<str>, Arc<Endpoint>>>,
     connections: usize,

@@ -253,27 +253,34 @@ pub(crate) async fn send(
     deadline: Instant,
 ) -> Result<Response<BackendBody>, CallError> {
     let endpoint = backends.endpoint(&variant.endpoint);
-    let sender = endpoint.sender(deadline).await?;
     let uri = match &variant.infer_uri {
         Some(uri) if path == INFER => Some(uri.clone()),
         _ => crate::table::grpc_uri(&variant.endpoint, path).ok(),
     };
     let uri = uri.ok_or_else(|| CallError::Unavailable("the endpoint is not host:port".into()))?;
-    let mut request = Request::post(uri)
-        .version(http::Version::HTTP_2)
-        .body(())
-        .map_err(|e| CallError::Unavailable(format!("bad request: {e}")))?;
-    *request.headers_mut() = headers.clone();
-    let left = deadline.saturating_duration_since(Instant::now());
-    request.headers_mut().insert("grpc-timeout", grpc::format_timeout(left));
     let body = request_parts(message.clone(), &variant.suffix);
-    match timeout_at(deadline, sender.send(request, &body)).await {
-        Err(_) => Err(CallError::DeadlineExceeded),
-        Ok(Err(err)) => {
-            endpoint.discard_closed();
-            Err(CallError::Unavailable(format!("{err}")))
+    // A call the server never saw (its connection was closing) goes again, once, on another.
+    let mut retried = false;
+    loop {
+        let sender = endpoint.sender(deadline).await?;
+        let mut request = Request::post(uri.clone())
+            .version(http::Version::HTTP_2)
+            .body(())
+            .map_err(|e| CallError::Unavailable(format!("bad request: {e}")))?;
+        *request.headers_mut() = headers.clone();
+        let left = deadline.saturating_duration_since(Instant::now());
+        request.headers_mut().insert("grpc-timeout", grpc::format_timeout(left));
+        match timeout_at(deadline, sender.send(request, &body)).await {
+            Err(_) => return Err(CallError::DeadlineExceeded),
+            Ok(Err(err)) => {
+                endpoint.discard_closed();
+                if retried || !crate::backends::never_processed(&err) {
+                    return Err(CallError::Unavailable(format!("{err}")));
+                }
+                retried = true;
+            }
+            Ok(Ok(response)) => return Ok(response),
         }
-        Ok(Ok(response)) => Ok(response),
     }
 }
 

@@ -1,10 +1,17 @@
-//! The listening sockets and the HTTP/2 server: one current-thread tokio runtime per
-//! thread, each with its own SO_REUSEPORT listener on the same port, and a graceful stop.
+//! The listening sockets and the HTTP/2 server: one multi-thread tokio runtime with a
+//! worker per thread, one SO_REUSEPORT listener per worker on the same port, and a
+//! graceful stop.
+//!
+//! Work stealing is why the runtime is shared: with one current-thread runtime per core,
+//! a thread that the OS left waiting for a core held all of its connections' calls until
+//! it ran again (saturation p99 66 vs nginx's 29 ms); here another worker takes them over
+//! (BENCHMARKS.md, session 7).
 
+use std::cell::Cell;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -68,9 +75,9 @@ pub struct Config {
     pub request_timeout_s: f64,
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
-    /// HTTP/2 connections per backend per thread. One by default: a thread's runtime never
-    /// contends for its own connections' locks, and calls multiplexed on one connection reach
-    /// the backend in batches (fewer reads and writes on both sides: BENCHMARKS.md).
+    /// HTTP/2 connections per backend per worker. One by default: a worker rarely contends
+    /// for its own connections' locks, and calls multiplexed on one connection reach the
+    /// backend in batches (fewer reads and writes on both sides: BENCHMARKS.md).
     #[serde(default = "default_connections")]
     pub connections_per_backend: usize,
     #[serde(default = "default_streams")]
@@ -95,7 +102,7 @@ pub struct Config {
     pub auth: Option<crate::auth::AuthConfig>,
 }
 
-/// What every runtime thread shares.
+/// What every runtime worker shares.
 pub struct Shared {
     pub config: Config,
     /// None until the first full snapshot is applied.
@@ -109,8 +116,13 @@ pub struct Shared {
     grace_ms: AtomicU64,
     /// Health Watch streams wait on this (true: serving).
     pub serving: watch::Sender<bool>,
-    /// Each runtime thread's backend connections (retained to the table's endpoints).
+    /// Each runtime worker's backend connections (retained to the table's endpoints).
     pub backends: Vec<Arc<Backends>>,
+}
+
+thread_local! {
+    /// Which of `Shared::backends` the calls this thread starts use (set as a worker starts).
+    static WORKER: Cell<usize> = const { Cell::new(0) };
 }
 
 impl Shared {
@@ -123,7 +135,12 @@ impl Shared {
         self.serving.send_if_modified(|s| std::mem::replace(s, now) != now);
     }
 
-    /// Drop every thread's connections to endpoints no route of `table` names.
+    /// The backend connections of the worker this runs on.
+    pub fn worker_backends(&self) -> &Arc<Backends> {
+        &self.backends[WORKER.with(Cell::get) % self.backends.len()]
+    }
+
+    /// Drop every worker's connections to endpoints no route of `table` names.
     pub fn retain_backends(&self, table: &Table) {
         let used = table.endpoints();
         for pool in &self.backends {
@@ -132,12 +149,13 @@ impl Shared {
     }
 }
 
-/// A started server: its threads and how to stop them.
+/// A started server: its runtime, its accept loops and how to stop them.
 pub struct Server {
     pub shared: Arc<Shared>,
     pub port: u16,
     shutdown: watch::Sender<bool>,
-    threads: Vec<JoinHandle<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
+    accepting: Vec<tokio::task::JoinHandle<()>>,
 }
 
 fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -153,7 +171,7 @@ fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 }
 
 impl Server {
-    /// Bind one listener per thread (all on one port: the first picks it when port is 0)
+    /// Bind one listener per worker (all on one port: the first picks it when port is 0)
     /// and start serving. Errors here are the caller's (address in use, bad host).
     pub fn start(config: Config) -> std::io::Result<Server> {
         let ip: std::net::IpAddr = config.host.parse().map_err(|_| {
@@ -200,18 +218,24 @@ impl Server {
             serving,
             backends: (0..threads).map(|_| Arc::new(Backends::new(connections))).collect(),
         });
+        let started = Arc::new(AtomicUsize::new(0));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("tsplit-router")
+            .on_thread_start(move || WORKER.with(|w| w.set(started.fetch_add(1, Relaxed))))
+            .enable_all()
+            .build()?;
         let (shutdown, _) = watch::channel(false);
-        let mut handles = Vec::with_capacity(threads);
-        for (i, std_listener) in listeners.into_iter().enumerate() {
-            let shared = shared.clone();
-            let backends = shared.backends[i].clone();
-            let stop = shutdown.subscribe();
-            let handle = std::thread::Builder::new()
-                .name(format!("tsplit-router-{i}"))
-                .spawn(move || run_thread(std_listener, shared, backends, stop))?;
-            handles.push(handle);
+        let mut accepting = Vec::with_capacity(threads);
+        for std_listener in listeners {
+            // Registered with the runtime's reactor, so from inside it.
+            let listener = {
+                let _entered = runtime.enter();
+                tokio::net::TcpListener::from_std(std_listener)?
+            };
+            accepting.push(runtime.spawn(accept_loop(listener, shared.clone(), shutdown.subscribe())));
         }
-        Ok(Server { shared, port, shutdown, threads: handles })
+        Ok(Server { shared, port, shutdown, runtime: Some(runtime), accepting })
     }
 
     /// Stop accepting, let calls in flight finish for up to `grace`, then end.
@@ -220,56 +244,34 @@ impl Server {
         self.shared.update_serving();
         self.shared.grace_ms.store(grace.as_millis() as u64, Relaxed);
         let _ = self.shutdown.send(true);
-        for handle in self.threads.drain(..) {
-            let _ = handle.join();
-        }
+        let Some(runtime) = self.runtime.take() else { return };
+        let accepting = std::mem::take(&mut self.accepting);
+        runtime.block_on(async {
+            for accept_loop in accepting {
+                let _ = accept_loop.await;
+            }
+        });
+        // What is left (backend connections, shadow copies past their champions) ends here.
+        runtime.shutdown_timeout(Duration::from_secs(1));
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if !self.threads.is_empty() {
+        if self.runtime.is_some() {
             self.stop(Duration::ZERO);
         }
     }
 }
 
-fn run_thread(
-    std_listener: std::net::TcpListener,
-    shared: Arc<Shared>,
-    backends: Arc<Backends>,
-    stop: watch::Receiver<bool>,
-) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("tsplit router: cannot start a runtime: {err}");
-            return;
-        }
-    };
-    runtime.block_on(accept_loop(std_listener, shared, backends, stop));
-}
-
-async fn accept_loop(
-    std_listener: std::net::TcpListener,
-    shared: Arc<Shared>,
-    backends: Arc<Backends>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let listener = match tokio::net::TcpListener::from_std(std_listener) {
-        Ok(l) => l,
-        Err(err) => {
-            eprintln!("tsplit router: cannot listen: {err}");
-            return;
-        }
-    };
+async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
-                connections.spawn(serve_connection(stream, shared.clone(), backends.clone(), stop.clone()));
+                connections.spawn(serve_connection(stream, shared.clone(), stop.clone()));
             }
             _ = stop.changed() => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -281,12 +283,7 @@ async fn accept_loop(
     connections.shutdown().await;
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
-    shared: Arc<Shared>,
-    backends: Arc<Backends>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn serve_connection(stream: tokio::net::TcpStream, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http2()
@@ -298,7 +295,7 @@ async fn serve_connection(
         .keep_alive_interval(None);
     let service = service_fn(move |req: http::Request<Incoming>| {
         let shared = shared.clone();
-        let backends = backends.clone();
+        let backends = shared.worker_backends().clone();
         async move { Ok::<_, std::convert::Infallible>(crate::dispatch::handle(shared, backends, req).await) }
     });
     let connection = builder.serve_connection(crate::http_errors::V2Errors::new(TokioIo::new(stream)), service);
