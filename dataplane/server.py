@@ -1,8 +1,8 @@
 """`tsplit-router`: the data-plane router process (SPEC section 5, issue 3).
 
 One router = the native core (dataplane/native, `dataplane._native`: the gRPC and REST
-server, backend connections, routing, mirrors and counters, on one multi-thread tokio
-runtime, --threads workers, one per CPU by default); this process's event loop runs what is not on
+server, backend connections, routing, mirrors and counters, on one tokio runtime per
+thread, --threads, one per CPU by default); this process's event loop runs what is not on
 the request path: a ConfigSync that follows etcd and hands the core each new table
 (dataplane.native_router), a Registration that keeps its lease-bound record, and with
 --metrics-listen a Prometheus endpoint over the core's counters. start_router() runs one

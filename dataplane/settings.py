@@ -61,7 +61,7 @@ class RouterSettings:
     # native core uses every CPU itself (--threads), in one router record and one table.
     workers: int = option(1, "router processes sharing the listen port, each its own router; 'auto': one per CPU",
                           parse=_workers)
-    threads: int = option(0, "the native core's serving threads (workers of one tokio runtime, a listener each); 0 or 'auto': "
+    threads: int = option(0, "the native core's serving threads, one runtime and listener each; 0 or 'auto': "
                           "one per CPU (divided among --workers)", parse=_threads)
     backend_connections: int = option(1, "HTTP/2 connections each serving thread keeps to each model server; one "
                                       "multiplexes every call, so the server reads and answers them in batches")

@@ -353,7 +353,7 @@ def test_workers_and_threads_auto_are_one_per_usable_cpu():
     assert parse_settings(["--workers", "auto"]).workers == cpus
     assert parse_settings([], {"TSPLIT_ROUTER_WORKERS": "AUTO"}).workers == cpus
     assert parse_settings(["--workers", "3"]).workers == 3 and parse_settings([]).workers == 1
-    # --threads 0 / auto: the core starts one runtime worker per CPU (divided among the workers).
+    # --threads 0 / auto: the core starts one runtime per CPU (divided among the workers).
     assert parse_settings(["--threads", "auto"]).threads == 0 == parse_settings([]).threads
     assert parse_settings(["--threads", "3"]).threads == 3
 

@@ -1,11 +1,10 @@
-//! Pooled HTTP/2 connections to the model servers, one pool per runtime worker, on h2
+//! Pooled HTTP/2 connections to the model servers, one pool per runtime thread, on h2
 //! itself (not hyper's client): a request's head and body are queued in the caller's task
 //! and leave in one write, where hyper's client wrote the HEADERS frame before its body
 //! task had the stream's send capacity (two writes, two reads on the model server).
 //!
-//! Each endpoint gets `connections_per_backend` connections per worker (one by default: a
-//! call uses the pool of the worker it starts on, so h2's per-connection lock is contended
-//! only by a call that work stealing moved), used in turn.
+//! Each endpoint gets `connections_per_backend` connections per thread (one by default:
+//! h2's per-connection lock is never contended within a thread's runtime), used in turn.
 //! A connection is made when first needed and again after it closes. A server that is
 //! slow to come up (TCP accepted, its HTTP/2 handshake slow) is waited for within the
 //! request's deadline; a refused connection fails at once (UNAVAILABLE), so a dead
@@ -220,7 +219,7 @@ async fn keepalive(ping: Option<h2::PingPong>) {
     }
 }
 
-/// One runtime worker's connections, by endpoint.
+/// One runtime thread's connections, by endpoint.
 pub struct Backends {
     endpoints: Mutex<HashMap<Arc<str>, Arc<Endpoint>>>,
     connections: usize,
@@ -251,5 +250,61 @@ impl Backends {
     /// Drop the connections of endpoints no route names any more.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
         self.endpoints.lock().unwrap_or_else(|e| e.into_inner()).retain(|a, _| keep(a));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An HTTP/2 server on loopback. Its first connection sends GOAWAY before it reads any
+    /// call; on the others, the first call is refused (REFUSED_STREAM), the second reset
+    /// (INTERNAL_ERROR) and the rest answered.
+    async fn closing_server() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            for n in 0..10 {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                tokio::spawn(async move {
+                    let Ok(mut connection) = h2::server::handshake(stream).await else { return };
+                    if n == 0 {
+                        connection.abrupt_shutdown(h2::Reason::NO_ERROR);
+                    }
+                    let mut calls = 0;
+                    while let Some(Ok((_, mut respond))) = connection.accept().await {
+                        calls += 1;
+                        match calls {
+                            1 => respond.send_reset(h2::Reason::REFUSED_STREAM),
+                            2 => respond.send_reset(h2::Reason::INTERNAL_ERROR),
+                            _ => drop(respond.send_response(Response::new(()), true)),
+                        }
+                    }
+                });
+            }
+        });
+        address
+    }
+
+    async fn call(endpoint: &Arc<Endpoint>) -> Result<http::StatusCode, h2::Error> {
+        let sender = endpoint.sender(Instant::now() + Duration::from_secs(5)).await.expect("connects");
+        let head = Request::post(format!("http://{}/x", endpoint.address)).body(()).unwrap();
+        let answer = sender.send(head, &[Bytes::from_static(b"call")]).await;
+        endpoint.discard_closed();
+        answer.map(|r| r.status())
+    }
+
+    #[tokio::test]
+    async fn calls_a_closing_server_never_saw_are_told_apart_and_its_connection_is_replaced() {
+        let address = closing_server().await;
+        let endpoint = Arc::new(Endpoint::new(Arc::from(address.as_str()), 1));
+        let goaway = call(&endpoint).await.unwrap_err();
+        assert!(never_processed(&goaway), "{goaway}");
+        // The closing connection is not used again: these go on a new one.
+        let refused = call(&endpoint).await.unwrap_err();
+        assert!(never_processed(&refused), "{refused}");
+        let reset = call(&endpoint).await.unwrap_err();
+        assert!(!never_processed(&reset), "a reset call may have run: {reset}");
+        assert_eq!(call(&endpoint).await.unwrap(), http::StatusCode::OK);
     }
 }

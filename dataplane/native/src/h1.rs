@@ -1,4 +1,4 @@
-//! The models' REST side: HTTP/1.1 keep-alive connections, pooled per runtime worker, each
+//! The models' REST side: HTTP/1.1 keep-alive connections, pooled per runtime thread, each
 //! exchange written and read inline by the task that makes it (no connection task, no
 //! channel between them: per request, one write and the reads of its answer).
 //!

@@ -1,7 +1,7 @@
 //! tsplit's router hot path (SPEC section 5): the gRPC data plane that dataplane/server.py
 //! starts, hands routing snapshots to, and reads counters from (`py`, the PyO3 face).
 //!
-//! - `serve`: the runtime (multi-thread tokio, a worker per thread), SO_REUSEPORT
+//! - `serve`: runtimes (one current-thread tokio runtime per thread), SO_REUSEPORT
 //!   listeners, the HTTP/2 server and its graceful stop.
 //! - `dispatch`: one request from its path to its answer; `body`: answers relayed and
 //!   counted; `backends`: pooled HTTP/2 connections to the model servers.
@@ -13,7 +13,7 @@
 //!   and from ModelInfer; `auth`: `--auth jwt` token verification; `rest`: the v2 REST API;
 //!   `http_errors`: hyper's own HTTP/1.1 refusals as v2 error objects.
 
-/// Every request allocates (headers, bodies, tasks) on a runtime worker and frees on the
+/// Every request allocates (headers, bodies, tasks) on its runtime thread and frees on the
 /// same or another: mimalloc's per-thread heaps cost far less per call than glibc's malloc.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -1,17 +1,15 @@
-//! The listening sockets and the HTTP/2 server: one multi-thread tokio runtime with a
-//! worker per thread, one SO_REUSEPORT listener per worker on the same port, and a
-//! graceful stop.
+//! The listening sockets and the HTTP/2 server: one current-thread tokio runtime per
+//! thread, each with its own SO_REUSEPORT listener on the same port, and a graceful stop.
 //!
-//! Work stealing is why the runtime is shared: with one current-thread runtime per core,
-//! a thread that the OS left waiting for a core held all of its connections' calls until
-//! it ran again (saturation p99 66 vs nginx's 29 ms); here another worker takes them over
-//! (BENCHMARKS.md, session 7).
+//! The kernel spreads new connections over the listeners by a hash of their addresses, so
+//! a few long-lived HTTP/2 connections often land unevenly (4 on 2 threads: 3 and 1 half
+//! the time), and the calls of the busier thread wait while the other idles. A thread
+//! that accepts a connection hands it to the thread serving the fewest (its own first).
 
-use std::cell::Cell;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -20,7 +18,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde::Deserialize;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::backends::Backends;
 use crate::stats::CountersRegistry;
@@ -75,9 +73,9 @@ pub struct Config {
     pub request_timeout_s: f64,
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
-    /// HTTP/2 connections per backend per worker. One by default: a worker rarely contends
-    /// for its own connections' locks, and calls multiplexed on one connection reach the
-    /// backend in batches (fewer reads and writes on both sides: BENCHMARKS.md).
+    /// HTTP/2 connections per backend per thread. One by default: a thread's runtime never
+    /// contends for its own connections' locks, and calls multiplexed on one connection reach
+    /// the backend in batches (fewer reads and writes on both sides: BENCHMARKS.md).
     #[serde(default = "default_connections")]
     pub connections_per_backend: usize,
     #[serde(default = "default_streams")]
@@ -102,7 +100,7 @@ pub struct Config {
     pub auth: Option<crate::auth::AuthConfig>,
 }
 
-/// What every runtime worker shares.
+/// What every runtime thread shares.
 pub struct Shared {
     pub config: Config,
     /// None until the first full snapshot is applied.
@@ -116,13 +114,8 @@ pub struct Shared {
     grace_ms: AtomicU64,
     /// Health Watch streams wait on this (true: serving).
     pub serving: watch::Sender<bool>,
-    /// Each runtime worker's backend connections (retained to the table's endpoints).
+    /// Each runtime thread's backend connections (retained to the table's endpoints).
     pub backends: Vec<Arc<Backends>>,
-}
-
-thread_local! {
-    /// Which of `Shared::backends` the calls this thread starts use (set as a worker starts).
-    static WORKER: Cell<usize> = const { Cell::new(0) };
 }
 
 impl Shared {
@@ -135,12 +128,7 @@ impl Shared {
         self.serving.send_if_modified(|s| std::mem::replace(s, now) != now);
     }
 
-    /// The backend connections of the worker this runs on.
-    pub fn worker_backends(&self) -> &Arc<Backends> {
-        &self.backends[WORKER.with(Cell::get) % self.backends.len()]
-    }
-
-    /// Drop every worker's connections to endpoints no route of `table` names.
+    /// Drop every thread's connections to endpoints no route of `table` names.
     pub fn retain_backends(&self, table: &Table) {
         let used = table.endpoints();
         for pool in &self.backends {
@@ -149,13 +137,39 @@ impl Shared {
     }
 }
 
-/// A started server: its runtime, its accept loops and how to stop them.
+/// A started server: its threads and how to stop them.
 pub struct Server {
     pub shared: Arc<Shared>,
     pub port: u16,
     shutdown: watch::Sender<bool>,
-    runtime: Option<tokio::runtime::Runtime>,
-    accepting: Vec<tokio::task::JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Every thread's way in for connections another thread accepted, and how many it serves.
+struct Lanes(Vec<Lane>);
+
+struct Lane {
+    handed: mpsc::UnboundedSender<(std::net::TcpStream, Open)>,
+    open: Arc<AtomicUsize>,
+}
+
+/// One connection counted on its thread's lane until it ends.
+struct Open(Arc<AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Lanes {
+    /// The thread to serve a connection `me` accepted: the one serving the fewest, `me` on a tie.
+    fn pick(&self, me: usize) -> (usize, Open) {
+        let least = (0..self.0.len()).min_by_key(|&i| (self.0[i].open.load(Relaxed), i != me)).unwrap_or(me);
+        let open = self.0[least].open.clone();
+        open.fetch_add(1, Relaxed);
+        (least, Open(open))
+    }
 }
 
 fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -171,7 +185,7 @@ fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 }
 
 impl Server {
-    /// Bind one listener per worker (all on one port: the first picks it when port is 0)
+    /// Bind one listener per thread (all on one port: the first picks it when port is 0)
     /// and start serving. Errors here are the caller's (address in use, bad host).
     pub fn start(config: Config) -> std::io::Result<Server> {
         let ip: std::net::IpAddr = config.host.parse().map_err(|_| {
@@ -218,24 +232,30 @@ impl Server {
             serving,
             backends: (0..threads).map(|_| Arc::new(Backends::new(connections))).collect(),
         });
-        let started = Arc::new(AtomicUsize::new(0));
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name("tsplit-router")
-            .on_thread_start(move || WORKER.with(|w| w.set(started.fetch_add(1, Relaxed))))
-            .enable_all()
-            .build()?;
         let (shutdown, _) = watch::channel(false);
-        let mut accepting = Vec::with_capacity(threads);
-        for std_listener in listeners {
-            // Registered with the runtime's reactor, so from inside it.
-            let listener = {
-                let _entered = runtime.enter();
-                tokio::net::TcpListener::from_std(std_listener)?
+        let (lanes, inboxes): (Vec<Lane>, Vec<_>) = (0..threads)
+            .map(|_| {
+                let (handed, inbox) = mpsc::unbounded_channel();
+                (Lane { handed, open: Arc::new(AtomicUsize::new(0)) }, inbox)
+            })
+            .unzip();
+        let lanes = Arc::new(Lanes(lanes));
+        let mut handles = Vec::with_capacity(threads);
+        for (i, (std_listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
+            let thread = ServingThread {
+                me: i,
+                backends: shared.backends[i].clone(),
+                shared: shared.clone(),
+                lanes: lanes.clone(),
+                inbox,
+                stop: shutdown.subscribe(),
             };
-            accepting.push(runtime.spawn(accept_loop(listener, shared.clone(), shutdown.subscribe())));
+            let handle = std::thread::Builder::new()
+                .name(format!("tsplit-router-{i}"))
+                .spawn(move || thread.run(std_listener))?;
+            handles.push(handle);
         }
-        Ok(Server { shared, port, shutdown, runtime: Some(runtime), accepting })
+        Ok(Server { shared, port, shutdown, threads: handles })
     }
 
     /// Stop accepting, let calls in flight finish for up to `grace`, then end.
@@ -244,46 +264,93 @@ impl Server {
         self.shared.update_serving();
         self.shared.grace_ms.store(grace.as_millis() as u64, Relaxed);
         let _ = self.shutdown.send(true);
-        let Some(runtime) = self.runtime.take() else { return };
-        let accepting = std::mem::take(&mut self.accepting);
-        runtime.block_on(async {
-            for accept_loop in accepting {
-                let _ = accept_loop.await;
-            }
-        });
-        // What is left (backend connections, shadow copies past their champions) ends here.
-        runtime.shutdown_timeout(Duration::from_secs(1));
+        for handle in self.threads.drain(..) {
+            let _ = handle.join();
+        }
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if self.runtime.is_some() {
+        if !self.threads.is_empty() {
             self.stop(Duration::ZERO);
         }
     }
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                connections.spawn(serve_connection(stream, shared.clone(), stop.clone()));
-            }
-            _ = stop.changed() => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    drop(listener);
-    let grace = Duration::from_millis(shared.grace_ms.load(Relaxed));
-    let _ = tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} }).await;
-    connections.shutdown().await;
+/// What one serving thread runs on: its runtime's listener, its inbox of connections other
+/// threads handed it, its backend connections.
+struct ServingThread {
+    me: usize,
+    shared: Arc<Shared>,
+    backends: Arc<Backends>,
+    lanes: Arc<Lanes>,
+    inbox: mpsc::UnboundedReceiver<(std::net::TcpStream, Open)>,
+    stop: watch::Receiver<bool>,
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+impl ServingThread {
+    fn run(self, std_listener: std::net::TcpListener) {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(err) => {
+                eprintln!("tsplit router: cannot start a runtime: {err}");
+                return;
+            }
+        };
+        runtime.block_on(self.accept_loop(std_listener));
+    }
+
+    async fn accept_loop(mut self, std_listener: std::net::TcpListener) {
+        let listener = match tokio::net::TcpListener::from_std(std_listener) {
+            Ok(l) => l,
+            Err(err) => {
+                eprintln!("tsplit router: cannot listen: {err}");
+                return;
+            }
+        };
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let (stream, open) = tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let _ = stream.set_nodelay(true);
+                    let (thread, open) = self.lanes.pick(self.me);
+                    if thread != self.me {
+                        // A closed inbox (that thread has stopped) drops the connection.
+                        if let Ok(stream) = stream.into_std() {
+                            let _ = self.lanes.0[thread].handed.send((stream, open));
+                        }
+                        continue;
+                    }
+                    (stream, open)
+                }
+                Some((stream, open)) = self.inbox.recv() => match tokio::net::TcpStream::from_std(stream) {
+                    Ok(stream) => (stream, open),
+                    Err(_) => continue,
+                },
+                _ = self.stop.changed() => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            };
+            let serving = serve_connection(stream, self.shared.clone(), self.backends.clone(), self.stop.clone());
+            connections.spawn(async move {
+                serving.await;
+                drop(open);
+            });
+        }
+        drop(listener);
+        let grace = Duration::from_millis(self.shared.grace_ms.load(Relaxed));
+        let _ = tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} }).await;
+        connections.shutdown().await;
+    }
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    shared: Arc<Shared>,
+    backends: Arc<Backends>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http2()
@@ -295,7 +362,7 @@ async fn serve_connection(stream: tokio::net::TcpStream, shared: Arc<Shared>, mu
         .keep_alive_interval(None);
     let service = service_fn(move |req: http::Request<Incoming>| {
         let shared = shared.clone();
-        let backends = shared.worker_backends().clone();
+        let backends = backends.clone();
         async move { Ok::<_, std::convert::Infallible>(crate::dispatch::handle(shared, backends, req).await) }
     });
     let connection = builder.serve_connection(crate::http_errors::V2Errors::new(TokioIo::new(stream)), service);
@@ -306,5 +373,43 @@ async fn serve_connection(stream: tokio::net::TcpStream, shared: Arc<Shared>, mu
             connection.as_mut().graceful_shutdown();
             let _ = connection.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lanes(threads: usize) -> Lanes {
+        Lanes(
+            (0..threads)
+                .map(|_| Lane { handed: mpsc::unbounded_channel().0, open: Arc::new(AtomicUsize::new(0)) })
+                .collect(),
+        )
+    }
+
+    fn open_counts(lanes: &Lanes) -> Vec<usize> {
+        lanes.0.iter().map(|lane| lane.open.load(Relaxed)).collect()
+    }
+
+    #[test]
+    fn connections_one_thread_accepts_are_spread_evenly_and_counted_until_they_end() {
+        let lanes = lanes(2);
+        let picked: Vec<(usize, Open)> = (0..4).map(|_| lanes.pick(1)).collect();
+        let threads: Vec<usize> = picked.iter().map(|(thread, _)| *thread).collect();
+        assert_eq!(threads, [1, 0, 1, 0], "the accepting thread first, then the one serving fewer");
+        assert_eq!(open_counts(&lanes), [2, 2]);
+        drop(picked);
+        assert_eq!(open_counts(&lanes), [0, 0]);
+    }
+
+    #[test]
+    fn a_connection_goes_to_the_thread_whose_connections_ended() {
+        let lanes = lanes(3);
+        let mut picked: Vec<(usize, Open)> = (0..3).map(|_| lanes.pick(0)).collect();
+        assert_eq!(open_counts(&lanes), [1, 1, 1]);
+        let ended = picked.remove(1);
+        drop(ended);
+        assert_eq!(lanes.pick(2).0, 1);
     }
 }
