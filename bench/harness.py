@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from bench import etcd_rows, guardrails_sim, loadrows, native_rows, pinning, probe, profile, propagation, proxyless, report, seed, stack, writes
+from bench import etcd_rows, guardrails_sim, loadrows, native_rows, pinning, probe, procs, profile, propagation, proxyless, report, seed, stack, writes
 from bench.loadrows import LoadTarget
 from bench.nginx import NginxProcess, NginxSettings, NginxUpstream
 from bench.procs import rss_bytes, start_backend, start_refproxy, tree_cpu_seconds
@@ -362,12 +362,14 @@ class Run:
                 cmd = [sys.executable, "-m", "bench.pyload", *args, "--threads", str(threads),
                        "--duration", f"{self.s.load.duration_s:g}"]
                 try:
+                    steal_before = procs.steal_seconds()
                     out = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True,
                                                   timeout=self.s.load.duration_s + 60)
                     result = json.loads(out.stdout.strip().splitlines()[-1])
                     if "error" in result:
                         raise RuntimeError(result["error"])
                     result["load_avg_1m"] = os.getloadavg()[0]
+                    result["steal_s"] = procs.steal_seconds() - steal_before
                     row["runs"].append(result)
                     log(f"{name:<40} rep {rep + 1}: {result['req_per_s']:8.0f} req/s  p50 {result['p50_ms']:6.2f} ms  "
                         f"p99 {result['p99_ms']:6.2f} ms  errors {result['errors']}")
@@ -678,6 +680,10 @@ async def run(settings: BenchSettings) -> dict:
     results["machine"]["load_avg_during_load_rows"] = (
         {"min": min(loads), "median": median_or_none(loads), "max": max(loads)} if loads else None)
     results["machine"]["load_avg_at_end"] = os.getloadavg()
+    steals = [r["steal_s"] for row in bench_run.rows for r in row.get("runs", ()) if "steal_s" in r]
+    results["machine"]["steal_during_load_rows"] = (
+        {"total_s": sum(steals), "runs": len(steals), "runs_over_0.1_s": sum(s > 0.1 for s in steals),
+         "max_s": max(steals)} if steals else None)
     e = bench_run.etcd_info
     if e.get("put_p99_ms") is not None:
         etcd_text = (f"etcd {e['version']}, {e['members']} member, data dir on {e['disk']}, fsync as is, "
@@ -695,6 +701,10 @@ def print_results(results: dict) -> None:
     m = results["machine"]
     busy = m.get("load_avg_during_load_rows")
     busy_text = f"; 1-min load average during the load rows {busy['min']:.1f}..{busy['max']:.1f}" if busy else ""
+    steal = m.get("steal_during_load_rows")
+    if steal:
+        busy_text += (f"; CPU stolen by the hypervisor during them {steal['total_s']:.1f} s in all, over 0.1 s in "
+                      f"{steal['runs_over_0.1_s']} of {steal['runs']} runs (max {steal['max_s']:.2f} s)")
     print(f"machine: {m['nproc']} cores, {m['cpu']}, {m['memory_gib']} GiB; other processes on the machine are not stopped (see the load averages)"
           f"{busy_text}; medians of {results['settings']['repeats']} interleaved repetitions")
     print(f"versions: {results['versions']}")

@@ -129,6 +129,17 @@ def start_refproxy(work_dir: Path, mode: str, backend: str, timeout: float = 15.
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def steal_seconds() -> float:
+    """CPU time the hypervisor gave other guests while this machine's vCPUs wanted it (all
+    CPUs, /proc/stat "steal"), so far: stalls that hit every row alike and no proxy causes."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+        return int(fields[8]) / _CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def cpu_ticks_of_stat(stat: str) -> int:
     """utime + stime (clock ticks) from one /proc/<pid>/stat line; the command name in
     parentheses may hold spaces and parentheses, so fields count from the last ')'."""

@@ -29,7 +29,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import probe
+from bench import probe, procs
 from bench.stats import median_or_none, percentile, ratio, within_binomial_bound
 
 MODES = ("direct", "proxyless")
@@ -239,6 +239,7 @@ async def run_once(target: PyTarget, load: PyLoad, work_dir: Path, etcd: str, pr
     for address in target.answer_backends:
         await probe.reset_backend(address)
     log_path = work_dir / f"pygen-{target.transport}-{target.mode}.log"
+    steal_before = procs.steal_seconds()
     with open(log_path, "ab") as log:
         out = await asyncio.to_thread(
             subprocess.run, generator_command(target, load, etcd, prefix), stdout=subprocess.PIPE, stderr=log,
@@ -248,7 +249,8 @@ async def run_once(target: PyTarget, load: PyLoad, work_dir: Path, etcd: str, pr
     result = json.loads(out.stdout.decode().strip().splitlines()[-1])
     answered, by_model = await _answered(target.answer_backends)
     result.update(backend_answered=answered, by_model=by_model,
-                  unanswered_ok=max(0, result["ok"] - answered), load_avg_1m=os.getloadavg()[0])
+                  unanswered_ok=max(0, result["ok"] - answered), load_avg_1m=os.getloadavg()[0],
+                  steal_s=procs.steal_seconds() - steal_before)
     return result
 
 

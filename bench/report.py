@@ -74,7 +74,7 @@ def render_table(headers: list[str], rows: list[list[str]]) -> str:
 
 def load_table(rows: list[dict]) -> str:
     headers = ["row", "req/s", "p50 ms", "p99 ms", "x nginx req/s", "x direct req/s", "p50/p99 vs nginx",
-               "errors", "note"]
+               "errors", "CPU stolen s", "note"]
     out = []
     for row in rows:
         m = row.get("median") or {}
@@ -82,8 +82,14 @@ def load_table(rows: list[dict]) -> str:
         lat = "-" if r.get("p50_vs_nginx") is None else f"{r['p50_vs_nginx']:.2f}x / {r['p99_vs_nginx']:.2f}x"
         out.append([row["name"], fmt(m.get("req_per_s"), 0), fmt(m.get("p50_ms"), 2), fmt(m.get("p99_ms"), 2),
                     fmt(r.get("req_vs_nginx"), 2), fmt(r.get("req_vs_direct"), 2), lat,
-                    fmt(row.get("errors")), row.get("status", "ok") if row.get("status") != "ok" else row.get("note", "")])
+                    fmt(row.get("errors")), fmt(_stolen(row), 2), row.get("status", "ok") if row.get("status") != "ok" else row.get("note", "")])
     return render_table(headers, out)
+
+
+def _stolen(row: dict) -> float | None:
+    """CPU the hypervisor took during the row's repetitions, all CPUs, seconds (procs.steal_seconds)."""
+    steals = [run["steal_s"] for run in row.get("runs", ()) if "steal_s" in run]
+    return sum(steals) if steals else None
 
 
 def target_table(targets: list[dict]) -> str:

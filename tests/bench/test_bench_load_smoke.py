@@ -35,6 +35,7 @@ async def test_answers_are_counted_by_the_backend(backend, tmp_path):
     assert result["status_2xx"] == 400 and result["backend_answered"] == 400
     assert result["errors"] == 0 and result["by_model"] == {"linear-a": 400}
     assert 0 < result["p50_ms"] <= result["p99_ms"]
+    assert result["steal_s"] >= 0  # what the hypervisor took during the run, recorded with it
     sample = await probe.sample_answers(backend, "linear-a", 5)
     assert sample.ok == 5 and sample.codes == {"OK": 5}
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import profile, report
+from bench import procs, profile, report
 from bench.seed import BenchBackends, bench_deployments, bench_models
 
 COLLAPSED = """\
@@ -51,6 +51,20 @@ def test_load_table_shows_ratios_and_not_built_rows():
     assert "2,000" in table[2] and "1.00x / 1.00x" in table[2] and "0.50" in table[2]
     assert "n/a (not built)" in table[3]
     assert len({len(line) for line in table}) == 1  # columns line up
+
+
+def test_load_table_sums_the_cpu_the_hypervisor_took_during_a_rows_repetitions():
+    runs = [{"req_per_s": 1.0, "steal_s": 0.25}, {"req_per_s": 1.0, "steal_s": 1.5}]
+    rows = [{"name": "direct", "status": "ok", "median": {"req_per_s": 1.0}, "runs": runs},
+            {"name": "older run", "status": "ok", "median": {"req_per_s": 1.0}, "runs": [{"req_per_s": 1.0}]}]
+    table = report.load_table(rows).splitlines()
+    assert "CPU stolen s" in table[0]
+    assert "| 1.75 " in table[2] and "1.75" not in table[3]
+
+
+def test_steal_seconds_is_a_running_total():
+    first = procs.steal_seconds()
+    assert 0 <= first <= procs.steal_seconds()
 
 
 def test_target_table_and_json(tmp_path):
