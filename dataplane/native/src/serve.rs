@@ -12,9 +12,10 @@
 //! request 56 vs 42 us, a packed thread handling more per wake-up). The kernel's own
 //! SO_REUSEPORT hash only decides which thread does the handing.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde::Deserialize;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::backends::Backends;
 use crate::stats::CountersRegistry;
@@ -157,6 +158,11 @@ const PACK_BUSY_BELOW_PERMILLE: u32 = 500;
 /// ... and serves fewer connections than this: a burst of connections (HTTP/1.1 clients)
 /// is spread before its load shows in the threads' CPU time.
 const PACK_CONNECTIONS: usize = 8;
+/// A thread busier than this (in thousandths of BUSY_INTERVAL), with two connections or
+/// more, while another has headroom, asks its oldest connection to go away (HTTP/2 GOAWAY
+/// after the calls in flight, HTTP/1.1 close after the answer in flight): its client
+/// reconnects, to a thread with headroom. One a tick at most, so load moves step by step.
+const SHED_BUSY_PERMILLE: u32 = 900;
 const BUSY_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Every thread's way in for connections another thread accepted, how many it serves and
@@ -189,16 +195,30 @@ impl Drop for Open {
 }
 
 impl Lanes {
-    /// The thread to serve a new connection: the first with headroom, else the one serving
-    /// the fewest.
+    /// The thread to serve a new connection: the first with headroom, else the least busy
+    /// (serving the fewest on a tie).
     fn pick(&self) -> (usize, Open) {
         let chosen = (0..self.0.len())
             .find(|&i| self.0[i].has_headroom())
-            .or_else(|| (0..self.0.len()).min_by_key(|&i| self.0[i].open.load(Relaxed)))
+            .or_else(|| {
+                (0..self.0.len()).min_by_key(|&i| (self.0[i].busy_permille.load(Relaxed), self.0[i].open.load(Relaxed)))
+            })
             .unwrap_or(0);
         let open = self.0[chosen].open.clone();
         open.fetch_add(1, Relaxed);
         (chosen, Open(open))
+    }
+
+    /// Whether thread `me` should move one of its connections away (SHED_BUSY_PERMILLE).
+    fn should_shed(&self, me: usize) -> bool {
+        let lane = &self.0[me];
+        lane.busy_permille.load(Relaxed) > SHED_BUSY_PERMILLE
+            && lane.open.load(Relaxed) >= 2
+            && self
+                .0
+                .iter()
+                .enumerate()
+                .any(|(i, other)| i != me && other.busy_permille.load(Relaxed) < PACK_BUSY_BELOW_PERMILLE)
     }
 }
 
@@ -356,6 +376,8 @@ impl ServingThread {
             }
         };
         let mut connections = tokio::task::JoinSet::new();
+        // Each connection's request to leave, oldest first (a dead Weak: the connection ended).
+        let mut go_aways: VecDeque<Weak<Notify>> = VecDeque::new();
         let backends = self.shared.backends[self.me].clone();
         let mut busy_tick = tokio::time::interval(BUSY_INTERVAL);
         let (mut tick_wall, mut tick_cpu) = (std::time::Instant::now(), thread_cpu_time());
@@ -366,6 +388,12 @@ impl ServingThread {
                     let busy = permille(cpu.saturating_sub(tick_cpu), wall - tick_wall);
                     self.lanes.0[self.me].busy_permille.store(busy, Relaxed);
                     (tick_wall, tick_cpu) = (wall, cpu);
+                    go_aways.retain(|w| w.strong_count() > 0);
+                    if self.lanes.should_shed(self.me) {
+                        if let Some(go_away) = go_aways.pop_front().and_then(|w| w.upgrade()) {
+                            go_away.notify_one();
+                        }
+                    }
                     continue;
                 }
                 accepted = listener.accept() => {
@@ -388,7 +416,9 @@ impl ServingThread {
                 _ = self.stop.changed() => break,
                 Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             };
-            let serving = serve_connection(stream, self.shared.clone(), backends.clone(), self.stop.clone());
+            let go_away = Arc::new(Notify::new());
+            go_aways.push_back(Arc::downgrade(&go_away));
+            let serving = serve_connection(stream, self.shared.clone(), backends.clone(), self.stop.clone(), go_away);
             connections.spawn(async move {
                 serving.await;
                 drop(open);
@@ -406,6 +436,7 @@ async fn serve_connection(
     shared: Arc<Shared>,
     backends: Arc<Backends>,
     mut stop: watch::Receiver<bool>,
+    go_away: Arc<Notify>,
 ) {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
@@ -426,6 +457,10 @@ async fn serve_connection(
     tokio::select! {
         _ = connection.as_mut() => {}
         _ = stop.changed() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+        _ = go_away.notified() => {
             connection.as_mut().graceful_shutdown();
             let _ = connection.await;
         }
@@ -487,6 +522,64 @@ mod tests {
         assert_eq!(open_counts(&lanes), [1, 1, 1]);
         drop(picked.remove(1));
         assert_eq!(lanes.pick().0, 1);
+    }
+
+    #[test]
+    fn a_thread_sheds_a_connection_only_when_it_is_saturated_and_another_has_headroom() {
+        let lanes = lanes(2);
+        let _connections = picks(&lanes, 2);
+        lanes.0[0].busy_permille.store(SHED_BUSY_PERMILLE + 1, Relaxed);
+        assert!(lanes.should_shed(0));
+        lanes.0[1].busy_permille.store(PACK_BUSY_BELOW_PERMILLE, Relaxed);
+        assert!(!lanes.should_shed(0), "nowhere better to go");
+        lanes.0[1].busy_permille.store(0, Relaxed);
+        lanes.0[0].busy_permille.store(SHED_BUSY_PERMILLE, Relaxed);
+        assert!(!lanes.should_shed(0), "not saturated");
+        assert!(!lanes.should_shed(1), "idle");
+        lanes.0[0].busy_permille.store(1000, Relaxed);
+        assert_eq!(lanes.pick().0, 1, "the shed connection's reconnection goes to the thread with headroom");
+    }
+
+    #[test]
+    fn a_thread_with_one_connection_keeps_it_however_busy() {
+        let lanes = lanes(2);
+        let _only = lanes.pick();
+        lanes.0[0].busy_permille.store(1000, Relaxed);
+        assert!(!lanes.should_shed(0), "a connection alone would move its whole load, not share it");
+    }
+
+    #[tokio::test]
+    async fn a_connection_asked_to_go_away_answers_its_call_in_flight_then_closes() {
+        let config: Config = serde_json::from_str(r#"{"host": "127.0.0.1", "threads": 1}"#).unwrap();
+        let mut server = Server::start(config).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let go_away = Arc::new(Notify::new());
+        let (shared, backends) = (server.shared.clone(), server.shared.backends[0].clone());
+        let (_stop, stop) = watch::channel(false);
+        let serving = tokio::spawn({
+            let go_away = go_away.clone();
+            async move {
+                let (stream, _) = listener.accept().await.unwrap();
+                serve_connection(stream, shared, backends, stop, go_away).await;
+            }
+        });
+        let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (mut client, connection) = h2::client::handshake(stream).await.unwrap();
+        let connection = tokio::spawn(connection);
+        let request = http::Request::post("/inference.GRPCInferenceService/ServerLive")
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        let (answer, mut body) = client.send_request(request, false).unwrap();
+        go_away.notify_one();
+        body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true).unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), answer).await.unwrap().unwrap();
+        assert_eq!(answer.status(), 200);
+        tokio::time::timeout(Duration::from_secs(5), serving).await.expect("the server closed the connection").unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), connection).await.expect("the client saw it close");
+        assert!(ended.unwrap().is_ok(), "a graceful GOAWAY, not a broken connection");
+        server.stop(Duration::ZERO);
     }
 
     #[test]
