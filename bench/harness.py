@@ -705,6 +705,8 @@ def print_results(results: dict) -> None:
     if steal:
         busy_text += (f"; CPU stolen by the hypervisor during them {steal['total_s']:.1f} s in all, over 0.1 s in "
                       f"{steal['runs_over_0.1_s']} of {steal['runs']} runs (max {steal['max_s']:.2f} s)")
+    if m.get("sched_autogroup") is not None:
+        busy_text += f"; kernel autogroups {'on (CPU shared per process session)' if m['sched_autogroup'] else 'off'}"
     print(f"machine: {m['nproc']} cores, {m['cpu']}, {m['memory_gib']} GiB; other processes on the machine are not stopped (see the load averages)"
           f"{busy_text}; medians of {results['settings']['repeats']} interleaved repetitions")
     print(f"versions: {results['versions']}")

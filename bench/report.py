@@ -24,7 +24,18 @@ def machine() -> dict:
         pass
     return {"nproc": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem_kb / 1024 / 1024, 1),
             "kernel": platform.release(), "python": platform.python_version(),
-            "load_avg_at_start": os.getloadavg()}
+            "load_avg_at_start": os.getloadavg(), "sched_autogroup": sched_autogroup()}
+
+
+def sched_autogroup() -> bool | None:
+    """Whether the kernel groups tasks by session for CPU fairness (None: no such setting).
+    Every process the bench starts leads its own session, so with autogroups the kernel
+    shares the cores between the proxy, each backend, etcd and h2load, not between their
+    threads: a proxy's threads on two cores get half its weight on each."""
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return None
 
 
 def _version(cmd: list[str], pattern: str) -> str:

@@ -74,9 +74,11 @@ def test_target_table_and_json(tmp_path):
     assert path.name == "stamp.json" and '"verdict": "met"' in path.read_text()
 
 
-def test_machine_names_cores_and_memory():
+def test_machine_names_cores_and_memory_and_the_kernels_cpu_grouping():
     m = report.machine()
     assert m["nproc"] >= 1 and m["memory_gib"] > 0
+    setting = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    assert m["sched_autogroup"] == (setting.read_text().strip() == "1" if setting.exists() else None)
 
 
 def test_bench_configs_are_valid_splits():

@@ -1,21 +1,14 @@
 //! The listening sockets and the HTTP/2 server: one current-thread tokio runtime per
 //! thread, each with its own SO_REUSEPORT listener on the same port, and a graceful stop.
 //!
-//! Whichever thread accepts a connection, it is served by the first thread with headroom:
-//! one that was busy less than half of the last quarter second and serves fewer than
-//! PACK_CONNECTIONS connections; when none has, by the thread serving the fewest. A light
-//! load is packed onto few threads rather than spread over all of them: on a shared host
-//! the kernel weighs a process's claim to each core by its load there (per-session
-//! autogroups, cgroups), so a router that spreads a quarter core of work over two threads
-//! has half its weight on each core, and its calls wait behind busy neighbours (probe,
-//! 2 shared cores, 4 connections: p99 55 ms spread, 27 ms packed, nginx 50 ms; CPU per
-//! request 56 vs 42 us, a packed thread handling more per wake-up). The kernel's own
-//! SO_REUSEPORT hash only decides which thread does the handing.
+//! The kernel spreads new connections over the listeners by a hash of their addresses, so
+//! a few long-lived HTTP/2 connections often land unevenly (4 on 2 threads: 3 and 1 half
+//! the time), and the calls of the busier thread wait while the other idles. A thread
+//! that accepts a connection hands it to the thread serving the fewest (its own first).
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -25,7 +18,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde::Deserialize;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 
 use crate::backends::Backends;
 use crate::stats::CountersRegistry;
@@ -152,37 +145,12 @@ pub struct Server {
     threads: Vec<JoinHandle<()>>,
 }
 
-/// A thread takes new connections while it was busy for less than this share (in
-/// thousandths) of the last BUSY_INTERVAL ...
-const PACK_BUSY_BELOW_PERMILLE: u32 = 500;
-/// ... and serves fewer connections than this: a burst of connections (HTTP/1.1 clients)
-/// is spread before its load shows in the threads' CPU time.
-const PACK_CONNECTIONS: usize = 8;
-/// A thread busier than this (in thousandths of BUSY_INTERVAL), with two connections or
-/// more, while another has headroom, asks its oldest connection to go away (HTTP/2 GOAWAY
-/// after the calls in flight, HTTP/1.1 close after the answer in flight): its client
-/// reconnects, to a thread with headroom. One a tick at most, so load moves step by step.
-const SHED_BUSY_PERMILLE: u32 = 900;
-const BUSY_INTERVAL: Duration = Duration::from_millis(250);
-
-/// Every thread's way in for connections another thread accepted, how many it serves and
-/// how busy it was.
+/// Every thread's way in for connections another thread accepted, and how many it serves.
 struct Lanes(Vec<Lane>);
 
 struct Lane {
     handed: mpsc::UnboundedSender<(std::net::TcpStream, Open)>,
     open: Arc<AtomicUsize>,
-    busy_permille: AtomicU32,
-}
-
-impl Lane {
-    fn new(handed: mpsc::UnboundedSender<(std::net::TcpStream, Open)>) -> Lane {
-        Lane { handed, open: Arc::new(AtomicUsize::new(0)), busy_permille: AtomicU32::new(0) }
-    }
-
-    fn has_headroom(&self) -> bool {
-        self.busy_permille.load(Relaxed) < PACK_BUSY_BELOW_PERMILLE && self.open.load(Relaxed) < PACK_CONNECTIONS
-    }
 }
 
 /// One connection counted on its thread's lane until it ends.
@@ -195,49 +163,13 @@ impl Drop for Open {
 }
 
 impl Lanes {
-    /// The thread to serve a new connection: the first with headroom, else the least busy
-    /// (serving the fewest on a tie).
-    fn pick(&self) -> (usize, Open) {
-        let chosen = (0..self.0.len())
-            .find(|&i| self.0[i].has_headroom())
-            .or_else(|| {
-                (0..self.0.len()).min_by_key(|&i| (self.0[i].busy_permille.load(Relaxed), self.0[i].open.load(Relaxed)))
-            })
-            .unwrap_or(0);
-        let open = self.0[chosen].open.clone();
+    /// The thread to serve a connection `me` accepted: the one serving the fewest, `me` on a tie.
+    fn pick(&self, me: usize) -> (usize, Open) {
+        let least = (0..self.0.len()).min_by_key(|&i| (self.0[i].open.load(Relaxed), i != me)).unwrap_or(me);
+        let open = self.0[least].open.clone();
         open.fetch_add(1, Relaxed);
-        (chosen, Open(open))
+        (least, Open(open))
     }
-
-    /// Whether thread `me` should move one of its connections away (SHED_BUSY_PERMILLE).
-    fn should_shed(&self, me: usize) -> bool {
-        let lane = &self.0[me];
-        lane.busy_permille.load(Relaxed) > SHED_BUSY_PERMILLE
-            && lane.open.load(Relaxed) >= 2
-            && self
-                .0
-                .iter()
-                .enumerate()
-                .any(|(i, other)| i != me && other.busy_permille.load(Relaxed) < PACK_BUSY_BELOW_PERMILLE)
-    }
-}
-
-/// CPU time the calling thread has used.
-fn thread_cpu_time() -> Duration {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec through a valid pointer.
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
-}
-
-/// The share of `wall` (in thousandths) that `cpu` is.
-fn permille(cpu: Duration, wall: Duration) -> u32 {
-    if wall.is_zero() {
-        return 0;
-    }
-    (cpu.as_secs_f64() / wall.as_secs_f64() * 1000.0).min(1000.0) as u32
 }
 
 fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -304,7 +236,7 @@ impl Server {
         let (lanes, inboxes): (Vec<Lane>, Vec<_>) = (0..threads)
             .map(|_| {
                 let (handed, inbox) = mpsc::unbounded_channel();
-                (Lane::new(handed), inbox)
+                (Lane { handed, open: Arc::new(AtomicUsize::new(0)) }, inbox)
             })
             .unzip();
         let lanes = Arc::new(Lanes(lanes));
@@ -376,30 +308,13 @@ impl ServingThread {
             }
         };
         let mut connections = tokio::task::JoinSet::new();
-        // Each connection's request to leave, oldest first (a dead Weak: the connection ended).
-        let mut go_aways: VecDeque<Weak<Notify>> = VecDeque::new();
         let backends = self.shared.backends[self.me].clone();
-        let mut busy_tick = tokio::time::interval(BUSY_INTERVAL);
-        let (mut tick_wall, mut tick_cpu) = (std::time::Instant::now(), thread_cpu_time());
         loop {
             let (stream, open) = tokio::select! {
-                _ = busy_tick.tick() => {
-                    let (wall, cpu) = (std::time::Instant::now(), thread_cpu_time());
-                    let busy = permille(cpu.saturating_sub(tick_cpu), wall - tick_wall);
-                    self.lanes.0[self.me].busy_permille.store(busy, Relaxed);
-                    (tick_wall, tick_cpu) = (wall, cpu);
-                    go_aways.retain(|w| w.strong_count() > 0);
-                    if self.lanes.should_shed(self.me) {
-                        if let Some(go_away) = go_aways.pop_front().and_then(|w| w.upgrade()) {
-                            go_away.notify_one();
-                        }
-                    }
-                    continue;
-                }
                 accepted = listener.accept() => {
                     let Ok((stream, _)) = accepted else { continue };
                     let _ = stream.set_nodelay(true);
-                    let (thread, open) = self.lanes.pick();
+                    let (thread, open) = self.lanes.pick(self.me);
                     if thread != self.me {
                         // A closed inbox (that thread has stopped) drops the connection.
                         if let Ok(stream) = stream.into_std() {
@@ -416,9 +331,7 @@ impl ServingThread {
                 _ = self.stop.changed() => break,
                 Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             };
-            let go_away = Arc::new(Notify::new());
-            go_aways.push_back(Arc::downgrade(&go_away));
-            let serving = serve_connection(stream, self.shared.clone(), backends.clone(), self.stop.clone(), go_away);
+            let serving = serve_connection(stream, self.shared.clone(), backends.clone(), self.stop.clone());
             connections.spawn(async move {
                 serving.await;
                 drop(open);
@@ -436,7 +349,6 @@ async fn serve_connection(
     shared: Arc<Shared>,
     backends: Arc<Backends>,
     mut stop: watch::Receiver<bool>,
-    go_away: Arc<Notify>,
 ) {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
@@ -460,10 +372,6 @@ async fn serve_connection(
             connection.as_mut().graceful_shutdown();
             let _ = connection.await;
         }
-        _ = go_away.notified() => {
-            connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
-        }
     }
 }
 
@@ -472,137 +380,35 @@ mod tests {
     use super::*;
 
     fn lanes(threads: usize) -> Lanes {
-        Lanes((0..threads).map(|_| Lane::new(mpsc::unbounded_channel().0)).collect())
+        Lanes(
+            (0..threads)
+                .map(|_| Lane { handed: mpsc::unbounded_channel().0, open: Arc::new(AtomicUsize::new(0)) })
+                .collect(),
+        )
     }
 
     fn open_counts(lanes: &Lanes) -> Vec<usize> {
         lanes.0.iter().map(|lane| lane.open.load(Relaxed)).collect()
     }
 
-    fn picks(lanes: &Lanes, n: usize) -> Vec<(usize, Open)> {
-        (0..n).map(|_| lanes.pick()).collect()
-    }
-
     #[test]
-    fn a_light_load_is_packed_onto_the_first_thread_and_counted_until_it_ends() {
+    fn connections_one_thread_accepts_are_spread_evenly_and_counted_until_they_end() {
         let lanes = lanes(2);
-        let picked = picks(&lanes, 4);
-        assert!(picked.iter().all(|(thread, _)| *thread == 0));
-        assert_eq!(open_counts(&lanes), [4, 0]);
+        let picked: Vec<(usize, Open)> = (0..4).map(|_| lanes.pick(1)).collect();
+        let threads: Vec<usize> = picked.iter().map(|(thread, _)| *thread).collect();
+        assert_eq!(threads, [1, 0, 1, 0], "the accepting thread first, then the one serving fewer");
+        assert_eq!(open_counts(&lanes), [2, 2]);
         drop(picked);
         assert_eq!(open_counts(&lanes), [0, 0]);
     }
 
     #[test]
-    fn a_busy_thread_leaves_new_connections_to_the_next() {
+    fn a_connection_goes_to_the_thread_whose_connections_ended() {
         let lanes = lanes(3);
-        let _first = picks(&lanes, 2);
-        lanes.0[0].busy_permille.store(PACK_BUSY_BELOW_PERMILLE, Relaxed);
-        assert_eq!(lanes.pick().0, 1);
-        lanes.0[0].busy_permille.store(PACK_BUSY_BELOW_PERMILLE - 1, Relaxed);
-        assert_eq!(lanes.pick().0, 0, "headroom again: packed again");
-    }
-
-    #[test]
-    fn a_burst_fills_each_thread_to_the_packing_limit_then_goes_to_the_fewest() {
-        let lanes = lanes(2);
-        let mut picked = picks(&lanes, 2 * PACK_CONNECTIONS);
-        assert_eq!(open_counts(&lanes), [PACK_CONNECTIONS, PACK_CONNECTIONS]);
-        picked.extend(picks(&lanes, 4));
-        assert_eq!(open_counts(&lanes), [PACK_CONNECTIONS + 2, PACK_CONNECTIONS + 2]);
-    }
-
-    #[test]
-    fn with_every_thread_busy_a_connection_goes_to_the_thread_whose_connections_ended() {
-        let lanes = lanes(3);
-        for lane in &lanes.0 {
-            lane.busy_permille.store(900, Relaxed);
-        }
-        let mut picked = picks(&lanes, 3);
+        let mut picked: Vec<(usize, Open)> = (0..3).map(|_| lanes.pick(0)).collect();
         assert_eq!(open_counts(&lanes), [1, 1, 1]);
-        drop(picked.remove(1));
-        assert_eq!(lanes.pick().0, 1);
-    }
-
-    #[test]
-    fn a_thread_sheds_a_connection_only_when_it_is_saturated_and_another_has_headroom() {
-        let lanes = lanes(2);
-        let _connections = picks(&lanes, 2);
-        lanes.0[0].busy_permille.store(SHED_BUSY_PERMILLE + 1, Relaxed);
-        assert!(lanes.should_shed(0));
-        lanes.0[1].busy_permille.store(PACK_BUSY_BELOW_PERMILLE, Relaxed);
-        assert!(!lanes.should_shed(0), "nowhere better to go");
-        lanes.0[1].busy_permille.store(0, Relaxed);
-        lanes.0[0].busy_permille.store(SHED_BUSY_PERMILLE, Relaxed);
-        assert!(!lanes.should_shed(0), "not saturated");
-        assert!(!lanes.should_shed(1), "idle");
-        lanes.0[0].busy_permille.store(1000, Relaxed);
-        assert_eq!(lanes.pick().0, 1, "the shed connection's reconnection goes to the thread with headroom");
-    }
-
-    #[test]
-    fn a_thread_with_one_connection_keeps_it_however_busy() {
-        let lanes = lanes(2);
-        let _only = lanes.pick();
-        lanes.0[0].busy_permille.store(1000, Relaxed);
-        assert!(!lanes.should_shed(0), "a connection alone would move its whole load, not share it");
-    }
-
-    #[tokio::test]
-    async fn a_connection_asked_to_go_away_answers_its_call_in_flight_then_closes() {
-        let config: Config = serde_json::from_str(r#"{"host": "127.0.0.1", "threads": 1}"#).unwrap();
-        let mut server = Server::start(config).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let go_away = Arc::new(Notify::new());
-        let (shared, backends) = (server.shared.clone(), server.shared.backends[0].clone());
-        let (_stop, stop) = watch::channel(false);
-        let serving = tokio::spawn({
-            let go_away = go_away.clone();
-            async move {
-                let (stream, _) = listener.accept().await.unwrap();
-                serve_connection(stream, shared, backends, stop, go_away).await;
-            }
-        });
-        let stream = tokio::net::TcpStream::connect(address).await.unwrap();
-        let (mut client, connection) = h2::client::handshake(stream).await.unwrap();
-        let connection = tokio::spawn(connection);
-        let request = http::Request::post("/inference.GRPCInferenceService/ServerLive")
-            .header("content-type", "application/grpc")
-            .body(())
-            .unwrap();
-        let (answer, mut body) = client.send_request(request, false).unwrap();
-        go_away.notify_one();
-        body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true).unwrap();
-        let answer = tokio::time::timeout(Duration::from_secs(5), answer).await.unwrap().unwrap();
-        assert_eq!(answer.status(), 200);
-        tokio::time::timeout(Duration::from_secs(5), serving).await.expect("the server closed the connection").unwrap();
-        let ended = tokio::time::timeout(Duration::from_secs(5), connection).await.expect("the client saw it close");
-        assert!(ended.unwrap().is_ok(), "a graceful GOAWAY, not a broken connection");
-        server.stop(Duration::ZERO);
-    }
-
-    #[test]
-    fn busy_is_the_share_of_wall_time_spent_on_the_cpu() {
-        assert_eq!(permille(Duration::from_millis(125), BUSY_INTERVAL), 500);
-        assert_eq!(permille(Duration::from_millis(300), BUSY_INTERVAL), 1000, "capped");
-        assert_eq!(permille(Duration::from_millis(1), Duration::ZERO), 0);
-    }
-
-    #[test]
-    fn a_spinning_thread_reads_busier_than_a_sleeping_one() {
-        let busy_over = |spin: bool| {
-            let (wall0, cpu0) = (std::time::Instant::now(), thread_cpu_time());
-            while wall0.elapsed() < Duration::from_millis(30) {
-                if spin {
-                    std::hint::black_box(0u64);
-                } else {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-            permille(thread_cpu_time() - cpu0, wall0.elapsed())
-        };
-        let (slept, spun) = (busy_over(false), busy_over(true));
-        assert!(slept < 100 && spun > slept, "sleeping read {slept} permille, spinning {spun}");
+        let ended = picked.remove(1);
+        drop(ended);
+        assert_eq!(lanes.pick(2).0, 1);
     }
 }
