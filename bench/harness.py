@@ -362,14 +362,14 @@ class Run:
                 cmd = [sys.executable, "-m", "bench.pyload", *args, "--threads", str(threads),
                        "--duration", f"{self.s.load.duration_s:g}"]
                 try:
-                    steal_before = procs.steal_seconds()
-                    out = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True,
-                                                  timeout=self.s.load.duration_s + 60)
+                    with procs.StolenDuring() as stolen:
+                        out = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True,
+                                                      timeout=self.s.load.duration_s + 60)
                     result = json.loads(out.stdout.strip().splitlines()[-1])
                     if "error" in result:
                         raise RuntimeError(result["error"])
                     result["load_avg_1m"] = os.getloadavg()[0]
-                    result["steal_s"] = procs.steal_seconds() - steal_before
+                    result["steal_s"] = stolen.seconds
                     row["runs"].append(result)
                     log(f"{name:<40} rep {rep + 1}: {result['req_per_s']:8.0f} req/s  p50 {result['p50_ms']:6.2f} ms  "
                         f"p99 {result['p99_ms']:6.2f} ms  errors {result['errors']}")

@@ -76,9 +76,8 @@ async def run_once(target: LoadTarget, work_dir: Path) -> dict:
                              warmup_s=0, timeout_s=30)
         extra.append(asyncio.to_thread(h2load.run, f"http://{target.address}", target.large_body_path(work_dir),
                                        large, work_dir, target.headers))
-    steal_before = procs.steal_seconds()
-    result, *others = await asyncio.gather(asyncio.to_thread(target.h2load, work_dir), *extra)
-    steal_s = procs.steal_seconds() - steal_before
+    with procs.StolenDuring() as stolen:
+        result, *others = await asyncio.gather(asyncio.to_thread(target.h2load, work_dir), *extra)
     answered, by_model = await _counts(target.answer_backends)
     mirrored, mirrored_by_model = await _counts(target.mirror_backends)
     s = result.summary
@@ -103,7 +102,7 @@ async def run_once(target: LoadTarget, work_dir: Path) -> dict:
         "backend_answered": answered, "unanswered_2xx": unanswered, "errors": http_errors + unanswered,
         "by_model": by_model, "mirrored": mirrored, "mirrored_by_model": mirrored_by_model,
         "load_avg_1m": os.getloadavg()[0],  # the machine is shared: how busy it was
-        "steal_s": steal_s,
+        "steal_s": stolen.seconds,
     }
 
 

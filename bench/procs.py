@@ -140,6 +140,17 @@ def steal_seconds() -> float:
         return 0.0
 
 
+class StolenDuring:
+    """With-block: `.seconds` is the CPU the hypervisor took while it ran (steal_seconds)."""
+
+    def __enter__(self) -> StolenDuring:
+        self._start, self.seconds = steal_seconds(), 0.0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = steal_seconds() - self._start
+
+
 def cpu_ticks_of_stat(stat: str) -> int:
     """utime + stime (clock ticks) from one /proc/<pid>/stat line; the command name in
     parentheses may hold spaces and parentheses, so fields count from the last ')'."""

@@ -239,8 +239,7 @@ async def run_once(target: PyTarget, load: PyLoad, work_dir: Path, etcd: str, pr
     for address in target.answer_backends:
         await probe.reset_backend(address)
     log_path = work_dir / f"pygen-{target.transport}-{target.mode}.log"
-    steal_before = procs.steal_seconds()
-    with open(log_path, "ab") as log:
+    with open(log_path, "ab") as log, procs.StolenDuring() as stolen:
         out = await asyncio.to_thread(
             subprocess.run, generator_command(target, load, etcd, prefix), stdout=subprocess.PIPE, stderr=log,
             timeout=load.duration_s + load.timeout_s + 120, cwd=Path(__file__).resolve().parent.parent)
@@ -250,7 +249,7 @@ async def run_once(target: PyTarget, load: PyLoad, work_dir: Path, etcd: str, pr
     answered, by_model = await _answered(target.answer_backends)
     result.update(backend_answered=answered, by_model=by_model,
                   unanswered_ok=max(0, result["ok"] - answered), load_avg_1m=os.getloadavg()[0],
-                  steal_s=procs.steal_seconds() - steal_before)
+                  steal_s=stolen.seconds)
     return result
 
 

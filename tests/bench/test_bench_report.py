@@ -67,6 +67,14 @@ def test_steal_seconds_is_a_running_total():
     assert 0 <= first <= procs.steal_seconds()
 
 
+def test_stolen_during_is_what_the_running_total_grew_by_in_its_block():
+    outer_start = procs.steal_seconds()
+    with procs.StolenDuring() as stolen:
+        sum(range(200_000))
+    outer_end = procs.steal_seconds()
+    assert 0 <= stolen.seconds <= outer_end - outer_start  # a difference, not the running total
+
+
 def test_target_table_and_json(tmp_path):
     targets = [{"target": "3 propagation", "measured": "p99 4.0 ms", "bound": "<= 15 ms", "verdict": "met"}]
     assert "| 3 propagation | p99 4.0 ms | <= 15 ms | met     |" in report.target_table(targets)
