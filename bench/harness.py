@@ -707,6 +707,8 @@ def print_results(results: dict) -> None:
                       f"{steal['runs_over_0.1_s']} of {steal['runs']} runs (max {steal['max_s']:.2f} s)")
     if m.get("sched_autogroup") is not None:
         busy_text += f"; kernel autogroups {'on (CPU shared per process session)' if m['sched_autogroup'] else 'off'}"
+    if m.get("process_sessions") == "one":
+        busy_text += "; every process in the bench's session (--one-session)"
     print(f"machine: {m['nproc']} cores, {m['cpu']}, {m['memory_gib']} GiB; other processes on the machine are not stopped (see the load averages)"
           f"{busy_text}; medians of {results['settings']['repeats']} interleaved repetitions")
     print(f"versions: {results['versions']}")
@@ -729,7 +731,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help=f"comma-separated phases ({','.join(PHASES)})")
     parser.add_argument("--results-dir", type=Path, default=Path("bench-results"))
     parser.add_argument("--keep-work-dir", action="store_true", help="keep logs and configs of the run")
+    parser.add_argument("--one-session", action="store_true",
+                        help="start every process in the bench's own session, not each in its own: under kernel "
+                             "autogroups, one CPU group shared by threads rather than one group per process")
     args = parser.parse_args(argv)
+    procs.use_own_sessions(not args.one_session)
     overrides: dict = {"results_dir": args.results_dir, "keep_work_dir": args.keep_work_dir}
     if args.repeats:
         overrides["repeats"] = args.repeats

@@ -9,6 +9,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import procs
 from tsplit.resources import BASIS_POINTS
 
 
@@ -134,7 +135,8 @@ class NginxProcess:
             raise RuntimeError(f"nginx rejected its config: {check.stderr.strip()}")
         log = open(d / "stderr.log", "ab")
         self.process = subprocess.Popen([binary, "-p", str(d), "-c", str(conf)],
-                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                        stdout=log, stderr=subprocess.STDOUT,
+                                        **procs.group_kwargs())
         log.close()
         return self
 

@@ -13,6 +13,27 @@ from pathlib import Path
 
 from tsplit.etcd_server import free_port, wait_for_port
 
+# Whether each child leads its own session (the default) or stays in the bench's
+# (--one-session). Under kernel autogroups a session is a CPU group: own sessions share the
+# cores between the proxy, each backend and etcd as equals; one session shares them between
+# threads (BENCHMARKS.md, session 10).
+_own_sessions = True
+
+
+def use_own_sessions(own: bool) -> None:
+    global _own_sessions
+    _own_sessions = own
+
+
+def own_sessions() -> bool:
+    return _own_sessions
+
+
+def group_kwargs() -> dict:
+    """Popen arguments that make a child lead its own process group (what stop() signals),
+    and its own session unless --one-session."""
+    return {"start_new_session": True} if _own_sessions else {"process_group": 0}
+
 
 @dataclass
 class Child:
@@ -25,7 +46,7 @@ class Child:
     def start(self, env: dict[str, str] | None = None) -> "Child":
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            self.command, stdout=log, stderr=subprocess.STDOUT, **group_kwargs(),
             env={**os.environ, **(env or {})})
         log.close()
         return self

@@ -9,6 +9,8 @@ import re
 import subprocess
 from pathlib import Path
 
+from bench import procs
+
 
 def machine() -> dict:
     cpu = ""
@@ -24,14 +26,15 @@ def machine() -> dict:
         pass
     return {"nproc": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem_kb / 1024 / 1024, 1),
             "kernel": platform.release(), "python": platform.python_version(),
-            "load_avg_at_start": os.getloadavg(), "sched_autogroup": sched_autogroup()}
+            "load_avg_at_start": os.getloadavg(), "sched_autogroup": sched_autogroup(),
+            "process_sessions": "own" if procs.own_sessions() else "one"}
 
 
 def sched_autogroup() -> bool | None:
     """Whether the kernel groups tasks by session for CPU fairness (None: no such setting).
-    Every process the bench starts leads its own session, so with autogroups the kernel
-    shares the cores between the proxy, each backend, etcd and h2load, not between their
-    threads: a proxy's threads on two cores get half its weight on each."""
+    Every process the bench starts leads its own session (unless --one-session), so with
+    autogroups the kernel shares the cores between the proxy, each backend and etcd, not
+    between their threads: a proxy's threads on two cores get half its weight on each."""
     try:
         return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
     except OSError:

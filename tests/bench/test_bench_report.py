@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,6 +89,25 @@ def test_machine_names_cores_and_memory_and_the_kernels_cpu_grouping():
     assert m["nproc"] >= 1 and m["memory_gib"] > 0
     setting = Path("/proc/sys/kernel/sched_autogroup_enabled")
     assert m["sched_autogroup"] == (setting.read_text().strip() == "1" if setting.exists() else None)
+    assert m["process_sessions"] == "own"
+
+
+@pytest.mark.parametrize("own", [True, False])
+def test_a_child_leads_its_own_session_unless_one_session_and_stop_ends_its_group(tmp_path, own):
+    procs.use_own_sessions(own)
+    try:
+        child = procs.Child("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"],
+                            tmp_path / "sleeper.log").start()
+        assert report.machine()["process_sessions"] == ("own" if own else "one")
+    finally:
+        procs.use_own_sessions(True)
+    try:
+        assert os.getpgid(child.pid) == child.pid  # stop() signals this group
+        assert (os.getsid(child.pid) == child.pid) == own
+        assert (os.getsid(child.pid) == os.getsid(0)) == (not own)
+    finally:
+        child.stop(timeout=5)
+    assert child.process.returncode is not None
 
 
 def test_bench_configs_are_valid_splits():
