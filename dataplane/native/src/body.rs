@@ -164,7 +164,8 @@ impl Body for Relay {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
                     this.done = true;
-                    let code = trailers.get("grpc-status").map_or(Code::UNKNOWN, |v| Code::parse(v.as_bytes()));
+                    let code =
+                        trailers.get(&crate::grpc::GRPC_STATUS).map_or(Code::UNKNOWN, |v| Code::parse(v.as_bytes()));
                     if let Some(t) = this.tally.take() {
                         t.finish(code);
                     }

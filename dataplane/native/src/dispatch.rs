@@ -29,12 +29,16 @@ const MODEL_METADATA: &str = "/inference.GRPCInferenceService/ModelMetadata";
 
 pub const ROUTING_KEY_HEADER: &str = "x-routing-key";
 pub const FORCED_VARIANT_HEADER: &str = "x-tsplit-variant";
+static ROUTING_KEY: http::HeaderName = http::HeaderName::from_static(ROUTING_KEY_HEADER);
+static FORCED_VARIANT: http::HeaderName = http::HeaderName::from_static(FORCED_VARIANT_HEADER);
 pub const NOT_READY_MESSAGE: &str = "the router has not loaded its routing configuration yet; retry shortly";
 
 /// Every request the server takes.
 pub async fn handle(shared: Arc<Shared>, backends: Arc<Backends>, req: Request<Incoming>) -> Response<RespBody> {
+    // The rarer calls' futures are boxed: this future is moved into every call's task, and
+    // its size is its largest branch's.
     if !crate::rest::is_grpc(req.headers()) {
-        return crate::rest::handle(shared, backends, req).await;
+        return Box::pin(crate::rest::handle(shared, backends, req)).await;
     }
     let path = req.uri().path();
     let answer = match path {
@@ -49,9 +53,9 @@ pub async fn handle(shared: Arc<Shared>, backends: Arc<Backends>, req: Request<I
             wire::encode_string_field(2, &shared.config.server_version, &mut out);
             Ok(local(Bytes::from(out)))
         }
-        MODEL_READY | MODEL_METADATA => to_champion(&shared, &backends, req).await,
-        crate::health::CHECK | crate::health::WATCH => crate::health::handle(&shared, req).await,
-        p if crate::reflection::is_reflection(p) => crate::reflection::handle(&shared, req).await,
+        MODEL_READY | MODEL_METADATA => Box::pin(to_champion(&shared, &backends, req)).await,
+        crate::health::CHECK | crate::health::WATCH => Box::pin(crate::health::handle(&shared, req)).await,
+        p if crate::reflection::is_reflection(p) => Box::pin(crate::reflection::handle(&shared, req)).await,
         _ => Err(Status::new(Code::UNIMPLEMENTED, format!("method {path} is not served by this router"))),
     };
     answer.unwrap_or_else(|status| error_answer(&status, None))
@@ -87,7 +91,7 @@ async fn read_call(shared: &Shared, req: Request<Incoming>) -> Result<Call, Stat
     let (parts, body) = req.into_parts();
     let timeout = parts
         .headers
-        .get("grpc-timeout")
+        .get(&grpc::GRPC_TIMEOUT)
         .and_then(|v| grpc::parse_timeout(v.as_bytes()))
         .unwrap_or_else(|| Duration::from_secs_f64(shared.config.request_timeout_s));
     let deadline = started + timeout;
@@ -103,7 +107,7 @@ async fn read_call(shared: &Shared, req: Request<Incoming>) -> Result<Call, Stat
         Ok(Err(_)) => return Err(Status::new(Code::CANCELLED, "the request was not received whole")),
         Ok(Ok(c)) => c.to_bytes(),
     };
-    let encoding = parts.headers.get("grpc-encoding").map(|v| v.as_bytes());
+    let encoding = parts.headers.get(&grpc::GRPC_ENCODING).map(|v| v.as_bytes());
     let message = grpc::unary_message(&collected, encoding, max)?;
     Ok(Call { deadline, message, headers: parts.headers })
 }
@@ -153,7 +157,7 @@ pub(crate) struct Choice {
 /// or a random slot) and, in shadow mode, the challenger that gets a copy. gRPC and REST
 /// alike; Err: the forced variant is not one of the deployment's (the message).
 pub(crate) fn choose(route: &Route, headers: &HeaderMap) -> Result<Choice, String> {
-    match headers.get(FORCED_VARIANT_HEADER).map(|v| String::from_utf8_lossy(v.as_bytes())) {
+    match headers.get(&FORCED_VARIANT).map(|v| String::from_utf8_lossy(v.as_bytes())) {
         Some(name) if !name.is_empty() => match route.variant(&name) {
             Some(v) => Ok(Choice { variant: v.clone(), mirror: None, forced: true }),
             None => {
@@ -167,7 +171,7 @@ pub(crate) fn choose(route: &Route, headers: &HeaderMap) -> Result<Choice, Strin
             }
         },
         _ => {
-            let key = headers.get(ROUTING_KEY_HEADER).map(|v| v.as_bytes());
+            let key = headers.get(&ROUTING_KEY).map(|v| v.as_bytes());
             let (answer, mirror) = route.choose(route.slot_of(key));
             Ok(Choice { variant: answer.clone(), mirror: mirror.cloned(), forced: false })
         }
@@ -269,7 +273,7 @@ pub(crate) async fn send(
             .map_err(|e| CallError::Unavailable(format!("bad request: {e}")))?;
         *request.headers_mut() = headers.clone();
         let left = deadline.saturating_duration_since(Instant::now());
-        request.headers_mut().insert("grpc-timeout", grpc::format_timeout(left));
+        request.headers_mut().insert(grpc::GRPC_TIMEOUT.clone(), grpc::format_timeout(left));
         match timeout_at(deadline, sender.send(request, &body)).await {
             Err(_) => return Err(CallError::DeadlineExceeded),
             Ok(Err(err)) => {
@@ -286,7 +290,7 @@ pub(crate) async fn send(
 
 /// The grpc-status in an answer's headers: set only in a Trailers-Only answer.
 fn head_status(response: &Response<BackendBody>) -> Option<Code> {
-    response.headers().get("grpc-status").map(|v| Code::parse(v.as_bytes()))
+    response.headers().get(&grpc::GRPC_STATUS).map(|v| Code::parse(v.as_bytes()))
 }
 
 /// The error a failed send becomes for the caller, naming the variant.
@@ -368,13 +372,13 @@ fn relay(
     }
     let mut body = Relay::boxed(body, deadline, tally, what);
     if let Some(shadow) = shadow {
-        body = crate::mirror::Tee::boxed(body, shadow, parts.headers.get("grpc-encoding"));
+        body = crate::mirror::Tee::boxed(body, shadow, parts.headers.get(&grpc::GRPC_ENCODING));
     }
     Response::from_parts(parts, body)
 }
 
 fn head_status_of(headers: &HeaderMap) -> Option<Code> {
-    headers.get("grpc-status").map(|v| Code::parse(v.as_bytes()))
+    headers.get(&grpc::GRPC_STATUS).map(|v| Code::parse(v.as_bytes()))
 }
 
 /// ModelReady / ModelMetadata: asked of the deployment's champion, not counted.
@@ -418,16 +422,19 @@ async fn to_champion(
     };
     let trailers = collected.trailers().cloned().unwrap_or_default();
     let data = collected.to_bytes();
-    let data =
-        match grpc::unary_message(&data, parts.headers.get("grpc-encoding").map(|v| v.as_bytes()), usize::MAX >> 1) {
-            Ok(message) if Code::parse(trailers.get("grpc-status").map_or(b"2", |v| v.as_bytes())) == Code::OK => {
-                let mut suffix = Vec::new();
-                wire::encode_string_field(wire::NAME_FIELD, &route.slug, &mut suffix);
-                parts.headers.remove("grpc-encoding");
-                Some(grpc::frame_parts(&message, &suffix))
-            }
-            _ => (!data.is_empty()).then_some(data),
-        };
+    let data = match grpc::unary_message(
+        &data,
+        parts.headers.get(&grpc::GRPC_ENCODING).map(|v| v.as_bytes()),
+        usize::MAX >> 1,
+    ) {
+        Ok(message) if Code::parse(trailers.get(&grpc::GRPC_STATUS).map_or(b"2", |v| v.as_bytes())) == Code::OK => {
+            let mut suffix = Vec::new();
+            wire::encode_string_field(wire::NAME_FIELD, &route.slug, &mut suffix);
+            parts.headers.remove(&grpc::GRPC_ENCODING);
+            Some(grpc::frame_parts(&message, &suffix))
+        }
+        _ => (!data.is_empty()).then_some(data),
+    };
     for (k, v) in extra {
         parts.headers.insert(k, v.clone());
     }

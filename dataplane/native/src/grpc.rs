@@ -6,7 +6,13 @@ use std::io::Read;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Response};
+
+// Header names as values: a lookup by `&str` parses and hashes the name on every call.
+pub static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+pub static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+pub static GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
 
 /// gRPC status codes (the ones the router names itself, and every code by number for the
 /// counters).
@@ -96,10 +102,10 @@ pub fn answer_headers() -> http::response::Builder {
 
 /// Put a status into a header map (trailers, or the headers of a Trailers-Only answer).
 pub fn put_status(headers: &mut HeaderMap, status: &Status) {
-    headers.insert("grpc-status", HeaderValue::from(status.code.0));
+    headers.insert(GRPC_STATUS.clone(), HeaderValue::from(status.code.0));
     if !status.message.is_empty() {
         if let Ok(value) = HeaderValue::from_str(&percent_encode(&status.message)) {
-            headers.insert("grpc-message", value);
+            headers.insert(GRPC_MESSAGE.clone(), value);
         }
     }
 }
@@ -194,7 +200,11 @@ pub fn format_timeout(left: Duration) -> HeaderValue {
     } else {
         format!("{}S", left.as_secs().min(99_999_999))
     };
-    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("1S"))
+    let mut value = HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("1S"));
+    // A new value on every call: HPACK would add each to the connection's table and evict the
+    // headers that repeat; sensitive values are sent as literals, never indexed.
+    value.set_sensitive(true);
+    value
 }
 
 #[cfg(test)]
@@ -224,6 +234,11 @@ mod tests {
             let back = parse_timeout(format_timeout(d).as_bytes()).unwrap();
             assert!(back >= d.min(Duration::from_secs(99_999_999)) || d.as_secs() > 99_999_999);
         }
+    }
+
+    #[test]
+    fn a_passed_on_timeout_is_never_indexed_by_hpack() {
+        assert!(format_timeout(Duration::from_millis(1500)).is_sensitive());
     }
 
     #[test]

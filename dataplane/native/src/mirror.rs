@@ -336,19 +336,22 @@ pub async fn send_copy(
     let response = crate::dispatch::send(&backends, &variant, crate::dispatch::INFER, &message, &headers, deadline)
         .await
         .map_err(|e| CopyFailed(format!("{e:?}")))?;
-    if let Some(code) = response.headers().get("grpc-status") {
+    if let Some(code) = response.headers().get(&crate::grpc::GRPC_STATUS) {
         // Trailers-Only: an error (or an OK without a message, nothing to compare).
         return Err(CopyFailed(format!("grpc-status {:?} and no answer", code)));
     }
     let (parts, mut body) = response.into_parts();
-    let mut answer =
-        Answer { chunks: Vec::new(), encoding: parts.headers.get("grpc-encoding").cloned(), form: Form::Grpc };
+    let mut answer = Answer {
+        chunks: Vec::new(),
+        encoding: parts.headers.get(&crate::grpc::GRPC_ENCODING).cloned(),
+        form: Form::Grpc,
+    };
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| CopyFailed(format!("the answer broke off: {e}")))?;
         match frame.into_data() {
             Ok(data) => answer.chunks.push(data),
             Err(frame) => {
-                let status = frame.trailers_ref().and_then(|t| t.get("grpc-status"));
+                let status = frame.trailers_ref().and_then(|t| t.get(&crate::grpc::GRPC_STATUS));
                 return match status.map(|v| Code::parse(v.as_bytes())) {
                     Some(Code::OK) => Ok(answer),
                     other => Err(CopyFailed(format!("grpc-status {other:?}"))),
@@ -408,7 +411,8 @@ impl Body for Tee {
                         this.hand_over();
                     }
                 } else if let Some(trailers) = frame.trailers_ref() {
-                    let ok = trailers.get("grpc-status").is_some_and(|v| Code::parse(v.as_bytes()) == Code::OK);
+                    let ok =
+                        trailers.get(&crate::grpc::GRPC_STATUS).is_some_and(|v| Code::parse(v.as_bytes()) == Code::OK);
                     if ok || json {
                         this.hand_over();
                     }

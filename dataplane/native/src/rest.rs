@@ -240,7 +240,7 @@ async fn grpc_call(
 ) -> Result<GrpcAnswer, CallError> {
     let response = dispatch::send(backends, variant, path, message, headers, deadline).await?;
     let (parts, body) = response.into_parts();
-    if let Some(code) = parts.headers.get("grpc-status").map(|v| Code::parse(v.as_bytes())) {
+    if let Some(code) = parts.headers.get(&crate::grpc::GRPC_STATUS).map(|v| Code::parse(v.as_bytes())) {
         return Ok(GrpcAnswer { code, message: grpc_message(&parts.headers), data: Bytes::new() });
     }
     let collected = match timeout_at(deadline, body.collect()).await {
@@ -249,7 +249,7 @@ async fn grpc_call(
         Ok(Ok(c)) => c,
     };
     let trailers = collected.trailers().cloned().unwrap_or_default();
-    let code = trailers.get("grpc-status").map_or(Code::UNKNOWN, |v| Code::parse(v.as_bytes()));
+    let code = trailers.get(&crate::grpc::GRPC_STATUS).map_or(Code::UNKNOWN, |v| Code::parse(v.as_bytes()));
     let raw = collected.to_bytes();
     if code != Code::OK {
         return Ok(GrpcAnswer { code, message: grpc_message(&trailers), data: Bytes::new() });
