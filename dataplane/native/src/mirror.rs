@@ -7,6 +7,9 @@
 //!   (clones of `Bytes`, no copy of the data). A copy is sent once the champion's answer
 //!   has ended (OK or not): sent beside it, its work (the router's and a model server's on
 //!   the same machine) fell on the champion's call, p50 +36 % at 600 req/s (BENCHMARKS.md).
+//!   It leaves at a random moment within `COPY_SPREAD` of that end: sent in step with the
+//!   champion's answers, the copies' work fell on the calls that follow them (champion p99
+//!   1.22x shadow off, against 0.97x spread: BENCHMARKS.md, session 12).
 //! - Copies in flight are bounded per router: one count shared by every runtime thread
 //!   (`max_inflight`). A copy holds its place until its pair is scored, so the bound also
 //!   bounds the answers waiting to be compared; past it a copy is not sent and counts as
@@ -50,6 +53,10 @@ use crate::table::Variant;
 /// threads. Comparing costs about 1.5 µs of CPU per KiB of answers here (a pair of 8 KiB
 /// answers ~25 µs, of 8 MB ~45 ms), so a runtime thread is held at most ~25 µs.
 pub const INLINE_COMPARE_BYTES: usize = 16 * 1024;
+
+/// A copy leaves at a uniformly random moment within this span after its champion's answer
+/// ends, not in step with the answers (module doc).
+const COPY_SPREAD: Duration = Duration::from_millis(2);
 
 /// The largest answer a comparison decompresses (a compressed answer past it is not scored).
 const MAX_ANSWER_BYTES: usize = 1 << 30;
@@ -255,6 +262,7 @@ impl Mirrors {
             // the handle): no deadline of our own here. Err: it is no answer to compare.
             let ours = from.await.ok();
             tokio::task::yield_now().await; // the champion's answer is written out first
+            tokio::time::sleep(COPY_SPREAD.mul_f64(fastrand::f64())).await;
             let started = Instant::now();
             let theirs = tokio::time::timeout_at(started + mirrors.timeout, send(started + mirrors.timeout)).await;
             let theirs = match theirs {
@@ -586,6 +594,31 @@ mod tests {
         settled(&mirrors).await;
         assert_eq!(sent.load(Relaxed), 2);
         assert_eq!((get(&c.mirror_answers), get(&c.compared)), (2, 1));
+    }
+
+    #[tokio::test]
+    async fn a_copy_leaves_within_its_spread_of_the_champions_answer() {
+        let mirrors = Mirrors::new(64, Duration::from_secs(5), 1);
+        let c = counters();
+        let (sent, mut copies) = tokio::sync::mpsc::unbounded_channel();
+        let first_ended = std::time::Instant::now();
+        for _ in 0..32 {
+            let sent = sent.clone();
+            let handle = mirrors.start(&c, move |_| async move {
+                let _ = sent.send(std::time::Instant::now());
+                Err(CopyFailed("counted only".into()))
+            });
+            handle.expect("room").set(answer(&[1.0]).chunks[0].clone(), None);
+        }
+        settled(&mirrors).await;
+        let mut waits = Vec::new();
+        while let Ok(at) = copies.try_recv() {
+            waits.push(at.duration_since(first_ended));
+        }
+        assert_eq!(waits.len(), 32, "every copy left");
+        // tokio's timer ticks in milliseconds (a 2 ms spread fires within 3 ms), and a loaded
+        // test machine may be later still: never by half a second.
+        assert!(waits.iter().all(|w| *w < COPY_SPREAD + Duration::from_millis(500)), "{waits:?}");
     }
 
     #[tokio::test]
